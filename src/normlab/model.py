@@ -1,0 +1,81 @@
+"""The one model of the study: a small MNIST CNN whose normalization is an argument.
+
+    >>> Net(norm="group", groups=4)     # or "batch", "layer", "instance", "none"; aliases bn, gn, ln, in
+
+Shape (every norm; 3×3 convs without padding, receptive field in brackets):
+    28 conv 1→8 [3] → 26 conv 8→16 [5] → 24 maxpool [6] → 12 conv1×1 16→8 [6]
+    → 12 conv 8→16 [10] → 10 conv 16→16 [14] → 8 conv 16→16 [18] → 6 global average pool → 1×1 16→10.
+Each conv is followed by ReLU → norm → dropout; channel counts are multiples of 4 so that the
+default GroupNorm has 4 groups everywhere. About 7.4k parameters, 1.1M multiply-adds per image.
+ReLU before the norm: with per-sample norms (layer, group) it learned much faster in short runs
+than norm → ReLU (1 epoch on 5k images: 86 % against 51 % test accuracy with layer norm).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from normlab.errors import UserError
+from normlab.norms import DEFAULT_GROUPS, canonical_norm, make_norm
+
+# (name, in_channels, out_channels, kernel): the conv blocks in order; "pool" marks the 2×2 max-pool.
+LAYOUT: list[tuple[str, int, int, int] | str] = [
+    ("conv1", 1, 8, 3),
+    ("conv2", 8, 16, 3),
+    "pool",
+    ("trans1", 16, 8, 1),
+    ("conv3", 8, 16, 3),
+    ("conv4", 16, 16, 3),
+    ("conv5", 16, 16, 3),
+]
+NUM_CLASSES = 10
+
+
+class ConvBlock(nn.Sequential):
+    """conv (bias only without a norm, whose shift does that job) → ReLU → norm → dropout."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, norm: str, groups: int, dropout: float) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, bias=norm == "none"),
+            nn.ReLU(inplace=True),
+            make_norm(norm, cout, groups),
+            nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
+        )
+
+
+def check_groups(norm: str, groups: int) -> None:
+    """GroupNorm needs ``groups`` to divide the channels of every layer; say which counts would."""
+    if norm != "group":
+        return
+    channels = sorted({layer[2] for layer in LAYOUT if isinstance(layer, tuple)})
+    valid = [g for g in range(1, min(channels) + 1) if all(c % g == 0 for c in channels)]
+    if groups not in valid:
+        raise UserError(f"--groups {groups} does not divide the channel counts {channels} of every layer; "
+                        f"use one of {', '.join(map(str, valid))}")
+
+
+class Net(nn.Module):
+    def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        norm = canonical_norm(norm)
+        groups = DEFAULT_GROUPS if groups is None else groups
+        check_groups(norm, groups)
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"--dropout {dropout}: must be in [0, 1)")
+        self.norm, self.groups = norm, groups
+        self.features = nn.Sequential()
+        for layer in LAYOUT:
+            if layer == "pool":
+                self.features.add_module("pool", nn.MaxPool2d(2))
+            else:
+                name, cin, cout, kernel = layer
+                self.features.add_module(name, ConvBlock(cin, cout, kernel, norm, groups, dropout))
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Conv2d(LAYOUT[-1][2], NUM_CLASSES, 1)  # type: ignore[index]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.gap(self.features(x))).flatten(1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,76 @@
+import pytest
+import torch
+from torch import nn
+
+from normlab.errors import UserError
+from normlab.model import Net, count_parameters
+from normlab.norms import ALIASES, NORMS, canonical_norm
+from normlab.summary import format_summary, layer_table
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_every_norm_is_small_and_classifies(norm):
+    model = Net(norm)
+    assert count_parameters(model) <= 8000
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_aliases_and_unknown_norm():
+    for alias, name in ALIASES.items():
+        assert canonical_norm(alias) == name and Net(alias).norm == name
+    with pytest.raises(UserError, match="unknown norm 'bogus'; choose one of: batch, group, layer"):
+        Net("bogus")
+
+
+def test_groups_must_divide_every_layer():
+    assert Net("group", groups=2).groups == 2
+    with pytest.raises(UserError, match=r"--groups 3 does not divide .* use one of 1, 2, 4, 8"):
+        Net("group", groups=3)
+
+
+def norm_layers(model):
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.GroupNorm)]
+
+
+def test_layer_norm_uses_each_sample_over_c_h_w():
+    layer = norm_layers(Net("layer"))[1]
+    assert isinstance(layer, nn.GroupNorm) and layer.num_groups == 1
+    x = torch.randn(4, layer.num_channels, 5, 5) * 3 + torch.arange(4.0).view(4, 1, 1, 1)
+    y = layer(x)
+    assert torch.allclose(y.mean(dim=(1, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(y.var(dim=(1, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
+    # each channel alone is not normalized: statistics are shared across channels
+    assert not torch.allclose(y.mean(dim=(2, 3)), torch.zeros(4, layer.num_channels), atol=1e-2)
+
+
+def test_group_norm_uses_g_groups_of_channels():
+    layer = norm_layers(Net("group", groups=4))[1]
+    n, c = 3, layer.num_channels
+    x = torch.randn(n, c, 6, 6) + torch.arange(float(c)).view(1, c, 1, 1)
+    y = layer(x).view(n, 4, c // 4, 6, 6)
+    assert torch.allclose(y.mean(dim=(2, 3, 4)), torch.zeros(n, 4), atol=1e-5)
+    assert torch.allclose(y.var(dim=(2, 3, 4), unbiased=False), torch.ones(n, 4), atol=1e-3)
+
+
+def test_batch_norm_batch_stats_in_training_running_stats_in_eval():
+    layer = norm_layers(Net("batch"))[0]
+    x = torch.randn(16, layer.num_features, 4, 4) * 2 + 5
+    layer.train()
+    y = layer(x)
+    assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(layer.num_features), atol=1e-5)
+    assert torch.allclose(layer.running_mean, 0.1 * x.mean(dim=(0, 2, 3)), atol=1e-5)  # momentum 0.1 from 0
+    layer.eval()
+    expected = (x - layer.running_mean.view(1, -1, 1, 1)) / torch.sqrt(layer.running_var.view(1, -1, 1, 1) + 1e-5)
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+
+
+def test_summary_table():
+    model = Net("group")
+    rows = layer_table(model)
+    assert sum(r["params"] for r in rows) == count_parameters(model)
+    by_name = {r["layer"]: r for r in rows}
+    assert by_name["conv2"]["output"] == (16, 24, 24) and by_name["conv2"]["rf"] == 5
+    assert by_name["conv5"]["output"] == (16, 6, 6) and by_name["conv5"]["rf"] == 18
+    assert by_name["head"]["output"] == (10, 1, 1)
+    text = format_summary(model)
+    assert "Net(norm='group', groups=4)" in text and f"{count_parameters(model):,}" in text.splitlines()[-1]
