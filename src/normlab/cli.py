@@ -1,15 +1,18 @@
-"""Command line: ``normlab train | summary``. A user's mistake is one line on stderr and exit code 2.
+"""Command line: ``normlab study | train | summary | explain``. A user's mistake is one line on stderr, exit 2.
 
+    normlab study --epochs 20 --seeds 0 1 2 --out runs/study
     normlab train --norm group --epochs 20 --seed 0 --out runs/gn
     normlab train --norm batch --l1 1e-5 --out runs/bn_l1
     normlab train --norm layer --epochs 1 --train-limit 5000 --no-progress
     normlab summary --norm group --groups 2
+    normlab explain --format markdown
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -31,21 +34,39 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--norm", default=DEFAULTS.norm,
                    help=f"normalization: {', '.join(NORMS)} or an alias ({', '.join(ALIASES)})")
     p.add_argument("--groups", type=int, default=None, help="group count for --norm group (default 4)")
-    p.add_argument("--dropout", type=float, default=DEFAULTS.dropout, help="Dropout2d after each conv block")
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
+def add_train_args(p: argparse.ArgumentParser, study: bool = False) -> None:
+    """The training flags; a study sets norm, groups, L1 and seed per run, so it takes the others only."""
+    if not study:
+        add_model_args(p)
+    add_regularization_args(p, l1=not study)
+    add_schedule_args(p)
+    if not study:
+        p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    add_run_args(p)
+
+
+def add_regularization_args(p: argparse.ArgumentParser, l1: bool) -> None:
     d = DEFAULTS
-    p.add_argument("--l1", type=float, default=d.l1, help="L1 penalty λ on conv weights (0 = off)")
-    p.add_argument("--l1-norm-params", action="store_true", help="put the L1 penalty on the norms' γ, β too")
+    if l1:
+        p.add_argument("--l1", type=float, default=d.l1, help="L1 penalty λ on conv weights (0 = off)")
+        p.add_argument("--l1-norm-params", action="store_true", help="put the L1 penalty on the norms' γ, β too")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="Dropout2d after each conv block")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay (L2)")
+
+
+def add_schedule_args(p: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random affine on training images")
-    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
     p.add_argument("--train-limit", type=int, default=None, metavar="N", help="train on the first N images")
     p.add_argument("--test-limit", type=int, default=None, metavar="N", help="test on the first N images")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="folder with the four MNIST IDX files")
@@ -70,16 +91,70 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"{result.parameters} parameters; run folder {out}")
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from normlab.study import run_study
+
+    run_study(Path(args.out), args.variants, args.seeds, config_from_args(args), progress=args.progress)
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from normlab.explain import explain
+
+    print(explain(args.format))
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     from normlab.model import Net
     from normlab.summary import format_summary
 
-    print(format_summary(Net(args.norm, args.groups, args.dropout)))
+    print(format_summary(Net(args.norm, args.groups)))
+
+
+def cmd_exercise(args: argparse.Namespace) -> None:
+    """main.py: one model of the study, chosen as in the exercise (--norm bn+l1|bn|group|layer), and its grid."""
+    import torch
+
+    from normlab.data import load_mnist
+    from normlab.study import parse_variant, save_misclassified
+    from normlab.train import train
+
+    variant = parse_variant(args.norm)
+    args.norm, args.l1 = variant.norm, variant.l1 if args.l1 is None else args.l1
+    args.groups = variant.groups if args.groups is None else args.groups
+    config = config_from_args(args)
+    out = Path(args.out or f"runs/main/{variant.folder}_seed{config.seed}")
+    data = load_mnist(config.data_dir)
+    result = train(config, out=out, data=data, progress=args.progress, force=args.force)
+    label = f"{variant.name} ({config.norm}, L1 λ={config.l1:g}), seed {config.seed}, {config.epochs} epochs"
+    device = next(result.model.parameters()).device
+    grid = save_misclassified(out, variant.folder, result.model, data.limit(None, config.test_limit),
+                              torch.device(device), label, {"variant": variant.name, "seed": config.seed})
+    print(f"done: test accuracy {result.final_test_acc:.2f}%; run folder {out}, grid {out / grid}")
+
+
+def exercise_main(argv: list[str] | None = None) -> int:
+    p = Parser(prog="main.py", description="Train one model of the normalization study, as in the exercise. "
+               "--norm takes bn+l1 (batch norm with the study's L1 penalty), bn, group, layer, "
+               "any other norm or alias, or gn:G for G groups.")
+    add_train_args(p)
+    p.set_defaults(l1=None)  # None: the variant's own (bn+l1 has the study's λ, the others none)
+    p.add_argument("--out", default=None, help="run folder (default runs/main/<norm>_seed<seed>)")
+    p.add_argument("--force", action="store_true", help="replace a run already in --out")
+    return _run(p, argv, cmd_exercise)
 
 
 def build_parser() -> Parser:
+    from normlab.study import DEFAULT_VARIANTS
+
     parser = Parser(prog="normlab", description="Normalization & regularization study of a small MNIST CNN.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p = sub.add_parser("study", help="the standard study: every variant x seed, graphs, grids, report")
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
+                   help="bn+l1, bn, gn, ln, in, none; gn:G for G groups (default: bn+l1 gn ln)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed (default: 0)")
+    add_train_args(p, study=True)
+    p.add_argument("--out", default="runs/study", help="study folder (default runs/study)")
+    p.set_defaults(func=cmd_study)
     p = sub.add_parser("train", help="train one model and write its run folder")
     add_train_args(p)
     p.add_argument("--out", default=None, help="run folder (default runs/<norm>_seed<seed>)")
@@ -88,13 +163,20 @@ def build_parser() -> Parser:
     p = sub.add_parser("summary", help="per-layer table: output shape, receptive field, parameters")
     add_model_args(p)
     p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("explain", help="worked example of each normalization on a small tensor")
+    p.add_argument("--format", choices=["text", "markdown"], default="text")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return _run(build_parser(), argv, None)
+
+
+def _run(parser: Parser, argv: list[str] | None, func: Callable[[argparse.Namespace], None] | None) -> int:
+    args = parser.parse_args(argv)
     try:
-        args.func(args)
+        (func or args.func)(args)
     except UserError as e:
         print(f"normlab: error: {e}", file=sys.stderr)
         return 2

@@ -7,8 +7,8 @@ Shape (every norm; 3×3 convs without padding, receptive field in brackets):
     → 12 conv 8→16 [10] → 10 conv 16→16 [14] → 8 conv 16→16 [18] → 6 global average pool → 1×1 16→10.
 Each conv is followed by ReLU → norm → dropout; channel counts are multiples of 4 so that the
 default GroupNorm has 4 groups everywhere. About 7.4k parameters, 1.1M multiply-adds per image.
-ReLU before the norm: with per-sample norms (layer, group) it learned much faster in short runs
-than norm → ReLU (1 epoch on 5k images: 86 % against 51 % test accuracy with layer norm).
+ReLU before the norm: with per-sample norms it learned much faster in short runs than norm → ReLU
+(layer norm, 1 epoch on 5k images, batch size 64, seed 0: 86 % against 51 % test accuracy).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from normlab.augment import Affine
 from normlab.config import TrainConfig
 from normlab.data import MEAN, MNIST_MD5, STD, Mnist, load_mnist
 from normlab.errors import UserError
+from normlab.files import write_atomic
 from normlab.model import Net, count_parameters
 
 EVAL_BATCH = 1000
@@ -74,16 +75,6 @@ def prepare_out(out: Path, force: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

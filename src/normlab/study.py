@@ -1,0 +1,185 @@
+"""The standard study: variants × seeds -> runs -> results.json, Graph 1, Graph 2, grids, report.
+
+    normlab study --epochs 20 --seeds 0 1 2 --out runs/study
+    normlab study --variants bn+l1 gn gn:2 ln in --train-limit 5000 --epochs 3 --out runs/quick
+
+Each run goes to ``<out>/<variant>/seed<k>/`` exactly as ``normlab train`` writes it; a run that
+already finished there is read back instead of trained again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from normlab.config import TrainConfig
+from normlab.data import Mnist, load_mnist
+from normlab.errors import UserError
+from normlab.files import write_atomic
+from normlab.model import Net
+from normlab.norms import canonical_norm
+from normlab.plots import metric_figure, misclassified_figure
+from normlab.report import write_report
+from normlab.train import evaluate, resolve_device, train
+
+L1_LAMBDA = 1e-5  # λ of the study's BN+L1 variant
+DEFAULT_VARIANTS = ("bn+l1", "gn", "ln")
+N_MISCLASSIFIED = 10
+STUDY_MARKER = "study.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of the study: a norm, its group count, and the L1 penalty."""
+
+    name: str
+    norm: str
+    groups: int | None
+    l1: float
+
+    @property
+    def folder(self) -> str:
+        return self.name.replace(":", "-g")
+
+    @property
+    def regularization(self) -> str:
+        return f"L1 λ={self.l1:g}" if self.l1 else "no L1"
+
+
+def parse_variant(text: str) -> Variant:
+    """``bn+l1``, ``bn``, ``gn``, ``ln``, ``in``, ``none`` (or full norm names), ``gn:2`` for 2 groups."""
+    base, _, groups_text = text.lower().partition(":")
+    l1 = L1_LAMBDA if base.endswith("+l1") else 0.0
+    base = base.removesuffix("+l1")
+    try:
+        norm = canonical_norm(base)
+    except UserError:
+        raise UserError(f"unknown variant {text!r}; use a norm (bn, gn, ln, in, none), "
+                        "add +l1 for the L1 penalty (bn+l1), :G for a group count (gn:2)") from None
+    groups = None
+    if groups_text:
+        if norm != "group" or not groups_text.isdigit():
+            raise UserError(f"variant {text!r}: only gn takes a group count, as gn:2")
+        groups = int(groups_text)
+    TrainConfig(norm=norm, groups=groups, l1=l1)  # checks the group count against the model's channels
+    return Variant(text.lower(), norm, groups, l1)
+
+
+def misclassified(model: Net, data: Mnist, device: torch.device, k: int = N_MISCLASSIFIED) -> list[dict[str, Any]]:
+    """The ``k`` test images the model gets wrong most confidently (highest probability on a wrong class)."""
+    images, labels = data.test_images.to(device), data.test_labels.to(device)
+    _, _, probs = evaluate(model, images, labels)
+    confidence, predicted = probs.max(1)
+    wrong = (predicted != labels).nonzero().flatten()
+    order = wrong[confidence[wrong].argsort(descending=True)][:k]
+    return [{"index": int(i), "label": int(labels[i]), "predicted": int(predicted[i]),
+             "confidence": round(float(confidence[i]), 6)} for i in order]
+
+
+def save_misclassified(folder: Path, stem: str, model: Net, data: Mnist, device: torch.device, label: str,
+                      meta: dict[str, Any]) -> str:
+    """Write misclassified_<stem>.json and the 5×2 grid misclassified_<stem>.png; return the image's name."""
+    picks = misclassified(model, data, device)
+    _, acc, _ = evaluate(model, data.test_images.to(device), data.test_labels.to(device))
+    write_atomic(folder / f"misclassified_{stem}.json", json.dumps(
+        {**meta, "test_acc": acc, "rule": f"the {N_MISCLASSIFIED} test images predicted wrong with the highest "
+                                          "confidence", "images": picks}, indent=2))
+    title = f"{label}: test accuracy {acc:.2f}%\n{len(picks)} most confidently wrong test images"
+    misclassified_figure(data.test_images.numpy(), picks, title, folder / f"misclassified_{stem}.png")
+    return f"misclassified_{stem}.png"
+
+
+def _finished(run_dir: Path, config: TrainConfig) -> list[dict[str, float]] | None:
+    """The metrics of a run already complete in ``run_dir`` with this config, else None."""
+    try:
+        saved = TrainConfig.load(run_dir / "config.json")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        return None
+    same = replace(saved, threads=config.threads, device=config.device) == config
+    if same and len(metrics) == config.epochs and (run_dir / "model.pt").is_file():
+        return metrics
+    return None
+
+
+def prepare_study_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / STUDY_MARKER).is_file():
+        raise UserError(f"--out {out}: folder is not empty and is not a normlab study; choose a new or empty folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
+
+
+def run_study(
+    out: Path,
+    variants: list[str] | tuple[str, ...] = DEFAULT_VARIANTS,
+    seeds: list[int] | tuple[int, ...] = (0,),
+    base: TrainConfig | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every variant × seed (skipping finished runs), then write results, graphs, grids and report."""
+    parsed = [parse_variant(v) for v in variants]
+    if len({v.folder for v in parsed}) != len(parsed):
+        raise UserError(f"--variants {' '.join(variants)}: a variant is named twice")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {' '.join(map(str, seeds))}: give one or more different seeds")
+    base = base or TrainConfig()
+    out = Path(out)
+    prepare_study_out(out)
+    write_atomic(out / STUDY_MARKER, json.dumps({"variants": [v.name for v in parsed], "seeds": list(seeds),
+                                                 "base": base.to_dict()}, indent=2))
+    data = load_mnist(base.data_dir)
+    test_data = data.limit(None, base.test_limit)
+    device = resolve_device(base.device)
+
+    runs: list[dict[str, Any]] = []
+    for variant in parsed:
+        for seed in seeds:
+            config = replace(base, norm=variant.norm, groups=variant.groups, l1=variant.l1, seed=seed)
+            run_dir = out / variant.folder / f"seed{seed}"
+            metrics = _finished(run_dir, config)
+            if metrics is None:
+                log(f"\n=== {variant.name}, seed {seed} -> {run_dir}")
+                metrics = train(config, out=run_dir, data=data, progress=progress, log=log, force=True).metrics
+            else:
+                log(f"=== {variant.name}, seed {seed}: finished run found in {run_dir}, reusing it")
+            accs = [m["test_acc"] for m in metrics]
+            best = max(range(len(accs)), key=accs.__getitem__)
+            runs.append({
+                "variant": variant.name, "seed": seed, "norm": variant.norm, "groups": config.groups,
+                "l1": variant.l1, "regularization": variant.regularization,
+                "parameters": json.loads((run_dir / "config.json").read_text())["parameters"],
+                "epochs": len(metrics), "test_images": len(test_data.test_labels),
+                "final_test_acc": accs[-1], "best_test_acc": accs[best], "best_epoch": best + 1,
+                "final_test_loss": metrics[-1]["test_loss"], "seconds": sum(m["seconds"] for m in metrics),
+                "weights": str((run_dir / "model.pt").relative_to(out)), "metrics": metrics,
+            })
+
+    by_variant = {v.name: [r for r in runs if r["variant"] == v.name] for v in parsed}
+    metric_figure(by_variant, "test_loss", out / "graph1_test_loss.png")
+    metric_figure(by_variant, "test_acc", out / "graph2_test_accuracy.png")
+    grids = {}
+    for variant in parsed:
+        first = by_variant[variant.name][0]
+        model = Net(variant.norm, first["groups"]).to(device)
+        model.load_state_dict(torch.load(out / first["weights"], map_location=device, weights_only=True))
+        label = f"{variant.name} ({variant.norm}, {variant.regularization}), seed {first['seed']}"
+        grids[variant.name] = save_misclassified(out, variant.folder, model, test_data, device, label,
+                                                 {"variant": variant.name, "seed": first["seed"],
+                                                  "weights": first["weights"]})
+    results = {"variants": [v.name for v in parsed], "seeds": list(seeds), "base_config": base.to_dict(),
+               "runs": runs}
+    write_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_report(out, results, grids)
+    log(f"\nstudy written to {out}: results.json, graph1_test_loss.png, graph2_test_accuracy.png, "
+        f"misclassified_*.png, report.md, report.html")
+    return results

@@ -1,0 +1,31 @@
+"""main.py, the exercise's own usage, run as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from normlab.study import L1_LAMBDA
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--epochs", "1", "--train-limit", "300", "--test-limit", "300", "--no-progress"]
+
+
+@pytest.mark.parametrize("norm, l1, stem", [("bn+l1", L1_LAMBDA, "bn+l1"), ("group", 0.0, "group")])
+def test_main_applies_l1_only_to_bn_l1(tmp_path, norm, l1, stem, mnist):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--norm", norm, "--out", str(out), *TINY],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["l1"] == l1
+    assert (out / f"misclassified_{stem}.png").is_file()
+    assert len(json.loads((out / f"misclassified_{stem}.json").read_text())["images"]) == 10
+
+
+def test_main_bad_norm_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--norm", "batchy", "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown variant 'batchy'" in proc.stderr and "Traceback" not in proc.stderr
