@@ -20,3 +20,11 @@ def test_readme_model_table_is_summary_output():
 def test_readme_has_two_setup_commands():
     assert "pip install -e . && normlab study\n" in README
     assert 'pip install -e ".[test]" && ruff check . && pytest\n' in README
+
+
+def test_readme_results_are_the_committed_study_report():
+    report = (Path(__file__).resolve().parent.parent / "docs" / "study" / "report.md").read_text()
+    table = report[report.index("| variant |"):report.index("## Findings")].strip()
+    assert table in README
+    for line in report[report.index("## Findings"):report.index("## Graph 1")].splitlines()[1:]:
+        assert line in README

@@ -33,6 +33,10 @@ def test_every_artifact_is_written(study):
     run = saved["runs"][0]
     assert run["variant"] == "bn+l1" and run["l1"] == L1_LAMBDA and saved["runs"][2]["l1"] == 0
     assert len(run["metrics"]) == 2 and run["final_test_acc"] == run["metrics"][-1]["test_acc"]
+    model = Net("batch")
+    model.load_state_dict(torch.load(out / run["weights"], weights_only=True))
+    conv_l1 = sum(m.weight.abs().sum().item() for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert run["conv_weight_l1"] == pytest.approx(conv_l1, rel=1e-5)
     report = (out / "report.md").read_text()
     assert "mean ± std" in report and "ends best" in report and "![graph1_test_loss.png]" in report
     assert "data:image/png;base64," in (out / "report.html").read_text()

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -19,6 +20,7 @@ from pathlib import Path
 from normlab.config import TrainConfig
 from normlab.errors import UserError
 from normlab.norms import ALIASES, NORMS
+from normlab.train import Interrupted, train
 
 DEFAULTS = TrainConfig()
 
@@ -81,11 +83,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from normlab.train import train
-
     config = config_from_args(args)
     out = Path(args.out or f"runs/{config.norm}_seed{config.seed}")
-    result = train(config, out=out, progress=args.progress, force=args.force)
+    result = train(config, out=out, progress=args.progress, force=args.force, resume=args.resume)
+    if result.failed is not None:
+        raise RunFailed(f"run failed at epoch {result.failed['epoch']}, step {result.failed['step']}: "
+                        f"{result.failed['reason']}; try a lower --lr (details in {out}/failed.json)")
     m = result.metrics[-1]
     print(f"done: test accuracy {m['test_acc']:.2f}% after {config.epochs} epochs, "
           f"{result.parameters} parameters; run folder {out}")
@@ -116,15 +119,16 @@ def cmd_exercise(args: argparse.Namespace) -> None:
 
     from normlab.data import load_mnist
     from normlab.study import parse_variant, save_misclassified
-    from normlab.train import train
-
     variant = parse_variant(args.norm)
     args.norm, args.l1 = variant.norm, variant.l1 if args.l1 is None else args.l1
     args.groups = variant.groups if args.groups is None else args.groups
     config = config_from_args(args)
     out = Path(args.out or f"runs/main/{variant.folder}_seed{config.seed}")
     data = load_mnist(config.data_dir)
-    result = train(config, out=out, data=data, progress=args.progress, force=args.force)
+    result = train(config, out=out, data=data, progress=args.progress, force=args.force, resume=args.resume)
+    if result.failed is not None:
+        raise RunFailed(f"run failed at epoch {result.failed['epoch']}, step {result.failed['step']}: "
+                        f"{result.failed['reason']}; try a lower --lr")
     label = f"{variant.name} ({config.norm}, L1 λ={config.l1:g}), seed {config.seed}, {config.epochs} epochs"
     device = next(result.model.parameters()).device
     grid = save_misclassified(out, variant.folder, result.model, data.limit(None, config.test_limit),
@@ -139,8 +143,17 @@ def exercise_main(argv: list[str] | None = None) -> int:
     add_train_args(p)
     p.set_defaults(l1=None)  # None: the variant's own (bn+l1 has the study's λ, the others none)
     p.add_argument("--out", default=None, help="run folder (default runs/main/<norm>_seed<seed>)")
-    p.add_argument("--force", action="store_true", help="replace a run already in --out")
+    add_out_flags(p)
     return _run(p, argv, cmd_exercise)
+
+
+def add_out_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="discard the run in --out and start over")
+
+
+class RunFailed(Exception):
+    """A run ended without a result (its loss became non-finite): exit code 1, not a usage error."""
 
 
 def build_parser() -> Parser:
@@ -153,12 +166,13 @@ def build_parser() -> Parser:
                    help="bn+l1, bn, gn, ln, in, none; gn:G for G groups (default: bn+l1 gn ln)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed (default: 0)")
     add_train_args(p, study=True)
-    p.add_argument("--out", default="runs/study", help="study folder (default runs/study)")
+    p.add_argument("--out", default="runs/study",
+                   help="study folder (default runs/study); the same command again resumes what is unfinished")
     p.set_defaults(func=cmd_study)
     p = sub.add_parser("train", help="train one model and write its run folder")
     add_train_args(p)
     p.add_argument("--out", default=None, help="run folder (default runs/<norm>_seed<seed>)")
-    p.add_argument("--force", action="store_true", help="replace a run already in --out")
+    add_out_flags(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("summary", help="per-layer table: output shape, receptive field, parameters")
     add_model_args(p)
@@ -173,14 +187,34 @@ def main(argv: list[str] | None = None) -> int:
     return _run(build_parser(), argv, None)
 
 
+def resume_command(prog: str, argv: list[str]) -> str:
+    """The command line that continues an interrupted run: the same flags, plus --resume for train."""
+    extra = [] if prog == "normlab study" or "--resume" in argv else ["--resume"]
+    return " ".join(shlex.quote(a) for a in [*prog.split(), *argv, *extra])
+
+
 def _run(parser: Parser, argv: list[str] | None, func: Callable[[argparse.Namespace], None] | None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
         (func or args.func)(args)
     except UserError as e:
         print(f"normlab: error: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(f"normlab: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:
+        prog = "python main.py" if parser.prog == "main.py" else f"normlab {args.command}"
+        print(f"normlab: {e}; checkpoint written in {e.out}. Resume with:\n  {resume_command(prog, argv)}",
+              file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
-        print("normlab: interrupted", file=sys.stderr)
+        print("normlab: interrupted before a checkpoint could be written", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a folder removed under us: the files written before stay intact
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"normlab: error: {e.strerror or e}{where}; fix that and run the same command again "
+              "(add --resume to continue a run)", file=sys.stderr)
+        return 2
     return 0

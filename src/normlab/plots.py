@@ -27,7 +27,8 @@ def _curves(runs: list[dict[str, Any]], key: str) -> np.ndarray:
 
 
 def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: Path) -> Figure:
-    """One line per variant (mean over its seeds), a band for the spread, the best epoch marked."""
+    """One line per variant (mean over its seeds), a band for the spread, the best epoch circled and named
+    in the legend (labels on the plot would overlap where the curves meet)."""
     is_loss = key == "test_loss"
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     lows = []
@@ -36,16 +37,15 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
         epochs = np.arange(1, values.shape[1] + 1)
         mean = values.mean(0)
         first = runs[0]
+        best = int(mean.argmin() if is_loss else mean.argmax())
+        best_text = f"{mean[best]:.4f}" if is_loss else f"{mean[best]:.2f}%"
         seeds = f", mean of {len(runs)} seeds" if len(runs) > 1 else ""
-        label = f"{variant}: {first['norm']}, {first['regularization']}, {first['parameters']:,} params{seeds}"
+        label = (f"{variant}: {first['norm']}, {first['regularization']}, {first['parameters']:,} params{seeds}"
+                 f" — best {best_text} at epoch {epochs[best]} (○)")
         ax.plot(epochs, mean, color=color, lw=2, marker="o", ms=3, label=label)
         if len(runs) > 1:
             ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.18, lw=0)
-        best = int(mean.argmin() if is_loss else mean.argmax())
         ax.scatter([epochs[best]], [mean[best]], s=110, facecolor="none", edgecolor=color, lw=2, zorder=5)
-        text = f"{mean[best]:.4f}" if is_loss else f"{mean[best]:.2f}%"
-        ax.annotate(f"best {text} @ {epochs[best]}", (epochs[best], mean[best]), textcoords="offset points",
-                    xytext=(-10, 12 if is_loss else -16), ha="right", fontsize=8, color=color)
         lows.append(np.percentile(values, 10))
     if len(by_variant) and any(len(r) > 1 for r in by_variant.values()):
         ax.fill_between([], [], [], color="gray", alpha=0.18, label="band: min–max over seeds")

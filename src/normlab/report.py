@@ -16,7 +16,9 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per variant: mean and sample std of the final test accuracy across seeds, best accuracy, time."""
     rows = []
     for name in results["variants"]:
-        runs = [r for r in results["runs"] if r["variant"] == name]
+        runs = [r for r in results["runs"] if r["variant"] == name and r.get("failed") is None]
+        if not runs:
+            continue  # every run of this variant failed: findings() says so
         finals = [r["final_test_acc"] for r in runs]
         rows.append({
             "variant": name, "norm": runs[0]["norm"], "regularization": runs[0]["regularization"],
@@ -24,12 +26,22 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
             "final_mean": statistics.fmean(finals), "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
             "final_min": min(finals), "best_mean": statistics.fmean(r["best_test_acc"] for r in runs),
             "seconds": statistics.fmean(r["seconds"] for r in runs),
+            "train_loss": statistics.fmean(r["final_train_loss"] for r in runs),
+            "weight_l1": statistics.fmean(r["conv_weight_l1"] for r in runs),
         })
     return rows
 
 
+def failures(results: dict[str, Any]) -> list[str]:
+    return [f"{r['variant']} seed {r['seed']} FAILED: {r['failed']['reason']} at epoch {r['failed']['epoch']}, "
+            f"step {r['failed']['step']}; it is left out of the table, the graphs and the grids."
+            for r in results["runs"] if r.get("failed")]
+
+
 def findings(rows: list[dict[str, Any]]) -> list[str]:
     """Sentences derived from the summary, so they change when the numbers do."""
+    if not rows:
+        return ["Every run failed: there is nothing to compare."]
     ranked = sorted(rows, key=lambda r: r["final_mean"], reverse=True)
     top = ranked[0]
     many = top["seeds"] > 1
@@ -61,19 +73,25 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
     rows = summarize(results)
     many = any(r["seeds"] > 1 for r in rows)
     header = ["variant", "norm", "regularization", "params",
-              "final test acc" + (" (mean ± std)" if many else ""), "best test acc", "seconds per run"]
+              "final test acc" + (" (mean ± std)" if many else ""),
+              "best epoch's test acc" + (" (mean)" if many else ""), "final train loss", "conv weights L1 norm",
+              "seconds per run"]
     table = [[r["variant"], r["norm"], r["regularization"], f"{r['parameters']:,}",
               f"{r['final_mean']:.2f}%" + (f" ± {r['final_std']:.2f}" if many else ""),
-              f"{r['best_mean']:.2f}%", f"{r['seconds']:.0f}"] for r in rows]
+              f"{r['best_mean']:.2f}%", f"{r['train_loss']:.4f}", f"{r['weight_l1']:.0f}",
+              f"{r['seconds']:.0f}"] for r in rows]
     seeds = ", ".join(map(str, results["seeds"]))
     blocks: list[tuple[str, Any]] = [
         ("h1", "normlab study report"),
-        ("p", f"{len(rows)} variants × seeds {seeds}, {rows[0]['epochs']} epochs each, on real MNIST "
-              f"({results['runs'][0]['test_images']:,} test images)."),
+        ("p", f"{len(results['variants'])} variants × seeds {seeds}, {results['base_config']['epochs']} epochs each, "
+              f"on real MNIST ({results['runs'][0]['test_images']:,} test images)."),
         ("h2", "Results"), ("table", (header, table)),
-        ("h2", "Findings"), ("list", findings(rows)),
-        ("h2", "Graph 1: test loss"), ("img", "graph1_test_loss.png"),
-        ("h2", "Graph 2: test accuracy"), ("img", "graph2_test_accuracy.png"),
+        ("h2", "Findings"), ("list", failures(results) + findings(rows)),
+    ]
+    if rows:
+        blocks += [("h2", "Graph 1: test loss"), ("img", "graph1_test_loss.png"),
+                   ("h2", "Graph 2: test accuracy"), ("img", "graph2_test_accuracy.png")]
+    blocks += [
         ("h2", "Misclassified test images"),
         ("p", "For each variant, the 10 test images its final model (first seed) gets wrong with the highest "
               "confidence; indices, labels and confidences are in misclassified_<variant>.json."),

@@ -3,8 +3,9 @@
     normlab study --epochs 20 --seeds 0 1 2 --out runs/study
     normlab study --variants bn+l1 gn gn:2 ln in --train-limit 5000 --epochs 3 --out runs/quick
 
-Each run goes to ``<out>/<variant>/seed<k>/`` exactly as ``normlab train`` writes it; a run that
-already finished there is read back instead of trained again.
+Each run goes to ``<out>/<variant>/seed<k>/`` exactly as ``normlab train`` writes it. Running the
+same command again resumes: a run that already ended there (finished, or failed with a non-finite
+loss) is read back, an interrupted one continues from its checkpoint, and only the rest is trained.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from typing import Any
 
 import torch
 
+from normlab.checkpoint import CHECKPOINT
 from normlab.config import TrainConfig
 from normlab.data import Mnist, load_mnist
 from normlab.errors import UserError
-from normlab.files import write_atomic
+from normlab.files import LOCK, FolderLock, write_atomic
 from normlab.model import Net
 from normlab.norms import canonical_norm
 from normlab.plots import metric_figure, misclassified_figure
 from normlab.report import write_report
-from normlab.train import evaluate, resolve_device, train
+from normlab.train import evaluate, read_failure, resolve_device, train
 
 L1_LAMBDA = 1e-5  # λ of the study's BN+L1 variant
 DEFAULT_VARIANTS = ("bn+l1", "gn", "ln")
@@ -94,23 +96,33 @@ def save_misclassified(folder: Path, stem: str, model: Net, data: Mnist, device:
     return f"misclassified_{stem}.png"
 
 
-def _finished(run_dir: Path, config: TrainConfig) -> list[dict[str, float]] | None:
-    """The metrics of a run already complete in ``run_dir`` with this config, else None."""
+def conv_weight_l1(run_dir: Path) -> float:
+    """Σ|w| over the conv weights of a run's final model: what the L1 penalty acts on (λ times this)."""
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    return float(sum(w.abs().sum() for name, w in state.items() if name.endswith("weight") and w.dim() == 4))
+
+
+def _saved_run(run_dir: Path, config: TrainConfig) -> tuple[list[dict[str, float]], dict[str, Any] | None] | None:
+    """(metrics, failure) of a run that already ended in ``run_dir`` with this config (finished or
+    failed), else None: then the run is trained, or resumed from its checkpoint."""
     try:
         saved = TrainConfig.load(run_dir / "config.json")
         metrics = json.loads((run_dir / "metrics.json").read_text())
+        failure = read_failure(run_dir)
     except (OSError, ValueError, KeyError, TypeError, UserError):
         return None
-    same = replace(saved, threads=config.threads, device=config.device) == config
-    if same and len(metrics) == config.epochs and (run_dir / "model.pt").is_file():
-        return metrics
+    if replace(saved, threads=config.threads, device=config.device) != config:
+        return None
+    if failure is not None or (len(metrics) == config.epochs and (run_dir / "model.pt").is_file()):
+        return metrics, failure
     return None
 
 
 def prepare_study_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / STUDY_MARKER).is_file():
+    present = [p for p in out.iterdir() if p.name != LOCK] if out.is_dir() else []
+    if present and not (out / STUDY_MARKER).is_file():
         raise UserError(f"--out {out}: folder is not empty and is not a normlab study; choose a new or empty folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -135,6 +147,12 @@ def run_study(
     base = base or TrainConfig()
     out = Path(out)
     prepare_study_out(out)
+    with FolderLock(out):
+        return _run_study(out, parsed, list(seeds), base, progress, log)
+
+
+def _run_study(out: Path, parsed: list[Variant], seeds: list[int], base: TrainConfig, progress: bool,
+               log: Callable[[str], None]) -> dict[str, Any]:
     write_atomic(out / STUDY_MARKER, json.dumps({"variants": [v.name for v in parsed], "seeds": list(seeds),
                                                  "base": base.to_dict()}, indent=2))
     data = load_mnist(base.data_dir)
@@ -146,29 +164,44 @@ def run_study(
         for seed in seeds:
             config = replace(base, norm=variant.norm, groups=variant.groups, l1=variant.l1, seed=seed)
             run_dir = out / variant.folder / f"seed{seed}"
-            metrics = _finished(run_dir, config)
-            if metrics is None:
-                log(f"\n=== {variant.name}, seed {seed} -> {run_dir}")
-                metrics = train(config, out=run_dir, data=data, progress=progress, log=log, force=True).metrics
+            saved = _saved_run(run_dir, config)
+            if saved is None:
+                resume = (run_dir / CHECKPOINT).is_file()
+                log(f"\n=== {variant.name}, seed {seed} -> {run_dir}{' (resuming)' if resume else ''}")
+                result = train(config, out=run_dir, data=data, progress=progress, log=log,
+                               force=not resume, resume=resume)
+                metrics, failure = result.metrics, result.failed
             else:
-                log(f"=== {variant.name}, seed {seed}: finished run found in {run_dir}, reusing it")
-            accs = [m["test_acc"] for m in metrics]
-            best = max(range(len(accs)), key=accs.__getitem__)
-            runs.append({
+                metrics, failure = saved
+                log(f"=== {variant.name}, seed {seed}: {'failed' if failure else 'finished'} run found in {run_dir}, "
+                    "reusing it")
+            run: dict[str, Any] = {
                 "variant": variant.name, "seed": seed, "norm": variant.norm, "groups": config.groups,
                 "l1": variant.l1, "regularization": variant.regularization,
                 "parameters": json.loads((run_dir / "config.json").read_text())["parameters"],
-                "epochs": len(metrics), "test_images": len(test_data.test_labels),
-                "final_test_acc": accs[-1], "best_test_acc": accs[best], "best_epoch": best + 1,
-                "final_test_loss": metrics[-1]["test_loss"], "seconds": sum(m["seconds"] for m in metrics),
-                "weights": str((run_dir / "model.pt").relative_to(out)), "metrics": metrics,
-            })
+                "epochs": len(metrics), "test_images": len(test_data.test_labels), "failed": failure,
+            }
+            if failure is None:
+                accs = [m["test_acc"] for m in metrics]
+                best = max(range(len(accs)), key=accs.__getitem__)
+                run.update({
+                    "final_test_acc": accs[-1], "best_test_acc": accs[best], "best_epoch": best + 1,
+                    "final_test_loss": metrics[-1]["test_loss"], "seconds": sum(m["seconds"] for m in metrics),
+                    "final_train_loss": metrics[-1]["train_loss"], "conv_weight_l1": conv_weight_l1(run_dir),
+                    "weights": str((run_dir / "model.pt").relative_to(out)),
+                })
+            runs.append({**run, "metrics": metrics})
 
-    by_variant = {v.name: [r for r in runs if r["variant"] == v.name] for v in parsed}
-    metric_figure(by_variant, "test_loss", out / "graph1_test_loss.png")
-    metric_figure(by_variant, "test_acc", out / "graph2_test_accuracy.png")
+    ok = [r for r in runs if r["failed"] is None]
+    by_variant = {v.name: [r for r in ok if r["variant"] == v.name] for v in parsed}
+    by_variant = {name: group for name, group in by_variant.items() if group}
+    if by_variant:
+        metric_figure(by_variant, "test_loss", out / "graph1_test_loss.png")
+        metric_figure(by_variant, "test_acc", out / "graph2_test_accuracy.png")
     grids = {}
     for variant in parsed:
+        if variant.name not in by_variant:
+            continue
         first = by_variant[variant.name][0]
         model = Net(variant.norm, first["groups"]).to(device)
         model.load_state_dict(torch.load(out / first["weights"], map_location=device, weights_only=True))

@@ -5,7 +5,8 @@
 
 The whole dataset sits on the device as uint8; each step indexes a seeded permutation, warps the
 batch with one grid_sample and runs the model: no per-image work and no host sync inside an epoch.
-Run folder: config.json (config, versions, data checksums), metrics.csv, metrics.json, model.pt.
+Run folder: config.json (config, versions, data checksums), metrics.csv, metrics.json, model.pt, and
+checkpoint.pt while the run is unfinished (every epoch, and on SIGINT/SIGTERM mid-epoch).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import io
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +32,15 @@ from torch import nn
 
 from normlab import __version__
 from normlab.augment import Affine
+from normlab.checkpoint import CHECKPOINT, config_hash, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from normlab.config import TrainConfig
 from normlab.data import MEAN, MNIST_MD5, STD, Mnist, load_mnist
 from normlab.errors import UserError
-from normlab.files import write_atomic
+from normlab.files import LOCK, FolderLock, replace_atomic, write_atomic
 from normlab.model import Net, count_parameters
 
 EVAL_BATCH = 1000
+FAILED = "failed.json"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
 
 
@@ -45,6 +50,7 @@ class RunResult:
     model: Net
     parameters: int
     metrics: list[dict[str, float]] = field(default_factory=list)
+    failed: dict[str, Any] | None = None  # where the loss became non-finite, when it did
 
     @property
     def final_test_acc(self) -> float:
@@ -59,18 +65,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_out(out: Path, force: bool) -> None:
-    """Make the run folder, refusing one that holds files normlab did not write or an earlier run (unless force)."""
+def prepare_out(out: Path, force: bool, resume: bool) -> None:
+    """Make the run folder; refuse one holding files normlab did not write, or a run (unless resume or force)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "config.json").is_file():
-            raise UserError(f"--out {out}: folder is not empty and is not a normlab run; choose a new or empty folder")
-        if not force:
-            raise UserError(f"--out {out}: already holds a run; choose another --out, or add --force to replace it")
+    present = [p for p in out.iterdir() if p.name != LOCK and ".tmp" not in p.name] if out.is_dir() else []
+    if present and not (out / "config.json").is_file():
+        raise UserError(f"--out {out}: folder is not empty and is not a normlab run; choose a new or empty folder")
+    if present and not (force or resume):
+        raise UserError(f"--out {out}: already holds a run; add --resume to continue it, --force to replace it, "
+                        "or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
+        probe = out / f".write-test-{os.getpid()}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -108,7 +115,7 @@ def run_environment(data: Mnist, device: torch.device) -> dict[str, Any]:
         "normlab": __version__, "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
         "threads": torch.get_num_threads(), "data_source": data.source, "data_md5": MNIST_MD5,
-        "command": " ".join(sys.argv),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
 
 
@@ -120,6 +127,51 @@ def metrics_csv(metrics: list[dict[str, float]]) -> str:
     return buf.getvalue()
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after its checkpoint was written; ``code`` is 128 + the signal."""
+
+    def __init__(self, signum: int, out: Path | None) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.code, self.out = 128 + signum, out
+
+
+class StopOnSignal:
+    """While active, SIGINT/SIGTERM set a flag that the loop checks after each step; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def read_failure(run_dir: Path) -> dict[str, Any] | None:
+    """Where a run's loss became non-finite (its failed.json), or None for a run that did not fail."""
+    path = run_dir / FAILED
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_metrics(out: Path, result: RunResult) -> None:
+    """metrics.csv and metrics.json hold one row per finished epoch; failed.json says where a failed run stopped."""
+    write_atomic(out / "metrics.csv", metrics_csv(result.metrics))
+    write_atomic(out / "metrics.json", json.dumps(result.metrics, indent=2))
+    if result.failed is not None:
+        write_atomic(out / FAILED, json.dumps(result.failed, indent=2))
+
+
 def train(
     config: TrainConfig,
     out: Path | None = None,
@@ -127,10 +179,26 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     force: bool = False,
+    resume: bool = False,
 ) -> RunResult:
-    """Train one model as ``config`` says; when ``out`` is given, write the run folder there."""
-    if out is not None:
-        prepare_out(out, force)
+    """Train one model as ``config`` says; with ``out``, write the run folder and a checkpoint every epoch.
+
+    ``resume`` continues from the folder's checkpoint (or returns a run already finished there);
+    ``force`` discards what the folder holds and starts over. SIGINT/SIGTERM write a checkpoint and
+    raise Interrupted.
+    """
+    if out is None:
+        return _train(config, None, data, progress, log, resume=False)
+    prepare_out(out, force, resume)
+    with FolderLock(out):
+        if force and not resume:
+            for name in (CHECKPOINT, FAILED, "metrics.json", "metrics.csv", "model.pt"):
+                (out / name).unlink(missing_ok=True)
+        return _train(config, out, data, progress, log, resume)
+
+
+def _train(config: TrainConfig, out: Path | None, data: Mnist | None, progress: bool,
+           log: Callable[[str], None], resume: bool) -> RunResult:
     device = resolve_device(config.device)
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     if data is None:
@@ -141,17 +209,35 @@ def train(
     gen = torch.Generator(device=device).manual_seed(config.seed)
     model = Net(config.norm, config.groups, config.dropout).to(device)
     params = count_parameters(model)
-    steps_per_epoch = -(-len(train_x) // config.batch_size)
+    steps = -(-len(train_x) // config.batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
-                                                   total_steps=config.epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps)
     augment = Affine() if config.augment else None
     penalized = l1_parameters(model, config.l1_norm_params) if config.l1 > 0 else []
-
     result = RunResult(config, model, params)
+
+    checkpoint = out / CHECKPOINT if out is not None else None
+    first_epoch, first_step, partial = 1, 0, None
+    if resume and checkpoint is not None and checkpoint.is_file():
+        state = load_checkpoint(checkpoint, config)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        restore_rng(state["rng"], gen)
+        result.metrics, partial = state["metrics"], state["partial"]
+        first_epoch, first_step = state["epoch"], state["step"]
+        log(f"normlab train: resuming {out} at epoch {first_epoch}, step {first_step}")
+    elif resume and out is not None and (out / "model.pt").is_file():
+        if TrainConfig.load(out / "config.json") != config:
+            raise UserError(f"--out {out}: holds a finished run with a different config; add --force to replace it")
+        model.load_state_dict(torch.load(out / "model.pt", map_location=device, weights_only=True))
+        result.metrics = json.loads((out / "metrics.json").read_text())
+        log(f"normlab train: {out} already holds the finished run; nothing to do")
+        return result
+
     environment = run_environment(data, device)
-    if out is not None:
+    if out is not None and first_epoch == 1 and first_step == 0:
         write_atomic(out / "config.json", json.dumps(
             {"config": config.to_dict(), "parameters": params, "environment": environment}, indent=2))
     log(f"normlab train: norm={config.norm}{f' groups={config.groups}' if config.norm == 'group' else ''} "
@@ -159,50 +245,85 @@ def train(
         f"threads={environment['threads']} data={data.source}")
     log(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} {'lr':>8} {'sec':>6}")
 
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        lr_at_start = schedule.get_last_lr()[0]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        order = torch.randperm(len(train_x), generator=gen, device=device)
-        batches = range(0, len(train_x), config.batch_size)
-        if progress:
-            from tqdm import tqdm
-            batches = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch", file=sys.stderr)
-        for i in batches:
-            idx = order[i:i + config.batch_size]
-            x = train_x[idx].unsqueeze(1).float() / 255
-            if augment is not None:
-                x = augment(x, gen)
-            y = train_y[idx]
-            logits = model(normalize(x))
-            loss = F.cross_entropy(logits, y)
-            total = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == y).sum()
-        test_loss, test_acc, _ = evaluate(model, test_x, test_y)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / len(train_x),
-            "train_acc": correct.item() * 100 / len(train_x),
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "lr": lr_at_start,
-            "seconds": time.perf_counter() - start,
-        }
-        if not np.isfinite(row["train_loss"]):
-            raise UserError(f"training diverged at epoch {epoch} (loss {row['train_loss']}); lower --lr")
-        result.metrics.append(row)
-        log(f"{epoch:>5} {row['train_loss']:>10.4f} {row['train_acc']:>8.2f}% {test_loss:>9.4f} "
-            f"{test_acc:>7.2f}% {lr_at_start:>8.5f} {row['seconds']:>6.1f}")
-        if out is not None:
-            write_atomic(out / "metrics.csv", metrics_csv(result.metrics))
-            write_atomic(out / "metrics.json", json.dumps(result.metrics, indent=2))
+    def save(epoch: int, step: int, partial_state: dict[str, Any] | None) -> None:
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "config_hash": config_hash(config), "epoch": epoch, "step": step, "partial": partial_state,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "rng": rng_state(gen), "metrics": result.metrics,
+            })
+
+    with StopOnSignal() as stop:
+        for epoch in range(first_epoch, config.epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            if partial is not None:  # resuming mid-epoch: the same order and sums as when it stopped
+                order, lr_at_start = partial["order"].to(device), partial["lr"]
+                loss_sum, correct = partial["loss_sum"].to(device), partial["correct"].to(device)
+                bad_step, start = partial["bad_step"].to(device), start - partial["seconds"]
+                partial = None
+            else:
+                order = torch.randperm(len(train_x), generator=gen, device=device)
+                lr_at_start = schedule.get_last_lr()[0]
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), device=device, dtype=torch.int64)
+                bad_step = torch.full((), -1, device=device, dtype=torch.int64)  # first non-finite step, no sync
+            step_range: Iterable[int] = range(first_step, steps)
+            if progress:
+                from tqdm import tqdm
+                step_range = tqdm(step_range, desc=f"epoch {epoch}/{config.epochs}", total=steps, initial=first_step,
+                                  leave=False, unit="batch", file=sys.stderr)
+            first_step = 0
+            for step in step_range:
+                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+                x = train_x[idx].unsqueeze(1).float() / 255
+                if augment is not None:
+                    x = augment(x, gen)
+                y = train_y[idx]
+                logits = model(normalize(x))
+                loss = F.cross_entropy(logits, y)
+                total = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                schedule.step()
+                loss = loss.detach()
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+                loss_sum += loss * len(idx)
+                correct += (logits.detach().argmax(1) == y).sum()
+                if stop.signum is not None and step + 1 < steps:
+                    save(epoch, step + 1, {"order": order.cpu(), "lr": lr_at_start, "loss_sum": loss_sum.cpu(),
+                                           "correct": correct.cpu(), "bad_step": bad_step.cpu(),
+                                           "seconds": time.perf_counter() - start})
+                    raise Interrupted(stop.signum, out)
+            if bad_step.item() >= 0:
+                result.failed = {"epoch": epoch, "step": int(bad_step.item()) + 1,
+                                 "reason": "the training loss became NaN or infinite"}
+                log(f"normlab train: FAILED at epoch {epoch}, step {result.failed['step']}: "
+                    f"{result.failed['reason']} (try a lower --lr)")
+                if out is not None:
+                    _write_metrics(out, result)
+                    checkpoint.unlink(missing_ok=True)  # type: ignore[union-attr]
+                return result
+            test_loss, test_acc, _ = evaluate(model, test_x, test_y)
+            row = {
+                "epoch": epoch,
+                "train_loss": loss_sum.item() / len(train_x),
+                "train_acc": correct.item() * 100 / len(train_x),
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "lr": lr_at_start,
+                "seconds": time.perf_counter() - start,
+            }
+            result.metrics.append(row)
+            log(f"{epoch:>5} {row['train_loss']:>10.4f} {row['train_acc']:>8.2f}% {test_loss:>9.4f} "
+                f"{test_acc:>7.2f}% {lr_at_start:>8.5f} {row['seconds']:>6.1f}")
+            if out is not None:
+                _write_metrics(out, result)
+                save(epoch + 1, 0, None)
+            if stop.signum is not None and epoch < config.epochs:
+                raise Interrupted(stop.signum, out)
     if out is not None:
-        torch.save(model.state_dict(), out / "model.pt")
+        replace_atomic(out / "model.pt", lambda f: torch.save(model.state_dict(), f))
+        checkpoint.unlink(missing_ok=True)  # type: ignore[union-attr]
     return result

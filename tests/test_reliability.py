@@ -1,0 +1,192 @@
+"""Fault injection: killed and resumed runs equal uninterrupted ones; failed writes, locks, bad losses."""
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from normlab import files
+from normlab.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from normlab.cli import main
+from normlab.config import TrainConfig
+from normlab.errors import UserError
+from normlab.files import LOCK, FolderLock
+from normlab.study import run_study
+from normlab.train import train
+
+# Small enough to run in seconds, long enough (4 epochs × 30 steps) to be killed in the middle.
+FLAGS = ["--norm", "batch", "--l1", "1e-4", "--dropout", "0.1", "--epochs", "4", "--train-limit", "1500",
+         "--test-limit", "300", "--batch-size", "50", "--threads", "1", "--no-progress"]
+CONFIG = TrainConfig(norm="batch", l1=1e-4, dropout=0.1, epochs=4, train_limit=1500, test_limit=300, batch_size=50,
+                     threads=1)
+
+
+def quiet(*_):
+    pass
+
+
+def without_seconds(metrics):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in metrics]
+
+
+@pytest.fixture(scope="module")
+def reference(mnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = train(CONFIG, out=out, data=mnist, progress=False, log=quiet)
+    return without_seconds(result.metrics), torch.load(out / "model.pt", weights_only=True)
+
+
+def start(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "normlab", "train", *FLAGS, "--out", str(out), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def assert_same_as_reference(out: Path, reference) -> None:
+    metrics, weights = reference
+    assert without_seconds(json.loads((out / "metrics.json").read_text())) == metrics
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved.keys() == weights.keys() and all(torch.equal(saved[k], weights[k]) for k in weights)
+    assert not (out / CHECKPOINT).exists()
+
+
+def wait_for_new_checkpoint(out: Path, proc: subprocess.Popen, after: float) -> float:
+    """Wait until the run writes a checkpoint newer than ``after`` (or ends); return its mtime."""
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            mtime = (out / CHECKPOINT).stat().st_mtime
+        except FileNotFoundError:
+            mtime = 0.0
+        if mtime > after:
+            return mtime
+        time.sleep(0.01)
+    return after
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, reference):
+    out = tmp_path / "run"
+    rng = random.Random(1234)
+    proc, kills, last = start(out), 0, 0.0
+    # Kill twice at a random moment of an epoch after a fresh checkpoint, once while the resumed
+    # process is still starting up.
+    for wait_checkpoint in (True, False, True):
+        if wait_checkpoint:
+            last = wait_for_new_checkpoint(out, proc, last)
+        time.sleep(rng.uniform(0.0, 0.5 if wait_checkpoint else 1.0))
+        if proc.poll() is not None:
+            break
+        proc.kill()
+        proc.wait()
+        kills += 1
+        proc = start(out, "--resume")
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert kills >= 2
+    assert_same_as_reference(out, reference)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_mid_epoch_and_resume_is_exact(tmp_path, reference, sig, code):
+    out = tmp_path / "run"
+    proc = start(out)
+    deadline = time.time() + 60
+    while not (out / "metrics.json").exists() and time.time() < deadline:  # let it finish epoch 1
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == code
+    message = proc.stderr.read()
+    assert f"stopped by {sig.name}" in message and "--resume" in message and "Traceback" not in message
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    assert state["step"] > 0 or state["epoch"] > 1
+    resumed = start(out, "--resume")
+    assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+    assert_same_as_reference(out, reference)
+
+
+def test_checkpoint_write_failing_half_way_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / CHECKPOINT
+    save_checkpoint(path, {"config_hash": "x", "epoch": 2, "weights": torch.arange(1000.0)})
+
+    def full_disk(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"config_hash": "x", "epoch": 3})
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]  # no temporary file left behind
+
+
+def test_full_disk_during_a_run_is_one_line_and_keeps_earlier_files(tmp_path, monkeypatch, capsys, mnist):
+    out = tmp_path / "run"
+    assert main(["train", *FLAGS, "--epochs", "1", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = files.os.fsync
+
+    def fsync_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", fsync_full)
+    assert main(["train", *FLAGS, "--epochs", "1", "--out", str(out), "--force"]) == 2
+    monkeypatch.setattr(files.os, "fsync", real)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("normlab: error: No space left on device") and len(err.splitlines()) == 1
+    assert (out / "config.json").read_bytes() == before["config.json"]
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path, mnist):
+    out = tmp_path / "run"
+    train(TrainConfig(norm="group", epochs=1, train_limit=200, test_limit=100), out=out, data=mnist,
+          progress=False, log=quiet, force=True)
+    save_checkpoint(out / CHECKPOINT, {"config_hash": "not-this-config"})
+    with pytest.raises(UserError, match=r"different config.*--force"):
+        load_checkpoint(out / CHECKPOINT, TrainConfig(norm="group", epochs=1))
+    with pytest.raises(UserError, match="different config"):
+        train(TrainConfig(norm="layer", epochs=1, train_limit=200, test_limit=100), out=out, data=mnist,
+              progress=False, log=quiet, resume=True)
+
+
+def test_one_writer_per_folder(tmp_path, mnist):
+    out = tmp_path / "run"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(f"{sleeper.pid} {os.uname().nodename}")
+        with pytest.raises(UserError, match=f"in use by another normlab process \\(pid {sleeper.pid}"):
+            train(CONFIG, out=out, data=mnist, progress=False, log=quiet)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # Its owner is gone now: the stale lock is taken over, and released at the end.
+    train(TrainConfig(norm="layer", epochs=1, train_limit=200, test_limit=100), out=out, data=mnist,
+          progress=False, log=quiet)
+    assert not (out / LOCK).exists()
+    with FolderLock(out), pytest.raises(UserError, match="in use"), FolderLock(out):
+        pass
+
+
+def test_non_finite_loss_fails_the_run_and_the_study_goes_on(tmp_path, mnist):
+    huge = TrainConfig(lr=1e12, epochs=2, train_limit=500, test_limit=200, batch_size=50)
+    results = run_study(tmp_path / "study", ["bn", "gn"], [0], huge, progress=False, log=quiet)
+    assert [r["variant"] for r in results["runs"]] == ["bn", "gn"]  # the second ran after the first failed
+    for run in results["runs"]:
+        assert run["failed"]["epoch"] == 1 and run["failed"]["step"] >= 1
+        assert json.loads((tmp_path / "study" / run["variant"] / "seed0" / "failed.json").read_text())
+    report = (tmp_path / "study" / "report.md").read_text()
+    assert "bn seed 0 FAILED" in report and "gn seed 0 FAILED" in report
+
+
+def test_cli_run_that_fails_exits_1(tmp_path, capsys, mnist):
+    assert main(["train", "--lr", "1e12", "--epochs", "1", "--train-limit", "300", "--test-limit", "100",
+                 "--no-progress", "--out", str(tmp_path / "run")]) == 1
+    assert "run failed at epoch 1" in capsys.readouterr().err
