@@ -30,6 +30,7 @@ def test_summary_command(capsys):
     (["--epochs", "-2"], "--epochs -2"),
     (["--norm", "bn", "--batch-size", "1"], "batch norm needs at least 2"),
     (["--l1", "-0.1"], "--l1 -0.1: must be 0 or more"),
+    (["--l1", "-1e-5"], "--l1 -1e-05: must be 0 or more"),
     (["--data-dir", "/nonexistent/mnist"], "no such folder"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):

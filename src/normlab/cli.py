@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from normlab.config import TrainConfig
 from normlab.errors import UserError
@@ -26,7 +28,12 @@ DEFAULTS = TrainConfig()
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (what is wrong, where to look) rather than usage + error."""
+    """argparse, but a bad flag is one line (what is wrong, where to look) rather than usage + error,
+    and ``--l1 -1e-5`` reads as a (negative) number, so the value check can say what is wrong with it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
