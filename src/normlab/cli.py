@@ -22,7 +22,7 @@ from typing import Any
 from normlab.config import TrainConfig
 from normlab.errors import UserError
 from normlab.norms import ALIASES, NORMS
-from normlab.train import Interrupted, train
+from normlab.train import Interrupted, RunResult, train
 
 DEFAULTS = TrainConfig()
 
@@ -93,9 +93,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     out = Path(args.out or f"runs/{config.norm}_seed{config.seed}")
     result = train(config, out=out, progress=args.progress, force=args.force, resume=args.resume)
-    if result.failed is not None:
-        raise RunFailed(f"run failed at epoch {result.failed['epoch']}, step {result.failed['step']}: "
-                        f"{result.failed['reason']}; try a lower --lr (details in {out}/failed.json)")
+    raise_if_failed(result, out)
     m = result.metrics[-1]
     print(f"done: test accuracy {m['test_acc']:.2f}% after {config.epochs} epochs, "
           f"{result.parameters} parameters; run folder {out}")
@@ -122,10 +120,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 def cmd_exercise(args: argparse.Namespace) -> None:
     """main.py: one model of the study, chosen as in the exercise (--norm bn+l1|bn|group|layer), and its grid."""
-    import torch
-
     from normlab.data import load_mnist
     from normlab.study import parse_variant, save_misclassified
+
     variant = parse_variant(args.norm)
     args.norm, args.l1 = variant.norm, variant.l1 if args.l1 is None else args.l1
     args.groups = variant.groups if args.groups is None else args.groups
@@ -133,13 +130,11 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/main/{variant.folder}_seed{config.seed}")
     data = load_mnist(config.data_dir)
     result = train(config, out=out, data=data, progress=args.progress, force=args.force, resume=args.resume)
-    if result.failed is not None:
-        raise RunFailed(f"run failed at epoch {result.failed['epoch']}, step {result.failed['step']}: "
-                        f"{result.failed['reason']}; try a lower --lr")
+    raise_if_failed(result, out)
     label = f"{variant.name} ({config.norm}, L1 λ={config.l1:g}), seed {config.seed}, {config.epochs} epochs"
     device = next(result.model.parameters()).device
     grid = save_misclassified(out, variant.folder, result.model, data.limit(None, config.test_limit),
-                              torch.device(device), label, {"variant": variant.name, "seed": config.seed})
+                              device, label, {"variant": variant.name, "seed": config.seed})
     print(f"done: test accuracy {result.final_test_acc:.2f}%; run folder {out}, grid {out / grid}")
 
 
@@ -161,6 +156,12 @@ def add_out_flags(p: argparse.ArgumentParser) -> None:
 
 class RunFailed(Exception):
     """A run ended without a result (its loss became non-finite): exit code 1, not a usage error."""
+
+
+def raise_if_failed(result: RunResult, out: Path) -> None:
+    if result.failed is not None:
+        raise RunFailed(f"run failed at epoch {result.failed['epoch']}, step {result.failed['step']}: "
+                        f"{result.failed['reason']}; try a lower --lr (details in {out}/failed.json)")
 
 
 def build_parser() -> Parser:

@@ -40,6 +40,24 @@ def write_atomic(path: Path, text: str) -> None:
     replace_atomic(path, lambda f: f.write(text.encode()))
 
 
+def prepare_folder(out: Path, marker: str, what: str) -> bool:
+    """Make ``out`` and check it can be written; refuse a file, or a non-empty folder without ``marker``
+    (files normlab did not write). Returns whether it already holds a normlab ``what``."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
+    present = [p for p in out.iterdir() if p.name != LOCK and ".tmp" not in p.name] if out.is_dir() else []
+    if present and not (out / marker).is_file():
+        raise UserError(f"--out {out}: folder is not empty and is not a normlab {what}; choose a new or empty folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
+    return bool(present)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

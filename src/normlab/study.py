@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from normlab.checkpoint import CHECKPOINT
+from normlab.checkpoint import CHECKPOINT, config_hash
 from normlab.config import TrainConfig
 from normlab.data import Mnist, load_mnist
 from normlab.errors import UserError
-from normlab.files import LOCK, FolderLock, write_atomic
+from normlab.files import FolderLock, prepare_folder, write_atomic
 from normlab.model import Net
 from normlab.norms import canonical_norm
 from normlab.plots import metric_figure, misclassified_figure
@@ -111,23 +111,11 @@ def _saved_run(run_dir: Path, config: TrainConfig) -> tuple[list[dict[str, float
         failure = read_failure(run_dir)
     except (OSError, ValueError, KeyError, TypeError, UserError):
         return None
-    if replace(saved, threads=config.threads, device=config.device) != config:
+    if config_hash(saved) != config_hash(config):
         return None
     if failure is not None or (len(metrics) == config.epochs and (run_dir / "model.pt").is_file()):
         return metrics, failure
     return None
-
-
-def prepare_study_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
-    present = [p for p in out.iterdir() if p.name != LOCK] if out.is_dir() else []
-    if present and not (out / STUDY_MARKER).is_file():
-        raise UserError(f"--out {out}: folder is not empty and is not a normlab study; choose a new or empty folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
 
 
 def run_study(
@@ -146,7 +134,7 @@ def run_study(
         raise UserError(f"--seeds {' '.join(map(str, seeds))}: give one or more different seeds")
     base = base or TrainConfig()
     out = Path(out)
-    prepare_study_out(out)
+    prepare_folder(out, STUDY_MARKER, "study")
     with FolderLock(out):
         return _run_study(out, parsed, list(seeds), base, progress, log)
 

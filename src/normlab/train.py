@@ -36,7 +36,7 @@ from normlab.checkpoint import CHECKPOINT, config_hash, load_checkpoint, restore
 from normlab.config import TrainConfig
 from normlab.data import MEAN, MNIST_MD5, STD, Mnist, load_mnist
 from normlab.errors import UserError
-from normlab.files import LOCK, FolderLock, replace_atomic, write_atomic
+from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atomic
 from normlab.model import Net, count_parameters
 
 EVAL_BATCH = 1000
@@ -67,21 +67,9 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare_out(out: Path, force: bool, resume: bool) -> None:
     """Make the run folder; refuse one holding files normlab did not write, or a run (unless resume or force)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
-    present = [p for p in out.iterdir() if p.name != LOCK and ".tmp" not in p.name] if out.is_dir() else []
-    if present and not (out / "config.json").is_file():
-        raise UserError(f"--out {out}: folder is not empty and is not a normlab run; choose a new or empty folder")
-    if present and not (force or resume):
+    if prepare_folder(out, "config.json", "run") and not (force or resume):
         raise UserError(f"--out {out}: already holds a run; add --resume to continue it, --force to replace it, "
                         "or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -136,10 +124,14 @@ class Interrupted(Exception):
 
 
 class StopOnSignal:
-    """While active, SIGINT/SIGTERM set a flag that the loop checks after each step; a second one stops at once."""
+    """SIGINT/SIGTERM set a flag that the loop checks after each step; a second one stops at once.
 
-    def __init__(self) -> None:
+    Only ``active`` when there is a checkpoint to write; otherwise Ctrl-C interrupts as usual.
+    """
+
+    def __init__(self, active: bool) -> None:
         self.signum: int | None = None
+        self.active = active
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
@@ -148,7 +140,7 @@ class StopOnSignal:
         self.signum = signum
 
     def __enter__(self) -> StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
+        if self.active and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -229,7 +221,7 @@ def _train(config: TrainConfig, out: Path | None, data: Mnist | None, progress: 
         first_epoch, first_step = state["epoch"], state["step"]
         log(f"normlab train: resuming {out} at epoch {first_epoch}, step {first_step}")
     elif resume and out is not None and (out / "model.pt").is_file():
-        if TrainConfig.load(out / "config.json") != config:
+        if config_hash(TrainConfig.load(out / "config.json")) != config_hash(config):
             raise UserError(f"--out {out}: holds a finished run with a different config; add --force to replace it")
         model.load_state_dict(torch.load(out / "model.pt", map_location=device, weights_only=True))
         result.metrics = json.loads((out / "metrics.json").read_text())
@@ -253,7 +245,7 @@ def _train(config: TrainConfig, out: Path | None, data: Mnist | None, progress: 
                 "rng": rng_state(gen), "metrics": result.metrics,
             })
 
-    with StopOnSignal() as stop:
+    with StopOnSignal(active=checkpoint is not None) as stop:
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
             model.train()
