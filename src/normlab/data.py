@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from normlab.errors import UserError
+from normlab.files import replace_atomic
 
 # MD5 of the uncompressed IDX files as published with MNIST.
 MNIST_MD5 = {
@@ -264,9 +265,7 @@ def _write_cache(folder: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write the IDX files atomically (temp file + rename), so a crash never leaves a half file."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
-        tmp = folder / f".{name}.tmp{os.getpid()}"
-        tmp.write_bytes(encode_idx(array))
-        os.replace(tmp, folder / name)
+        replace_atomic(folder / name, lambda f, array=array: f.write(encode_idx(array)))
 
 
 def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:

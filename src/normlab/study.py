@@ -72,22 +72,23 @@ def parse_variant(text: str) -> Variant:
     return Variant(text.lower(), norm, groups, l1)
 
 
-def misclassified(model: Net, data: Mnist, device: torch.device, k: int = N_MISCLASSIFIED) -> list[dict[str, Any]]:
-    """The ``k`` test images the model gets wrong most confidently (highest probability on a wrong class)."""
+def misclassified(model: Net, data: Mnist, device: torch.device,
+                  k: int = N_MISCLASSIFIED) -> tuple[list[dict[str, Any]], float]:
+    """The ``k`` test images the model gets wrong most confidently (highest probability on a wrong class),
+    and its test accuracy in %, from one pass over the test set."""
     images, labels = data.test_images.to(device), data.test_labels.to(device)
-    _, _, probs = evaluate(model, images, labels)
+    _, acc, probs = evaluate(model, images, labels)
     confidence, predicted = probs.max(1)
     wrong = (predicted != labels).nonzero().flatten()
     order = wrong[confidence[wrong].argsort(descending=True)][:k]
     return [{"index": int(i), "label": int(labels[i]), "predicted": int(predicted[i]),
-             "confidence": round(float(confidence[i]), 6)} for i in order]
+             "confidence": round(float(confidence[i]), 6)} for i in order], acc
 
 
 def save_misclassified(folder: Path, stem: str, model: Net, data: Mnist, device: torch.device, label: str,
                       meta: dict[str, Any]) -> str:
     """Write misclassified_<stem>.json and the 5×2 grid misclassified_<stem>.png; return the image's name."""
-    picks = misclassified(model, data, device)
-    _, acc, _ = evaluate(model, data.test_images.to(device), data.test_labels.to(device))
+    picks, acc = misclassified(model, data, device)
     write_atomic(folder / f"misclassified_{stem}.json", json.dumps(
         {**meta, "test_acc": acc, "rule": f"the {N_MISCLASSIFIED} test images predicted wrong with the highest "
                                           "confidence", "images": picks}, indent=2))
