@@ -165,7 +165,9 @@ def main() -> None:
         lines.append(f"| {label} | {s['images_per_s']:,.0f} | {60000 / s['images_per_s']:.1f} | "
                      f"{study_images / s['images_per_s'] / 60:.1f} min | {s['peak_rss_mb']:.0f} MB |")
     lines += ["", f"Ratio of training throughput: **{ratio:.2f}×**. (The projection counts training only; "
-              "normlab's study also evaluates the 10k test images after every epoch.)", ""]
+              "normlab's study also evaluates the 10k test images after every epoch.)", "",
+              "What was tried to make normlab's loop faster, and what each try gave: [performance.md](performance.md).",
+              ""]
     (out / "benchmarks.md").write_text("\n".join(lines))
     print(f"wrote {out / 'benchmarks.md'} and {out / 'benchmarks.json'}")
 

@@ -15,6 +15,25 @@ def test_every_norm_is_small_and_classifies(norm):
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
+@pytest.mark.parametrize("norm", ["batch", "group", "layer"])
+def test_channels_last_is_a_layout_only(norm):
+    """Net keeps channels-last memory for speed; the same weights in NCHW compute the same outputs and gradients."""
+    torch.manual_seed(0)
+    fast = Net(norm)
+    plain = Net(norm)
+    plain.load_state_dict(fast.state_dict())
+    plain.channels_last = False
+    plain.to(memory_format=torch.contiguous_format)
+    assert fast.features.conv2[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.features.conv2[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(8, 1, 28, 28)
+    out_fast, out_plain = fast(x), plain(x)
+    assert torch.allclose(out_fast, out_plain, atol=1e-5)
+    out_fast.square().sum().backward()
+    out_plain.square().sum().backward()
+    assert torch.allclose(fast.features.conv1[0].weight.grad, plain.features.conv1[0].weight.grad, atol=1e-4)
+
+
 def test_aliases_and_unknown_norm():
     for alias, name in ALIASES.items():
         assert canonical_norm(alias) == name and Net(alias).norm == name

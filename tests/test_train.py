@@ -8,7 +8,7 @@ from normlab.augment import Affine
 from normlab.config import TrainConfig
 from normlab.errors import UserError
 from normlab.model import Net
-from normlab.train import l1_parameters, train
+from normlab.train import l1_parameters, momentum_swing, train
 
 QUICK = {"epochs": 1, "train_limit": 1000, "test_limit": 500, "batch_size": 64}
 
@@ -41,6 +41,15 @@ def test_l1_penalty_covers_conv_weights_only_unless_asked():
     weights = l1_parameters(model, include_norm=False)
     assert all(p.dim() == 4 for p in weights) and len(weights) == 7  # 6 conv blocks + head
     assert len(l1_parameters(model, include_norm=True)) == len(list(model.parameters()))
+
+
+def test_momentum_flag_is_used_and_swings_within_bounds(mnist):
+    """--momentum reaches the optimizer: one-cycle swings it ±0.05 around the value, never outside [0, 1)."""
+    assert momentum_swing(0.9) == pytest.approx(0.05) and momentum_swing(0.0) == 0.0
+    assert momentum_swing(0.98) == pytest.approx(0.01)
+    a = train(TrainConfig(norm="batch", momentum=0.9, **QUICK), data=mnist, progress=False, log=quiet)
+    b = train(TrainConfig(norm="batch", momentum=0.5, **QUICK), data=mnist, progress=False, log=quiet)
+    assert a.metrics[0]["train_loss"] != b.metrics[0]["train_loss"]
 
 
 def test_l1_changes_training(mnist):

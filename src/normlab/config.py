@@ -23,7 +23,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.1              # peak learning rate of the one-cycle schedule
-    momentum: float = 0.9
+    momentum: float = 0.9         # SGD (Nesterov) momentum; one-cycle swings it ±0.05 against the LR
     augment: bool = True         # random affine on training batches (never on test)
     seed: int = 0
     train_limit: int | None = None  # train on the first N training images (None: all 60k)

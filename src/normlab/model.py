@@ -8,11 +8,13 @@ Shape (every norm; 3×3 convs without padding, receptive field in brackets):
 Each conv is followed by ReLU → norm → dropout; channel counts are multiples of 4 so that the
 default GroupNorm has 4 groups everywhere. About 7.4k parameters, 1.1M multiply-adds per image.
 ReLU before the norm: with per-sample norms it learned much faster in short runs than norm → ReLU
-(layer norm, 1 epoch on 5k images, batch size 64, seed 0: 86 % against 51 % test accuracy).
+(layer norm, 1 epoch on 5k images, batch size 64, seed 0: 86 % against 51 % test accuracy, measured
+while designing it, before the switch to channels-last memory).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from normlab.errors import UserError
@@ -72,8 +74,14 @@ class Net(nn.Module):
                 self.features.add_module(name, ConvBlock(cin, cout, kernel, norm, groups, dropout))
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Conv2d(LAYOUT[-1][2], NUM_CLASSES, 1)  # type: ignore[index]
+        # channels_last is a memory layout only, the same function either way; on a 2-core CPU it made the
+        # training step of every norm here 9-29 % faster (docs/performance.md; benchmarks/layouts.py turns it off).
+        self.channels_last = True
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.gap(self.features(x))).flatten(1)
 
 
