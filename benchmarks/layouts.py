@@ -28,7 +28,7 @@ import normlab.train
 from normlab.augment import Affine
 from normlab.config import TrainConfig
 from normlab.data import load_mnist
-from normlab.model import LAYOUT, ConvBlock, Net
+from normlab.model import LAYOUT, ConvBlock, Net, count_parameters
 from normlab.norms import DEFAULT_GROUPS, canonical_norm
 
 Layer = tuple[int, int, int] | str  # (in, out, kernel) or "pool"
@@ -149,7 +149,7 @@ def main() -> None:
     speed_models: dict[str, nn.Module] = {}
     for name in args.layouts:
         model = build(name)(args.norm)
-        params = sum(q.numel() for q in model.parameters())
+        params = count_parameters(model)
         head = f"{name:>4} {args.norm}: {params:,} params, {multiply_adds(model) / 1e3:,.0f}k multiply-adds"
         if args.speed:
             print(head)
