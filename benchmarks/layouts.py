@@ -2,6 +2,7 @@
 
     python benchmarks/layouts.py --layouts A FC2 --speed                  # training images/s, random data
     python benchmarks/layouts.py --layouts A --norm group --speed --formats nchw channels_last
+    python benchmarks/layouts.py --layouts A --norm batch --speed --modes eager compile bf16 1-thread
     python benchmarks/layouts.py --layouts A FC2 --norm layer --epochs 1 --train-limit 5000 --seeds 0 1 2
     python benchmarks/layouts.py --layouts FC2 --norm group --epochs 20 --batch-size 64
 
@@ -93,20 +94,36 @@ def multiply_adds(model: nn.Module) -> int:
     return total
 
 
-def step_timer(model: nn.Module, batch_size: int) -> Callable[[int], float]:
-    """A function that runs n training steps on random images (augmentation included) and returns ms per step."""
+MODES = ("eager", "compile", "bf16", "compile+bf16", "1-thread")
+
+
+def step_timer(model: nn.Module, batch_size: int, mode: str = "eager") -> Callable[[int], float]:
+    """A function that runs n training steps on random images (augmentation included) and returns ms per step.
+
+    ``mode``: eager as normlab runs it; "compile" as ``--compile`` (torch.compile of forward + loss); "bf16" with
+    bfloat16 autocast around the forward; "1-thread" on one thread instead of one per core.
+    """
     x = torch.randint(0, 256, (400 * batch_size, 1, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (400 * batch_size,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     gen, warp, model, at = torch.Generator().manual_seed(0), Affine(), model.train(), 0
+    threads = 1 if mode == "1-thread" else len(os.sched_getaffinity(0))
+
+    def loss_of(batch: Tensor, labels: Tensor) -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in mode):
+            logits = model(batch)
+        return F.cross_entropy(logits.float(), labels)
+
+    step_loss = torch.compile(loss_of, dynamic=False) if "compile" in mode else loss_of
 
     def run(n: int) -> float:
         nonlocal at
+        torch.set_num_threads(threads)
         start = time.perf_counter()
         for _ in range(n):
             at = (at + 1) % 400
             batch = warp(x[at * batch_size:(at + 1) * batch_size].float() / 255, gen)
-            loss = F.cross_entropy(model(batch), y[at * batch_size:(at + 1) * batch_size])
+            loss = step_loss(batch, y[at * batch_size:(at + 1) * batch_size])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -115,12 +132,13 @@ def step_timer(model: nn.Module, batch_size: int) -> Callable[[int], float]:
     return run
 
 
-def compare_speed(models: dict[str, nn.Module], batch_size: int, rounds: int = 12, steps: int = 20) -> None:
-    """Interleave blocks of steps of every model in one process, so that all see the same machine state
+def compare_speed(models: dict[str, tuple[nn.Module, str]], batch_size: int, rounds: int = 12,
+                  steps: int = 20) -> None:
+    """Interleave blocks of steps of every (model, mode) in one process, so that all see the same machine state
     (on a shared 2-core VM, separate runs of one config vary by ±20 %); print the median ms per step."""
-    timers = {name: step_timer(model, batch_size) for name, model in models.items()}
+    timers = {name: step_timer(model, batch_size, mode) for name, (model, mode) in models.items()}
     for run in timers.values():
-        run(10)
+        run(10)  # warm-up, compilation included
     times: dict[str, list[float]] = {name: [] for name in timers}
     for _ in range(rounds):
         for name, run in timers.items():
@@ -139,6 +157,8 @@ def main() -> None:
     p.add_argument("--speed", action="store_true", help="measure training images/s instead of accuracy")
     p.add_argument("--formats", nargs="+", default=["auto"], choices=["auto", "nchw", "channels_last"],
                    help="memory formats to compare with --speed (auto: as normlab's Net, channels_last)")
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=MODES,
+                   help="ways of running the step to compare with --speed (eager: as normlab trains by default)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
@@ -146,7 +166,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     data = None if args.speed else load_mnist()
-    speed_models: dict[str, nn.Module] = {}
+    speed_models: dict[str, tuple[nn.Module, str]] = {}
     for name in args.layouts:
         model = build(name)(args.norm)
         params = count_parameters(model)
@@ -154,11 +174,13 @@ def main() -> None:
         if args.speed:
             print(head)
             for fmt in args.formats:
-                variant = build(name)(args.norm)
-                if fmt != "auto":
-                    variant.channels_last = fmt == "channels_last"
-                    variant.to(memory_format=torch.channels_last if variant.channels_last else torch.contiguous_format)
-                speed_models[f"{name:>4} {args.norm} {fmt}"] = variant
+                for mode in args.modes:
+                    variant = build(name)(args.norm)
+                    if fmt != "auto":
+                        variant.channels_last = fmt == "channels_last"
+                        variant.to(memory_format=torch.channels_last if variant.channels_last
+                                   else torch.contiguous_format)
+                    speed_models[f"{name:>4} {args.norm} {fmt} {mode}"] = (variant, mode)
             continue
         normlab.train.Net = build(name)  # type: ignore[misc]  # train() builds its model from this name
         accs = []

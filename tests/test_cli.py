@@ -63,6 +63,20 @@ def test_existing_run_needs_force(tmp_path, capsys, mnist):
     assert main(["train", "--norm", "ln", "--out", str(out), "--force", *TINY]) == 0
 
 
+def test_compile_without_a_cpp_compiler_is_one_clear_error(tmp_path, capsys, mnist):
+    import torch._inductor.config
+
+    out = tmp_path / "run"
+    assert main(["train", "--norm", "ln", "--out", str(out), *TINY]) == 0
+    before = (out / "metrics.json").read_text()
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/g++",)}):
+        code = main(["train", "--norm", "ln", "--out", str(out), "--force", "--compile", "--device", "cpu", *TINY])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--compile on the CPU needs a C++ compiler" in err and len(err.splitlines()) == 1
+    assert (out / "metrics.json").read_text() == before and (out / "model.pt").is_file()
+
+
 def test_module_entry_point_exit_code_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "normlab", "train", "--norm", "nope", "--out", str(tmp_path)],
                           capture_output=True, text=True)

@@ -103,12 +103,43 @@ def test_ctrl_c_or_sigterm_writes_a_checkpoint_mid_epoch_and_resume_is_exact(tmp
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == code
     message = proc.stderr.read()
-    assert f"stopped by {sig.name}" in message and "--resume" in message and "Traceback" not in message
+    assert f"stopped by {sig.name}" in message and "Traceback" not in message
+    assert f"Resume with:\n  normlab train {' '.join(FLAGS)} --out {out} --resume\n" in message
     state = torch.load(out / CHECKPOINT, weights_only=True)
     assert state["step"] > 0 or state["epoch"] > 1
     resumed = start(out, "--resume")
     assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
     assert_same_as_reference(out, reference)
+
+
+STUDY = ["study", "--variants", "bn+l1", "gn", "ln", "--epochs", "3", "--train-limit", "3000", "--test-limit", "300",
+         "--batch-size", "50", "--jobs", "2", "--threads", "1", "--no-progress"]
+
+
+def study_metrics(out: Path) -> dict[str, list[dict[str, float]]]:
+    return {run["variant"]: without_seconds(run["metrics"])
+            for run in json.loads((out / "results.json").read_text())["runs"]}
+
+
+def test_sigterm_stops_a_study_running_side_by_side_and_the_same_command_resumes_it_exactly(tmp_path):
+    """Each running run gets the signal once, writes its checkpoint and stops; resuming equals never stopping."""
+    reference = tmp_path / "reference"
+    assert subprocess.run([sys.executable, "-m", "normlab", *STUDY, "--out", str(reference)],
+                          capture_output=True, timeout=300).returncode == 0
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "normlab", *STUDY, "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(out.glob("*/seed0/metrics.json")) and time.time() < deadline:  # some run is past epoch 1
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    message = proc.stderr.read()
+    assert "stopped by SIGTERM" in message and "Traceback" not in message
+    assert f"Resume with:\n  normlab {' '.join(STUDY)} --out {out}\n" in message
+    assert list(out.glob(f"*/seed0/{CHECKPOINT}")), "no run was stopped mid-way"
+    assert subprocess.run(command, capture_output=True, timeout=300).returncode == 0
+    assert study_metrics(out) == study_metrics(reference)
 
 
 def test_checkpoint_write_failing_half_way_keeps_the_previous_one(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from normlab.errors import UserError
 from normlab.model import Net
 from normlab.plots import metric_figure
 from normlab.study import L1_LAMBDA, parse_variant, run_study
+from normlab.train import cpu_cores, train
 
 BASE = TrainConfig(epochs=2, train_limit=1000, test_limit=500, batch_size=64)
 
@@ -73,6 +74,18 @@ def test_misclassified_images_are_really_misclassified(study, mnist):
         assert predicted.tolist() == [p["predicted"] for p in picks["images"]]
         confidences = [p["confidence"] for p in picks["images"]]
         assert confidences == sorted(confidences, reverse=True)
+
+
+def test_a_run_of_the_study_equals_the_same_run_trained_alone(study, mnist):
+    """Runs trained side by side in other processes are the runs ``train`` gives for their recorded config."""
+    out, results, logs = study
+    run = results["runs"][-1]
+    config = TrainConfig.load(out / run["variant"] / f"seed{run['seed']}" / "config.json")
+    alone = train(config, data=mnist, progress=False, log=lambda _: None)
+    assert [{k: v for k, v in m.items() if k != "seconds"} for m in alone.metrics] == [
+        {k: v for k, v in m.items() if k != "seconds"} for m in run["metrics"]]
+    if cpu_cores() > 1:  # then the runs went side by side, and their lines came back labelled
+        assert any(line.startswith(f"[{run['variant']}, seed {run['seed']}]") for line in logs)
 
 
 def test_finished_runs_are_reused(study):

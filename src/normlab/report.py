@@ -69,6 +69,15 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def how_trained(results: dict[str, Any]) -> str:
+    """How the runs shared the machine, which is what their seconds per run mean."""
+    jobs, threads = results.get("jobs", 1), results.get("threads")
+    if jobs > 1:
+        return (f"Runs trained {jobs} at a time, {threads} CPU thread(s) each: seconds per run are the wall-clock "
+                "time of runs sharing the machine.")
+    return f"Runs trained one at a time{f', on {threads} CPU thread(s)' if threads else ''}."
+
+
 def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, Any]]:
     rows = summarize(results)
     many = any(r["seeds"] > 1 for r in rows)
@@ -84,7 +93,7 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
     blocks: list[tuple[str, Any]] = [
         ("h1", "normlab study report"),
         ("p", f"{len(results['variants'])} variants × seeds {seeds}, {results['base_config']['epochs']} epochs each, "
-              f"on real MNIST ({results['runs'][0]['test_images']:,} test images)."),
+              f"on real MNIST ({results['runs'][0]['test_images']:,} test images). {how_trained(results)}"),
         ("h2", "Results"), ("table", (header, table)),
         ("h2", "Findings"), ("list", failures(results) + findings(rows)),
     ]

@@ -2,10 +2,13 @@
 
     normlab study --epochs 20 --seeds 0 1 2 --out runs/study
     normlab study --variants bn+l1 gn gn:2 ln in --train-limit 5000 --epochs 3 --out runs/quick
+    normlab study --jobs 1                # one run at a time, on every core
 
 Each run goes to ``<out>/<variant>/seed<k>/`` exactly as ``normlab train`` writes it. Running the
 same command again resumes: a run that already ended there (finished, or failed with a non-finite
 loss) is read back, an interrupted one continues from its checkpoint, and only the rest is trained.
+On the CPU the runs train side by side, one process per core (normlab.jobs), each on
+cores // jobs threads: a run's numbers depend on its thread count, which its config.json records.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from normlab.config import TrainConfig
 from normlab.data import Mnist, load_mnist
 from normlab.errors import UserError
 from normlab.files import FolderLock, prepare_folder, write_atomic
+from normlab.jobs import Job, default_jobs, run_side_by_side
 from normlab.model import Net
 from normlab.norms import canonical_norm
 from normlab.plots import metric_figure, misclassified_figure
 from normlab.report import write_report
-from normlab.train import evaluate, read_failure, resolve_device, train
+from normlab.train import cpu_cores, evaluate, read_failure, resolve_device, train
 
 L1_LAMBDA = 1e-5  # λ of the study's BN+L1 variant
 DEFAULT_VARIANTS = ("bn+l1", "gn", "ln")
@@ -126,60 +130,78 @@ def run_study(
     base: TrainConfig | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
-    """Run every variant × seed (skipping finished runs), then write results, graphs, grids and report."""
+    """Run every variant × seed (skipping finished runs), then write results, graphs, grids and report.
+
+    ``jobs``: runs trained at once, each in its own process (None: one per CPU core, one on a GPU).
+    """
     parsed = [parse_variant(v) for v in variants]
     if len({v.folder for v in parsed}) != len(parsed):
         raise UserError(f"--variants {' '.join(variants)}: a variant is named twice")
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds {' '.join(map(str, seeds))}: give one or more different seeds")
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs {jobs}: must be at least 1")
     base = base or TrainConfig()
     out = Path(out)
     prepare_folder(out, STUDY_MARKER, "study")
     with FolderLock(out):
-        return _run_study(out, parsed, list(seeds), base, progress, log)
+        return _run_study(out, parsed, list(seeds), base, progress, log, jobs)
 
 
 def _run_study(out: Path, parsed: list[Variant], seeds: list[int], base: TrainConfig, progress: bool,
-               log: Callable[[str], None]) -> dict[str, Any]:
+               log: Callable[[str], None], jobs: int | None) -> dict[str, Any]:
     write_atomic(out / STUDY_MARKER, json.dumps({"variants": [v.name for v in parsed], "seeds": list(seeds),
                                                  "base": base.to_dict()}, indent=2))
     data = load_mnist(base.data_dir)
     test_data = data.limit(None, base.test_limit)
     device = resolve_device(base.device)
+    # Fixed by the whole study, not by what is left to do, so that a resumed study trains like an uninterrupted one.
+    jobs = jobs or default_jobs(device, len(parsed) * len(seeds))
+    threads = base.threads or max(1, cpu_cores() // jobs)
+
+    plan = [(variant, seed, replace(base, norm=variant.norm, groups=variant.groups, l1=variant.l1, seed=seed,
+                                    threads=threads if device.type == "cpu" else base.threads),
+             out / variant.folder / f"seed{seed}") for variant in parsed for seed in seeds]
+    todo = []
+    for variant, seed, config, run_dir in plan:
+        if _saved_run(run_dir, config) is None:
+            todo.append(Job(f"{variant.name}, seed {seed}", config, run_dir, resume=(run_dir / CHECKPOINT).is_file()))
+        else:
+            log(f"=== {variant.name}, seed {seed}: {'failed' if read_failure(run_dir) else 'finished'} run found in "
+                f"{run_dir}, reusing it")
+    if jobs > 1 and len(todo) > 1:
+        log(f"training {len(todo)} runs, {min(jobs, len(todo))} at a time, {threads} thread(s) each")
+        run_side_by_side(todo, jobs, out, log)
+    else:
+        for job in todo:
+            log(f"\n=== {job.label} -> {job.out}{' (resuming)' if job.resume else ''}")
+            train(job.config, out=job.out, data=data, progress=progress, log=log, force=not job.resume,
+                  resume=job.resume)
 
     runs: list[dict[str, Any]] = []
-    for variant in parsed:
-        for seed in seeds:
-            config = replace(base, norm=variant.norm, groups=variant.groups, l1=variant.l1, seed=seed)
-            run_dir = out / variant.folder / f"seed{seed}"
-            saved = _saved_run(run_dir, config)
-            if saved is None:
-                resume = (run_dir / CHECKPOINT).is_file()
-                log(f"\n=== {variant.name}, seed {seed} -> {run_dir}{' (resuming)' if resume else ''}")
-                result = train(config, out=run_dir, data=data, progress=progress, log=log,
-                               force=not resume, resume=resume)
-                metrics, failure = result.metrics, result.failed
-            else:
-                metrics, failure = saved
-                log(f"=== {variant.name}, seed {seed}: {'failed' if failure else 'finished'} run found in {run_dir}, "
-                    "reusing it")
-            run: dict[str, Any] = {
-                "variant": variant.name, "seed": seed, "norm": variant.norm, "groups": config.groups,
-                "l1": variant.l1, "regularization": variant.regularization,
-                "parameters": json.loads((run_dir / "config.json").read_text())["parameters"],
-                "epochs": len(metrics), "test_images": len(test_data.test_labels), "failed": failure,
-            }
-            if failure is None:
-                accs = [m["test_acc"] for m in metrics]
-                best = max(range(len(accs)), key=accs.__getitem__)
-                run.update({
-                    "final_test_acc": accs[-1], "best_test_acc": accs[best], "best_epoch": best + 1,
-                    "final_test_loss": metrics[-1]["test_loss"], "seconds": sum(m["seconds"] for m in metrics),
-                    "final_train_loss": metrics[-1]["train_loss"], "conv_weight_l1": conv_weight_l1(run_dir),
-                    "weights": str((run_dir / "model.pt").relative_to(out)),
-                })
-            runs.append({**run, "metrics": metrics})
+    for variant, seed, config, run_dir in plan:
+        saved = _saved_run(run_dir, config)
+        if saved is None:
+            raise UserError(f"{run_dir}: the run did not finish; run the same command again to resume it")
+        metrics, failure = saved
+        run: dict[str, Any] = {
+            "variant": variant.name, "seed": seed, "norm": variant.norm, "groups": config.groups,
+            "l1": variant.l1, "regularization": variant.regularization,
+            "parameters": json.loads((run_dir / "config.json").read_text())["parameters"],
+            "epochs": len(metrics), "test_images": len(test_data.test_labels), "failed": failure,
+        }
+        if failure is None:
+            accs = [m["test_acc"] for m in metrics]
+            best = max(range(len(accs)), key=accs.__getitem__)
+            run.update({
+                "final_test_acc": accs[-1], "best_test_acc": accs[best], "best_epoch": best + 1,
+                "final_test_loss": metrics[-1]["test_loss"], "seconds": sum(m["seconds"] for m in metrics),
+                "final_train_loss": metrics[-1]["train_loss"], "conv_weight_l1": conv_weight_l1(run_dir),
+                "weights": str((run_dir / "model.pt").relative_to(out)),
+            })
+        runs.append({**run, "metrics": metrics})
 
     ok = [r for r in runs if r["failed"] is None]
     by_variant = {v.name: [r for r in ok if r["variant"] == v.name] for v in parsed}
@@ -199,7 +221,7 @@ def _run_study(out: Path, parsed: list[Variant], seeds: list[int], base: TrainCo
                                                  {"variant": variant.name, "seed": first["seed"],
                                                   "weights": first["weights"]})
     results = {"variants": [v.name for v in parsed], "seeds": list(seeds), "base_config": base.to_dict(),
-               "runs": runs}
+               "jobs": min(jobs, len(plan)), "threads": threads if device.type == "cpu" else None, "runs": runs}
     write_atomic(out / "results.json", json.dumps(results, indent=2))
     write_report(out, results, grids)
     log(f"\nstudy written to {out}: results.json, graph1_test_loss.png, graph2_test_accuracy.png, "

@@ -65,6 +65,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_cores() -> int:
+    """The cores this process may use (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_compiler(device: torch.device) -> None:
+    """torch.compile builds C++ for the CPU: without a compiler it would fail deep inside the first step."""
+    if device.type != "cpu":
+        return
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception:
+        raise UserError("--compile on the CPU needs a C++ compiler (g++) on PATH; install one "
+                        "(e.g. apt install g++) or drop --compile") from None
+
+
 def prepare_out(out: Path, force: bool, resume: bool) -> None:
     """Make the run folder; refuse one holding files normlab did not write, or a run (unless resume or force)."""
     if prepare_folder(out, "config.json", "run") and not (force or resume):
@@ -187,6 +205,8 @@ def train(
     ``force`` discards what the folder holds and starts over. SIGINT/SIGTERM write a checkpoint and
     raise Interrupted.
     """
+    if config.compile:  # before anything in ``out`` is touched
+        check_compiler(resolve_device(config.device))
     if out is None:
         return _train(config, None, data, progress, log, resume=False)
     prepare_out(out, force, resume)
@@ -200,7 +220,7 @@ def train(
 def _train(config: TrainConfig, out: Path | None, data: Mnist | None, progress: bool,
            log: Callable[[str], None], resume: bool) -> RunResult:
     device = resolve_device(config.device)
-    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(config.threads or cpu_cores())
     if data is None:
         data = load_mnist(config.data_dir)
     train_x, train_y, test_x, test_y = data.limit(config.train_limit, config.test_limit).to(device).tensors()
@@ -210,14 +230,24 @@ def _train(config: TrainConfig, out: Path | None, data: Mnist | None, progress: 
     model = Net(config.norm, config.groups, config.dropout).to(device)
     params = count_parameters(model)
     steps = -(-len(train_x) // config.batch_size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)  # plain SGD at 0
     swing = momentum_swing(config.momentum)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps,
                                                    base_momentum=round(config.momentum - swing, 12),
                                                    max_momentum=round(config.momentum + swing, 12))
     augment = Affine() if config.augment else None
     penalized = l1_parameters(model, config.l1_norm_params) if config.l1 > 0 else []
+
+    def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, cross-entropy, and the loss to minimise (cross-entropy + L1) of one augmented batch."""
+        logits = model(normalize(x))
+        loss = F.cross_entropy(logits, y)
+        total = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
+        return logits, loss, total
+
+    if config.compile:  # static shapes: one graph for full batches, one for a short last batch
+        step_loss = torch.compile(step_loss, dynamic=False)
     result = RunResult(config, model, params)
 
     checkpoint = out / CHECKPOINT if out is not None else None
@@ -283,9 +313,7 @@ def _train(config: TrainConfig, out: Path | None, data: Mnist | None, progress: 
                 if augment is not None:
                     x = augment(x, gen)
                 y = train_y[idx]
-                logits = model(normalize(x))
-                loss = F.cross_entropy(logits, y)
-                total = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
+                logits, loss, total = step_loss(x, y)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()

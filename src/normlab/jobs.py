@@ -1,0 +1,123 @@
+"""Several training runs side by side, one process each: how a study uses more than one CPU core well.
+
+A 7k-parameter model keeps one thread busy far better than several: on 2 cores, two single-thread runs
+at once train 1.45-1.55x the images/s of one run on both cores (docs/performance.md). Each run is an
+ordinary ``normlab.train.train`` call in a spawned process, writing its own run folder; its log lines
+come back to the caller. SIGINT/SIGTERM reach the runs through the caller only (each run has its own
+session), so each gets the signal once: it finishes its step, writes its checkpoint and stops.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from normlab.config import TrainConfig
+from normlab.errors import UserError
+from normlab.train import Interrupted, cpu_cores, train
+
+POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to train: what the log calls it, its config, its folder, and whether to resume it there."""
+
+    label: str
+    config: TrainConfig
+    out: Path
+    resume: bool
+
+
+def default_jobs(device: torch.device, runs: int) -> int:
+    """One process per core on the CPU, at most one per run; one on a GPU, which a single run cannot fill
+    but which several processes would only share."""
+    return 1 if device.type != "cpu" else max(1, min(cpu_cores(), runs))
+
+
+def _work(job: Job, messages: Any) -> None:
+    """Body of a job's process: train, sending each log line (or a user error) back through ``messages``."""
+    os.setsid()  # signals come only from the parent, which passes each one on once
+    try:
+        train(job.config, out=job.out, progress=False, log=lambda line: messages.put((job.label, line, False)),
+              force=not job.resume, resume=job.resume)
+    except UserError as e:
+        messages.put((job.label, str(e), True))
+        raise SystemExit(2) from None
+    except Interrupted as e:
+        raise SystemExit(e.code) from None
+    except KeyboardInterrupt:  # a second signal: stop at once; the checkpoint of the last epoch stays
+        raise SystemExit(130) from None
+
+
+def run_side_by_side(jobs: list[Job], processes: int, out: Path, log: Callable[[str], None]) -> None:
+    """Train ``jobs`` in at most ``processes`` processes at once; return when all have ended.
+
+    Raises Interrupted (after every running job wrote its checkpoint) on SIGINT/SIGTERM, and UserError when
+    a job stopped on an error (the jobs already running finish first; the same command resumes the rest).
+    """
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    todo = list(jobs)
+    running: dict[str, BaseProcess] = {}
+    errors: list[str] = []
+    stop: list[int] = []  # the signals received, in order
+
+    def forward(signum: int, frame: object) -> None:
+        stop.append(signum)
+        for process in running.values():
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signum)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def relay(wait: float) -> bool:
+        try:
+            label, text, is_error = messages.get(timeout=wait)
+        except queue.Empty:
+            return False
+        if is_error:
+            errors.append(f"{label}: {text}")
+        else:
+            log(f"[{label}] {text}")
+        return True
+
+    try:
+        while running or (todo and not stop and not errors):
+            while todo and not stop and not errors and len(running) < processes:
+                job = todo.pop(0)
+                log(f"=== {job.label} -> {job.out}{' (resuming)' if job.resume else ''}")
+                process = context.Process(target=_work, args=(job, messages), name=job.label)
+                process.start()
+                running[job.label] = process
+            relay(POLL_SECONDS)
+            for label, process in list(running.items()):
+                if process.exitcode is None:
+                    continue
+                process.join()
+                del running[label]
+                code = process.exitcode
+                if code not in (0, 2) and code != 128 + (stop[0] if stop else -1):
+                    errors.append(f"{label}: the run's process ended with exit code {code}; run the same command "
+                                  "again to resume it from its last checkpoint")
+        while relay(POLL_SECONDS):  # the lines sent just before each process ended
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stop:
+        raise Interrupted(stop[0], out)
+    if errors:
+        raise UserError("; ".join(errors))
