@@ -16,7 +16,6 @@ by global average pooling and a 1×1 conv to 10 classes; one ending in "pool" or
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from normlab.config import TrainConfig
 from normlab.data import load_mnist
 from normlab.model import LAYOUT, ConvBlock, Net, count_parameters
 from normlab.norms import DEFAULT_GROUPS, canonical_norm
+from normlab.train import cpu_cores
 
 Layer = tuple[int, int, int] | str  # (in, out, kernel) or "pool"
 # name: (layers, linear head on the flattened map instead of global average pooling)
@@ -107,7 +107,7 @@ def step_timer(model: nn.Module, batch_size: int, mode: str = "eager") -> Callab
     y = torch.randint(0, 10, (400 * batch_size,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     gen, warp, model, at = torch.Generator().manual_seed(0), Affine(), model.train(), 0
-    threads = 1 if mode == "1-thread" else len(os.sched_getaffinity(0))
+    threads = 1 if mode == "1-thread" else cpu_cores()
 
     def loss_of(batch: Tensor, labels: Tensor) -> Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in mode):
@@ -164,7 +164,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cpu_cores())
     data = None if args.speed else load_mnist()
     speed_models: dict[str, tuple[nn.Module, str]] = {}
     for name in args.layouts:
