@@ -1,7 +1,7 @@
 """Several training runs side by side, one process each: how a study uses more than one CPU core well.
 
 A 7k-parameter model keeps one thread busy far better than several: on 2 cores, two single-thread runs
-at once train 1.45-1.55x the images/s of one run on both cores (docs/performance.md). Each run is an
+at once train 1.2-1.7x the images/s of one run on both cores, by norm (docs/performance.md). Each run is an
 ordinary ``normlab.train.train`` call in a spawned process, writing its own run folder; its log lines
 come back to the caller. SIGINT/SIGTERM reach the runs through the caller only (each run has its own
 session), so each gets the signal once: it finishes its step, writes its checkpoint and stops.
@@ -47,7 +47,8 @@ def default_jobs(device: torch.device, runs: int) -> int:
 
 def _work(job: Job, messages: Any) -> None:
     """Body of a job's process: train, sending each log line (or a user error) back through ``messages``."""
-    os.setsid()  # signals come only from the parent, which passes each one on once
+    if hasattr(os, "setsid"):  # POSIX: signals come only from the parent, which passes each one on once
+        os.setsid()
     try:
         train(job.config, out=job.out, progress=False, log=lambda line: messages.put((job.label, line, False)),
               force=not job.resume, resume=job.resume)
