@@ -3,8 +3,10 @@ import json
 import pytest
 import torch
 
+import normlab.jobs
 from normlab.config import TrainConfig
 from normlab.errors import UserError
+from normlab.jobs import default_jobs
 from normlab.model import Net
 from normlab.plots import metric_figure
 from normlab.study import L1_LAMBDA, parse_variant, run_study
@@ -113,8 +115,21 @@ def test_bad_variants(text, message):
         parse_variant(text)
 
 
+def test_jobs_below_one_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(UserError, match="--jobs 0: must be at least 1"):
+        run_study(tmp_path / "study", ["gn"], [0], BASE, progress=False, jobs=0)
+    assert not (tmp_path / "study").exists()
+
+
 def test_study_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(UserError, match="not a normlab study"):
         run_study(tmp_path, ["gn"], [0], BASE, progress=False)
     assert (tmp_path / "keep.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("cores, runs, jobs", [(2, 1, 1), (2, 3, 2), (2, 9, 2), (16, 9, 9), (4, 9, 4)])
+def test_default_jobs_is_one_per_core_at_most_one_per_run_and_one_on_a_gpu(monkeypatch, cores, runs, jobs):
+    monkeypatch.setattr(normlab.jobs, "cpu_cores", lambda: cores)
+    assert default_jobs(torch.device("cpu"), runs) == jobs
+    assert default_jobs(torch.device("cuda"), runs) == 1

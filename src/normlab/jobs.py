@@ -40,8 +40,12 @@ class Job:
 
 
 def default_jobs(device: torch.device, runs: int) -> int:
-    """One process per core on the CPU, at most one per run; one on a GPU, which a single run cannot fill
-    but which several processes would only share."""
+    """One process per core on the CPU, at most one per run; one on a GPU, which every process on it shares.
+
+    Not more than one per core: all 3 runs of the standard study at once on 2 cores took 321 s against
+    389 s for 2 at a time (no core idle at the end), but 3 training processes at once took a study's
+    summed memory to 1.6 GB, past the 1.5 GB this project allows (docs/performance.md).
+    """
     return 1 if device.type != "cpu" else max(1, min(cpu_cores(), runs))
 
 

@@ -8,7 +8,8 @@ Each run goes to ``<out>/<variant>/seed<k>/`` exactly as ``normlab train`` write
 same command again resumes: a run that already ended there (finished, or failed with a non-finite
 loss) is read back, an interrupted one continues from its checkpoint, and only the rest is trained.
 On the CPU the runs train side by side, one process per core (normlab.jobs), each on
-cores // jobs threads: a run's numbers depend on its thread count, which its config.json records.
+max(1, cores // jobs) threads: a run's numbers depend on its thread count, which its config.json
+records.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def run_study(
 ) -> dict[str, Any]:
     """Run every variant × seed (skipping finished runs), then write results, graphs, grids and report.
 
-    ``jobs``: runs trained at once, each in its own process (None: one per CPU core, one on a GPU).
+    ``jobs``: runs trained at once, each in its own process (None: normlab.jobs.default_jobs).
     """
     parsed = [parse_variant(v) for v in variants]
     if len({v.folder for v in parsed}) != len(parsed):
