@@ -70,6 +70,7 @@ def conventional(n_images: int, workers: int, channels_last: bool, train_model: 
     import torch.nn.functional as F
 
     from normlab.model import Net
+    from normlab.train import l1_parameters
 
     loader = conventional_loader(n_images, workers)
     torch.manual_seed(0)
@@ -78,7 +79,7 @@ def conventional(n_images: int, workers: int, channels_last: bool, train_model: 
         model.channels_last = False
         model.to(memory_format=torch.contiguous_format)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    weights = l1_parameters(model, include_norm=False)
     model.train()
     start = time.perf_counter()
     for x, y in loader:

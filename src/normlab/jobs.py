@@ -38,6 +38,11 @@ class Job:
     out: Path
     resume: bool
 
+    @property
+    def heading(self) -> str:
+        """The log line that starts the run."""
+        return f"=== {self.label} -> {self.out}{' (resuming)' if self.resume else ''}"
+
 
 def default_jobs(device: torch.device, runs: int) -> int:
     """One process per core on the CPU, at most one per run; one on a GPU, which every process on it shares.
@@ -103,7 +108,7 @@ def run_side_by_side(jobs: list[Job], processes: int, out: Path, log: Callable[[
         while running or (todo and not stop and not errors):
             while todo and not stop and not errors and len(running) < processes:
                 job = todo.pop(0)
-                log(f"=== {job.label} -> {job.out}{' (resuming)' if job.resume else ''}")
+                log(job.heading)
                 process = context.Process(target=_work, args=(job, messages), name=job.label)
                 process.start()
                 running[job.label] = process

@@ -160,10 +160,10 @@ def _run_study(out: Path, parsed: list[Variant], seeds: list[int], base: TrainCo
     device = resolve_device(base.device)
     # Fixed by the whole study, not by what is left to do, so that a resumed study trains like an uninterrupted one.
     jobs = jobs or default_jobs(device, len(parsed) * len(seeds))
-    threads = base.threads or max(1, cpu_cores() // jobs)
+    threads = (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
 
     plan = [(variant, seed, replace(base, norm=variant.norm, groups=variant.groups, l1=variant.l1, seed=seed,
-                                    threads=threads if device.type == "cpu" else base.threads),
+                                    threads=threads),
              out / variant.folder / f"seed{seed}") for variant in parsed for seed in seeds]
     todo = []
     for variant, seed, config, run_dir in plan:
@@ -177,7 +177,7 @@ def _run_study(out: Path, parsed: list[Variant], seeds: list[int], base: TrainCo
         run_side_by_side(todo, jobs, out, log)
     else:
         for job in todo:
-            log(f"\n=== {job.label} -> {job.out}{' (resuming)' if job.resume else ''}")
+            log(f"\n{job.heading}")
             train(job.config, out=job.out, data=data, progress=progress, log=log, force=not job.resume,
                   resume=job.resume)
 
@@ -222,7 +222,7 @@ def _run_study(out: Path, parsed: list[Variant], seeds: list[int], base: TrainCo
                                                  {"variant": variant.name, "seed": first["seed"],
                                                   "weights": first["weights"]})
     results = {"variants": [v.name for v in parsed], "seeds": list(seeds), "base_config": base.to_dict(),
-               "jobs": min(jobs, len(plan)), "threads": threads if device.type == "cpu" else None, "runs": runs}
+               "jobs": min(jobs, len(plan)), "threads": threads, "runs": runs}
     write_atomic(out / "results.json", json.dumps(results, indent=2))
     write_report(out, results, grids)
     log(f"\nstudy written to {out}: results.json, graph1_test_loss.png, graph2_test_accuracy.png, "
