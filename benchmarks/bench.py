@@ -184,6 +184,8 @@ def main() -> None:
         return
     import torch
 
+    from normlab.model import Net, count_parameters
+
     rounds, images = (1, 2000) if args.quick else (args.rounds, args.images)
     rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in PIPELINES}
     for r in range(rounds):
@@ -215,7 +217,8 @@ def main() -> None:
         "",
         f"`python benchmarks/bench.py` on {info['date']}: {info['cpu']}, {info['cores']} cores, torch {info['torch']},",
         f"median of {rounds} alternating rounds of {images:,} training images each (each in its own process).",
-        "Every row trains the same function (BN + L1, 7,442 parameters); normlab's rows time the second of two",
+        f"Every row trains the same function (BN + L1, {count_parameters(Net('batch')):,} parameters); normlab's rows "
+        "time the second of two",
         "epochs (the first pays start-up and compilation), the conventional rows a whole pass of the DataLoader.",
         "",
         "| pipeline | images/s | × conventional | seconds per 60k-image epoch | 3 × 20 epochs of training (projected) "

@@ -5,6 +5,7 @@
     python benchmarks/layouts.py --layouts A --norm batch --speed --modes eager compile bf16 1-thread
     python benchmarks/layouts.py --layouts A FC2 --norm layer --epochs 1 --train-limit 5000 --seeds 0 1 2
     python benchmarks/layouts.py --layouts FC2 --norm group --epochs 20 --batch-size 64
+    python benchmarks/layouts.py --layouts A A0 --norm layer --train-limit 5000 --batch-size 16 --lr 0.03
 
 Each candidate is trained by ``normlab.train.train`` itself (the script swaps the model class in), so
 data, augmentation, optimizer and schedule are exactly those of ``normlab train``. Blocks are
@@ -28,16 +29,19 @@ import normlab.train
 from normlab.augment import Affine
 from normlab.config import TrainConfig
 from normlab.data import load_mnist
-from normlab.model import LAYOUT, ConvBlock, Net, count_parameters
+from normlab.model import ConvBlock, Net, count_parameters
 from normlab.norms import DEFAULT_GROUPS, canonical_norm
 from normlab.train import cpu_cores
 
 Layer = tuple[int, int, int] | str  # (in, out, kernel) or "pool"
+A0: list[Layer] = [(1, 8, 3), (8, 16, 3), "pool", (16, 8, 1), (8, 16, 3), (16, 16, 3), (16, 16, 3)]
 # name: (layers, linear head on the flattened map instead of global average pooling)
 LAYOUTS: dict[str, tuple[list[Layer], bool]] = {
     "A": ([], False),  # normlab's own Net, as it is
-    "AP": ([layer if isinstance(layer, str) else layer[1:] for layer in LAYOUT] + ["pool"], True),
+    "A0": (A0, False),  # normlab's Net until 2026-11-25: pooled after a second full-resolution conv
+    "AP": ([*A0, "pool"], True),
     "C": ([(1, 8, 3), "pool", (8, 16, 3), (16, 16, 3), (16, 16, 3), (16, 16, 3)], False),
+    "C12": ([(1, 8, 3), "pool", (8, 12, 3), (12, 16, 3), (16, 16, 3), (16, 16, 3)], False),  # as A, built here
     "F": ([(1, 8, 3), "pool", (8, 16, 3), (16, 16, 3), "pool", (16, 32, 3)], False),
     "FC1": ([(1, 8, 3), "pool", (8, 16, 3), (16, 16, 3), "pool"], True),
     "FC2": ([(1, 8, 3), "pool", (8, 16, 3), (16, 16, 3), "pool", (16, 16, 1)], True),
@@ -162,6 +166,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args()
     torch.set_num_threads(cpu_cores())
@@ -186,7 +191,7 @@ def main() -> None:
         accs = []
         for seed in args.seeds:
             cfg = TrainConfig(norm=args.norm, l1=args.l1, epochs=args.epochs, train_limit=args.train_limit,
-                              batch_size=args.batch_size, seed=seed)
+                              batch_size=args.batch_size, lr=args.lr, seed=seed)
             accs.append(normlab.train.train(cfg, data=data, progress=False, log=lambda _: None).final_test_acc)
         spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
         print(f"{head}, test accuracy after {args.epochs} epoch(s): {statistics.mean(accs):.2f}%{spread} "

@@ -43,7 +43,7 @@ def test_aliases_and_unknown_norm():
 
 def test_groups_must_divide_every_layer():
     assert Net("group", groups=2).groups == 2
-    with pytest.raises(UserError, match=r"--groups 3 does not divide .* use one of 1, 2, 4, 8"):
+    with pytest.raises(UserError, match=r"--groups 3 does not divide .* use one of 1, 2, 4"):
         Net("group", groups=3)
 
 
@@ -88,8 +88,9 @@ def test_summary_table():
     rows = layer_table(model)
     assert sum(r["params"] for r in rows) == count_parameters(model)
     by_name = {r["layer"]: r for r in rows}
-    assert by_name["conv2"]["output"] == (16, 24, 24) and by_name["conv2"]["rf"] == 5
-    assert by_name["conv5"]["output"] == (16, 6, 6) and by_name["conv5"]["rf"] == 18
+    assert by_name["pool"]["output"] == (8, 13, 13) and by_name["pool"]["rf"] == 4
+    assert by_name["conv2"]["output"] == (12, 11, 11) and by_name["conv2"]["rf"] == 8
+    assert by_name["conv5"]["output"] == (16, 5, 5) and by_name["conv5"]["rf"] == 20
     assert by_name["head"]["output"] == (10, 1, 1)
     text = format_summary(model)
     assert "Net(norm='group', groups=4)" in text and f"{count_parameters(model):,}" in text.splitlines()[-1]

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import normlab.checkpoint
 from normlab import files
-from normlab.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from normlab.checkpoint import CHECKPOINT, load_checkpoint, same_run, save_checkpoint
 from normlab.cli import main
 from normlab.config import TrainConfig
 from normlab.errors import UserError
 from normlab.files import LOCK, FolderLock
+from normlab.model import LAYOUT
 from normlab.study import run_study
 from normlab.train import train
 
@@ -185,6 +187,22 @@ def test_resume_with_a_different_config_is_refused(tmp_path, mnist):
     with pytest.raises(UserError, match="different config"):
         train(TrainConfig(norm="layer", epochs=1, train_limit=200, test_limit=100), out=out, data=mnist,
               progress=False, log=quiet, resume=True)
+
+
+def test_a_run_of_another_model_layout_is_never_taken_for_this_one(tmp_path, mnist, monkeypatch):
+    """Same flags, another model (an earlier normlab): train --resume refuses the folder, a study retrains it."""
+    config = TrainConfig(norm="layer", epochs=1, train_limit=200, test_limit=100)
+    out = tmp_path / "study"
+    run_study(out, ["ln"], [0], config, progress=False, log=quiet)
+    run = out / "ln" / "seed0"
+    assert same_run(run, config)
+    monkeypatch.setattr(normlab.checkpoint, "LAYOUT", [*LAYOUT, "pool"])
+    assert not same_run(run, config)
+    with pytest.raises(UserError, match="different config"):
+        train(config, out=run, data=mnist, progress=False, log=quiet, resume=True)
+    logs = []
+    run_study(out, ["ln"], [0], config, progress=False, log=logs.append)
+    assert not any("reusing" in line for line in logs) and same_run(run, config)
 
 
 def test_one_writer_per_folder(tmp_path, mnist):

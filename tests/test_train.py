@@ -40,7 +40,7 @@ def test_a_short_real_run_learns(mnist, norm):
 def test_l1_penalty_covers_conv_weights_only_unless_asked():
     model = Net("batch")
     weights = l1_parameters(model, include_norm=False)
-    assert all(p.dim() == 4 for p in weights) and len(weights) == 7  # 6 conv blocks + head
+    assert all(p.dim() == 4 for p in weights) and len(weights) == 6  # 5 conv blocks + head
     assert len(l1_parameters(model, include_norm=True)) == len(list(model.parameters()))
 
 

@@ -19,6 +19,7 @@ import torch
 from normlab.config import TrainConfig
 from normlab.errors import UserError
 from normlab.files import replace_atomic
+from normlab.model import LAYOUT
 
 CHECKPOINT = "checkpoint.pt"
 # Fields that change where or how fast a run goes, not what it computes.
@@ -26,8 +27,19 @@ NOT_HASHED = ("device", "threads", "data_dir")
 
 
 def config_hash(config: TrainConfig) -> str:
+    """What a run computes: its config and the model's layout (a run of an earlier layout is another run)."""
     values = {k: v for k, v in config.to_dict().items() if k not in NOT_HASHED}
+    values["layout"] = repr(LAYOUT)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_run(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether the run in ``run_dir`` was made with this config and model layout (its config.json holds the hash;
+    folders written before the hash was stored there hold none, and are not taken for this run)."""
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("config_hash") == config_hash(config)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:

@@ -31,7 +31,7 @@ class TrainConfig:
     data_dir: str | None = None
     device: str = "auto"         # auto | cpu | cuda (auto takes CUDA when present)
     threads: int | None = None   # CPU threads for torch (None: one per core available)
-    compile: bool = False        # torch.compile the training step (2 CPU cores: batch norm ~1.2x, group/layer slower)
+    compile: bool = False        # torch.compile the training step (2 CPU cores: batch norm ~1.1x, group/layer slower)
 
     def __post_init__(self) -> None:
         """Check every value and normalise names, so a bad value fails before any work is done."""

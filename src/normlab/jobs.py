@@ -1,7 +1,7 @@
 """Several training runs side by side, one process each: how a study uses more than one CPU core well.
 
 A 7k-parameter model keeps one thread busy far better than several: on 2 cores, two single-thread runs
-at once train 1.2-1.7x the images/s of one run on both cores, by norm (docs/performance.md). Each run is an
+at once train 1.2-1.8x the images/s of one run on both cores, by norm (docs/performance.md). Each run is an
 ordinary ``normlab.train.train`` call in a spawned process, writing its own run folder; its log lines
 come back to the caller. SIGINT/SIGTERM reach the runs through the caller only (each run has its own
 session), so each gets the signal once: it finishes its step, writes its checkpoint and stops.
@@ -48,8 +48,8 @@ def default_jobs(device: torch.device, runs: int) -> int:
     """One process per core on the CPU, at most one per run; one on a GPU, which every process on it shares.
 
     Not more than one per core: all 3 runs of the standard study at once on 2 cores took 321 s against
-    389 s for 2 at a time (no core idle at the end), but 3 training processes at once took a study's
-    summed memory to 1.6 GB, past the 1.5 GB this project allows (docs/performance.md).
+    389 s for 2 at a time (no core idle at the end; the earlier, larger model), but 3 training processes
+    at once took a study's summed memory to 1.6 GB, past the 1.5 GB this project allows (docs/performance.md).
     """
     return 1 if device.type != "cpu" else max(1, min(cpu_cores(), runs))
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from normlab.checkpoint import CHECKPOINT, config_hash
+from normlab.checkpoint import CHECKPOINT, same_run
 from normlab.config import TrainConfig
 from normlab.data import Mnist, load_mnist
 from normlab.errors import UserError
@@ -111,13 +111,12 @@ def conv_weight_l1(run_dir: Path) -> float:
 def _saved_run(run_dir: Path, config: TrainConfig) -> tuple[list[dict[str, float]], dict[str, Any] | None] | None:
     """(metrics, failure) of a run that already ended in ``run_dir`` with this config (finished or
     failed), else None: then the run is trained, or resumed from its checkpoint."""
+    if not same_run(run_dir, config):
+        return None
     try:
-        saved = TrainConfig.load(run_dir / "config.json")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         failure = read_failure(run_dir)
-    except (OSError, ValueError, KeyError, TypeError, UserError):
-        return None
-    if config_hash(saved) != config_hash(config):
+    except (OSError, ValueError):
         return None
     if failure is not None or (len(metrics) == config.epochs and (run_dir / "model.pt").is_file()):
         return metrics, failure

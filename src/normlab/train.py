@@ -32,7 +32,15 @@ from torch import nn
 
 from normlab import __version__
 from normlab.augment import Affine
-from normlab.checkpoint import CHECKPOINT, config_hash, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from normlab.checkpoint import (
+    CHECKPOINT,
+    config_hash,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    same_run,
+    save_checkpoint,
+)
 from normlab.config import TrainConfig
 from normlab.data import MEAN, MNIST_MD5, STD, Mnist, load_mnist
 from normlab.errors import UserError
@@ -262,7 +270,7 @@ def _train(config: TrainConfig, out: Path | None, data: Mnist | None, progress: 
         first_epoch, first_step = state["epoch"], state["step"]
         log(f"normlab train: resuming {out} at epoch {first_epoch}, step {first_step}")
     elif resume and out is not None and (out / "model.pt").is_file():
-        if config_hash(TrainConfig.load(out / "config.json")) != config_hash(config):
+        if not same_run(out, config):
             raise UserError(f"--out {out}: holds a finished run with a different config; add --force to replace it")
         model.load_state_dict(torch.load(out / "model.pt", map_location=device, weights_only=True))
         result.metrics = json.loads((out / "metrics.json").read_text())
@@ -272,7 +280,8 @@ def _train(config: TrainConfig, out: Path | None, data: Mnist | None, progress: 
     environment = run_environment(data, device)
     if out is not None and first_epoch == 1 and first_step == 0:
         write_atomic(out / "config.json", json.dumps(
-            {"config": config.to_dict(), "parameters": params, "environment": environment}, indent=2))
+            {"config": config.to_dict(), "config_hash": config_hash(config), "parameters": params,
+             "environment": environment}, indent=2))
     log(f"normlab train: norm={config.norm}{f' groups={config.groups}' if config.norm == 'group' else ''} "
         f"l1={config.l1:g} params={params} train={len(train_x)} test={len(test_x)} device={device} "
         f"threads={environment['threads']} data={data.source}")
