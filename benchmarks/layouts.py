@@ -6,6 +6,7 @@
     python benchmarks/layouts.py --layouts A FC2 --norm layer --epochs 1 --train-limit 5000 --seeds 0 1 2
     python benchmarks/layouts.py --layouts FC2 --norm group --epochs 20 --batch-size 64
     python benchmarks/layouts.py --layouts A A0 --norm layer --train-limit 5000 --batch-size 16 --lr 0.03
+    python benchmarks/layouts.py --layouts A A0 --norm batch --profile    # where a training step's time goes
 
 Each candidate is trained by ``normlab.train.train`` itself (the script swaps the model class in), so
 data, augmentation, optimizer and schedule are exactly those of ``normlab train``. Blocks are
@@ -153,12 +154,24 @@ def compare_speed(models: dict[str, tuple[nn.Module, str]], batch_size: int, rou
               f"at batch {batch_size} (median of {rounds} interleaved blocks of {steps} steps)")
 
 
+def profile_step(model: nn.Module, batch_size: int, steps: int = 50) -> None:
+    """Print the operators that take the most CPU time over ``steps`` training steps (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = step_timer(model, batch_size)
+    run(10)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(steps)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     p.add_argument("--norm", default="layer")
     p.add_argument("--l1", type=float, default=0.0)
     p.add_argument("--speed", action="store_true", help="measure training images/s instead of accuracy")
+    p.add_argument("--profile", action="store_true", help="the operators that take a training step's CPU time")
     p.add_argument("--formats", nargs="+", default=["auto"], choices=["auto", "nchw", "channels_last"],
                    help="memory formats to compare with --speed (auto: as normlab's Net, channels_last)")
     p.add_argument("--modes", nargs="+", default=["eager"], choices=MODES,
@@ -170,12 +183,16 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args()
     torch.set_num_threads(cpu_cores())
-    data = None if args.speed else load_mnist()
+    data = None if args.speed or args.profile else load_mnist()
     speed_models: dict[str, tuple[nn.Module, str]] = {}
     for name in args.layouts:
         model = build(name)(args.norm)
         params = count_parameters(model)
         head = f"{name:>4} {args.norm}: {params:,} params, {multiply_adds(model) / 1e3:,.0f}k multiply-adds"
+        if args.profile:
+            print(head)
+            profile_step(build(name)(args.norm), args.batch_size)
+            continue
         if args.speed:
             print(head)
             for fmt in args.formats:
