@@ -164,12 +164,13 @@ def _run_study(out: Path, parsed: list[Variant], seeds: list[int], base: TrainCo
     plan = [(variant, seed, replace(base, norm=variant.norm, groups=variant.groups, l1=variant.l1, seed=seed,
                                     threads=threads),
              out / variant.folder / f"seed{seed}") for variant in parsed for seed in seeds]
-    todo = []
+    todo, ended = [], {}
     for variant, seed, config, run_dir in plan:
-        if _saved_run(run_dir, config) is None:
+        ended[run_dir] = _saved_run(run_dir, config)
+        if ended[run_dir] is None:
             todo.append(Job(f"{variant.name}, seed {seed}", config, run_dir, resume=(run_dir / CHECKPOINT).is_file()))
         else:
-            log(f"=== {variant.name}, seed {seed}: {'failed' if read_failure(run_dir) else 'finished'} run found in "
+            log(f"=== {variant.name}, seed {seed}: {'failed' if ended[run_dir][1] else 'finished'} run found in "
                 f"{run_dir}, reusing it")
     if jobs > 1 and len(todo) > 1:
         log(f"training {len(todo)} runs, {min(jobs, len(todo))} at a time, {threads} thread(s) each")
@@ -182,7 +183,7 @@ def _run_study(out: Path, parsed: list[Variant], seeds: list[int], base: TrainCo
 
     runs: list[dict[str, Any]] = []
     for variant, seed, config, run_dir in plan:
-        saved = _saved_run(run_dir, config)
+        saved = ended[run_dir] or _saved_run(run_dir, config)  # runs trained above are read back now
         if saved is None:
             raise UserError(f"{run_dir}: the run did not finish; run the same command again to resume it")
         metrics, failure = saved
