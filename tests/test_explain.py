@@ -2,8 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from normlab.explain import explain
-from normlab.norms import batch_norm_eval, batch_norm_running_update, reference_norm
+from normlab.explain import batch_norm_eval, batch_norm_running_update, explain, reference_norm
 
 
 def torch_layer(kind, channels, groups):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from normlab.study import L1_LAMBDA
+from normlab.config import L1_LAMBDA
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--epochs", "1", "--train-limit", "300", "--test-limit", "300", "--no-progress"]
+TINY = ["--epochs", "1", "--train-limit", "320", "--test-limit", "300", "--batch-size", "32", "--no-progress"]
 
 
 @pytest.mark.parametrize("norm, l1, stem", [("bn+l1", L1_LAMBDA, "bn+l1"), ("group", 0.0, "group")])

@@ -2,15 +2,14 @@ import pytest
 import torch
 from torch import nn
 
-from normlab.errors import UserError
+from normlab.config import TrainConfig
 from normlab.model import Net, count_parameters
-from normlab.norms import ALIASES, NORMS, canonical_norm
-from normlab.summary import format_summary, layer_table
+from normlab.norms import NORMS
 
 
 @pytest.mark.parametrize("norm", list(NORMS))
 def test_every_norm_is_small_and_classifies(norm):
-    model = Net(norm)
+    model = TrainConfig(norm=norm).model()
     assert count_parameters(model) <= 8000
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
@@ -19,8 +18,8 @@ def test_every_norm_is_small_and_classifies(norm):
 def test_channels_last_is_a_layout_only(norm):
     """Net keeps channels-last memory for speed; the same weights in NCHW compute the same outputs and gradients."""
     torch.manual_seed(0)
-    fast = Net(norm)
-    plain = Net(norm)
+    fast = TrainConfig(norm=norm).model()
+    plain = TrainConfig(norm=norm).model()
     plain.load_state_dict(fast.state_dict())
     plain.channels_last = False
     plain.to(memory_format=torch.contiguous_format)
@@ -34,17 +33,13 @@ def test_channels_last_is_a_layout_only(norm):
     assert torch.allclose(fast.features.conv1[0].weight.grad, plain.features.conv1[0].weight.grad, atol=1e-4)
 
 
-def test_aliases_and_unknown_norm():
-    for alias, name in ALIASES.items():
-        assert canonical_norm(alias) == name and Net(alias).norm == name
-    with pytest.raises(UserError, match="unknown norm 'bogus'; choose one of: batch, group, layer"):
-        Net("bogus")
-
-
-def test_groups_must_divide_every_layer():
-    assert Net("group", groups=2).groups == 2
-    with pytest.raises(UserError, match=r"--groups 3 does not divide .* use one of 1, 2, 4"):
-        Net("group", groups=3)
+def test_the_model_is_built_from_its_config():
+    model = TrainConfig(norm="gn", groups=2, dropout=0.1).model()
+    assert (model.norm, model.groups) == ("group", 2)
+    assert [m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)] == [2] * 5
+    assert sum(isinstance(m, nn.Dropout2d) for m in model.modules()) == 5
+    with pytest.raises(ValueError, match="needs groups"):
+        Net("group")
 
 
 def norm_layers(model):
@@ -81,16 +76,3 @@ def test_batch_norm_batch_stats_in_training_running_stats_in_eval():
     layer.eval()
     expected = (x - layer.running_mean.view(1, -1, 1, 1)) / torch.sqrt(layer.running_var.view(1, -1, 1, 1) + 1e-5)
     assert torch.allclose(layer(x), expected, atol=1e-5)
-
-
-def test_summary_table():
-    model = Net("group")
-    rows = layer_table(model)
-    assert sum(r["params"] for r in rows) == count_parameters(model)
-    by_name = {r["layer"]: r for r in rows}
-    assert by_name["pool"]["output"] == (8, 13, 13) and by_name["pool"]["rf"] == 4
-    assert by_name["conv2"]["output"] == (12, 11, 11) and by_name["conv2"]["rf"] == 8
-    assert by_name["conv5"]["output"] == (16, 5, 5) and by_name["conv5"]["rf"] == 20
-    assert by_name["head"]["output"] == (10, 1, 1)
-    text = format_summary(model)
-    assert "Net(norm='group', groups=4)" in text and f"{count_parameters(model):,}" in text.splitlines()[-1]

@@ -14,7 +14,7 @@ def test_notebook_runs_with_tiny_parameters(tmp_path, mnist):
     assert params == [1], "the first code cell must be the one tagged 'parameters'"
     out = tmp_path / "study"
     nb.cells.insert(2, nbformat.v4.new_code_cell(
-        f"EPOCHS = 1\nTRAIN_LIMIT = 500\nTEST_LIMIT = 300\nOUT = {str(out)!r}\nDEVICE = 'cpu'"))
+        f"EPOCHS = 1\nTRAIN_LIMIT = 1280\nTEST_LIMIT = 300\nOUT = {str(out)!r}\nDEVICE = 'cpu'"))
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 5  # two graphs + three grids

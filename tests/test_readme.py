@@ -1,30 +1,41 @@
-"""The README's worked example and model table are the output of the commands written next to them."""
+"""The README is a front door, and every figure in it and in docs/ is the output of the command beside it."""
 
-from pathlib import Path
+from conftest import ROOT
 
+from normlab.config import TrainConfig
 from normlab.explain import explain
-from normlab.model import Net
 from normlab.summary import format_summary
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (ROOT / "README.md").read_text()
 
 
-def test_readme_worked_example_is_explain_output():
-    assert explain("markdown") in README
+def test_the_two_setup_commands_come_first():
+    lines = README.splitlines()
+    assert len(lines) <= 250
+    first_screen = "\n".join(lines[:40])
+    assert "```bash\npip install -e . && normlab study\n```" in first_screen
+    assert '```bash\npip install -e ".[test]" && ruff check . && pytest\n```' in first_screen
+    assert lines.index("## Results") < 60
 
 
-def test_readme_model_table_is_summary_output():
-    assert format_summary(Net("group")) in README
+def test_the_worked_example_is_explain_output():
+    assert explain("markdown") in (ROOT / "docs" / "normalizations.md").read_text()
 
 
-def test_readme_has_two_setup_commands():
-    assert "pip install -e . && normlab study\n" in README
-    assert 'pip install -e ".[test]" && ruff check . && pytest\n' in README
+def test_the_model_table_is_summary_output():
+    assert format_summary(TrainConfig(norm="group").model()) in (ROOT / "docs" / "model.md").read_text()
 
 
-def test_readme_results_are_the_committed_study_report():
-    report = (Path(__file__).resolve().parent.parent / "docs" / "study" / "report.md").read_text()
+def test_the_results_are_the_committed_study_report():
+    report = (ROOT / "docs" / "study" / "report.md").read_text()
     table = report[report.index("| variant |"):report.index("## Findings")].strip()
     assert table in README
     for line in report[report.index("## Findings"):report.index("## Graph 1")].splitlines()[1:]:
         assert line in README
+
+
+def test_every_link_into_the_repository_exists():
+    import re
+
+    for target in re.findall(r"\]\(((?:docs|notebooks)/[^)#]+)\)", README):
+        assert (ROOT / target).exists(), target

@@ -2,7 +2,6 @@
 
 import errno
 import json
-import os
 import random
 import signal
 import subprocess
@@ -12,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import quiet, without_seconds
 
-import normlab.checkpoint
+import normlab.runs
 from normlab import files
-from normlab.checkpoint import CHECKPOINT, load_checkpoint, same_run, save_checkpoint
 from normlab.cli import main
 from normlab.config import TrainConfig
 from normlab.errors import UserError
-from normlab.files import LOCK, FolderLock
 from normlab.model import LAYOUT
+from normlab.runs import CHECKPOINT, is_finished
 from normlab.study import run_study
 from normlab.train import train
 
@@ -29,14 +28,6 @@ FLAGS = ["--norm", "batch", "--l1", "1e-4", "--dropout", "0.1", "--epochs", "4",
          "--test-limit", "300", "--batch-size", "50", "--threads", "1", "--no-progress"]
 CONFIG = TrainConfig(norm="batch", l1=1e-4, dropout=0.1, epochs=4, train_limit=1500, test_limit=300, batch_size=50,
                      threads=1)
-
-
-def quiet(*_):
-    pass
-
-
-def without_seconds(metrics):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in metrics]
 
 
 @pytest.fixture(scope="module")
@@ -95,26 +86,24 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, re
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_or_sigterm_writes_a_checkpoint_mid_epoch_and_resume_is_exact(tmp_path, reference, sig, code):
+def test_ctrl_c_or_sigterm_keeps_the_finished_epochs_and_resume_is_exact(tmp_path, reference, sig, code):
     out = tmp_path / "run"
     proc = start(out)
     deadline = time.time() + 60
-    while not (out / "metrics.json").exists() and time.time() < deadline:  # let it finish epoch 1
+    while not (out / CHECKPOINT).exists() and time.time() < deadline:  # let it finish epoch 1
         time.sleep(0.05)
     time.sleep(0.1)  # into epoch 2 of 4 (an epoch takes about 0.4 s here)
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == code
     message = proc.stderr.read()
-    assert f"stopped by {sig.name}" in message and "Traceback" not in message
+    assert f"stopped by {sig.name}; epochs 1-" in message and "Traceback" not in message
     assert f"Resume with:\n  normlab train {' '.join(FLAGS)} --out {out} --resume\n" in message
-    state = torch.load(out / CHECKPOINT, weights_only=True)
-    assert state["step"] > 0 or state["epoch"] > 1
     resumed = start(out, "--resume")
     assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
     assert_same_as_reference(out, reference)
 
 
-STUDY = ["study", "--variants", "bn+l1", "gn", "ln", "--epochs", "3", "--train-limit", "3000", "--test-limit", "300",
+STUDY = ["study", "--variants", "bn+l1", "gn", "ln", "--epochs", "3", "--train-limit", "2000", "--test-limit", "300",
          "--batch-size", "50", "--jobs", "2", "--threads", "1", "--no-progress"]
 
 
@@ -132,32 +121,17 @@ def test_sigterm_stops_a_study_running_side_by_side_and_the_same_command_resumes
     command = [sys.executable, "-m", "normlab", *STUDY, "--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list(out.glob("*/seed0/metrics.json")) and time.time() < deadline:  # some run is past epoch 1
+    while not list(out.glob(f"*/seed0/{CHECKPOINT}")) and time.time() < deadline:  # some run is past epoch 1
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
     message = proc.stderr.read()
-    assert "stopped by SIGTERM" in message and "Traceback" not in message
+    assert "stopped by SIGTERM; finished runs, and the finished epochs of the others, are kept" in message
+    assert "Traceback" not in message
     assert f"Resume with:\n  normlab {' '.join(STUDY)} --out {out}\n" in message
     assert list(out.glob(f"*/seed0/{CHECKPOINT}")), "no run was stopped mid-way"
     assert subprocess.run(command, capture_output=True, timeout=300).returncode == 0
     assert study_metrics(out) == study_metrics(reference)
-
-
-def test_checkpoint_write_failing_half_way_keeps_the_previous_one(tmp_path, monkeypatch):
-    path = tmp_path / CHECKPOINT
-    save_checkpoint(path, {"config_hash": "x", "epoch": 2, "weights": torch.arange(1000.0)})
-
-    def full_disk(obj, f):
-        f.write(b"half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError):
-        save_checkpoint(path, {"config_hash": "x", "epoch": 3})
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=True)["epoch"] == 2
-    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]  # no temporary file left behind
 
 
 def test_full_disk_during_a_run_is_one_line_and_keeps_earlier_files(tmp_path, monkeypatch, capsys, mnist):
@@ -179,63 +153,38 @@ def test_full_disk_during_a_run_is_one_line_and_keeps_earlier_files(tmp_path, mo
 
 def test_resume_with_a_different_config_is_refused(tmp_path, mnist):
     out = tmp_path / "run"
-    train(TrainConfig(norm="group", epochs=1, train_limit=200, test_limit=100), out=out, data=mnist,
-          progress=False, log=quiet, force=True)
-    save_checkpoint(out / CHECKPOINT, {"config_hash": "not-this-config"})
-    with pytest.raises(UserError, match=r"different config.*--force"):
-        load_checkpoint(out / CHECKPOINT, TrainConfig(norm="group", epochs=1))
-    with pytest.raises(UserError, match="different config"):
-        train(TrainConfig(norm="layer", epochs=1, train_limit=200, test_limit=100), out=out, data=mnist,
+    config = TrainConfig(norm="group", epochs=2, train_limit=500, test_limit=100, batch_size=50)
+    train(config, out=out, data=mnist, progress=False, log=quiet)
+    with pytest.raises(UserError, match=r"made with a different config \(norm 'group', not 'layer'; groups 4, not "
+                                        r"None\); add force to replace it"):
+        train(TrainConfig(**{**config.to_dict(), "norm": "layer", "groups": None}), out=out, data=mnist,
               progress=False, log=quiet, resume=True)
 
 
 def test_a_run_of_another_model_layout_is_never_taken_for_this_one(tmp_path, mnist, monkeypatch):
-    """Same flags, another model (an earlier normlab): train --resume refuses the folder, a study retrains it."""
-    config = TrainConfig(norm="layer", epochs=1, train_limit=200, test_limit=100)
+    """Same flags, another model (an earlier normlab): train --resume and a study refuse it; --force retrains it."""
+    config = TrainConfig(norm="layer", epochs=1, train_limit=500, test_limit=100, batch_size=50)
     out = tmp_path / "study"
     run_study(out, ["ln"], [0], config, progress=False, log=quiet)
     run = out / "ln" / "seed0"
-    assert same_run(run, config)
-    monkeypatch.setattr(normlab.checkpoint, "LAYOUT", [*LAYOUT, "pool"])
-    assert not same_run(run, config)
-    with pytest.raises(UserError, match="different config"):
+    assert is_finished(run, config)
+    monkeypatch.setattr(normlab.runs, "LAYOUT", [*LAYOUT, "pool"])
+    assert not is_finished(run, config)
+    with pytest.raises(UserError, match=r"different config \(another normlab version"):
         train(config, out=run, data=mnist, progress=False, log=quiet, resume=True)
+    with pytest.raises(UserError, match="made with other settings"):
+        run_study(out, ["ln"], [0], config, progress=False, log=quiet)
     logs = []
-    run_study(out, ["ln"], [0], config, progress=False, log=logs.append)
-    assert not any("reusing" in line for line in logs) and same_run(run, config)
-
-
-def test_one_writer_per_folder(tmp_path, mnist):
-    out = tmp_path / "run"
-    out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (out / LOCK).write_text(f"{sleeper.pid} {os.uname().nodename}")
-        with pytest.raises(UserError, match=f"in use by another normlab process \\(pid {sleeper.pid}"):
-            train(CONFIG, out=out, data=mnist, progress=False, log=quiet)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    # Its owner is gone now: the stale lock is taken over, and released at the end.
-    train(TrainConfig(norm="layer", epochs=1, train_limit=200, test_limit=100), out=out, data=mnist,
-          progress=False, log=quiet)
-    assert not (out / LOCK).exists()
-    with FolderLock(out), pytest.raises(UserError, match="in use"), FolderLock(out):
-        pass
+    run_study(out, ["ln"], [0], config, progress=False, log=logs.append, force=True)
+    assert not any("reusing" in line for line in logs) and is_finished(run, config)
 
 
 def test_non_finite_loss_fails_the_run_and_the_study_goes_on(tmp_path, mnist):
     huge = TrainConfig(lr=1e12, epochs=2, train_limit=500, test_limit=200, batch_size=50)
-    results = run_study(tmp_path / "study", ["bn", "gn"], [0], huge, progress=False, log=quiet)
+    results = run_study(tmp_path / "study", ["bn", "gn"], [0], huge, progress=False, log=quiet, jobs=1)
     assert [r["variant"] for r in results["runs"]] == ["bn", "gn"]  # the second ran after the first failed
     for run in results["runs"]:
         assert run["failed"]["epoch"] == 1 and run["failed"]["step"] >= 1
         assert json.loads((tmp_path / "study" / run["variant"] / "seed0" / "failed.json").read_text())
     report = (tmp_path / "study" / "report.md").read_text()
     assert "bn seed 0 FAILED" in report and "gn seed 0 FAILED" in report
-
-
-def test_cli_run_that_fails_exits_1(tmp_path, capsys, mnist):
-    assert main(["train", "--lr", "1e12", "--epochs", "1", "--train-limit", "300", "--test-limit", "100",
-                 "--no-progress", "--out", str(tmp_path / "run")]) == 1
-    assert "run failed at epoch 1" in capsys.readouterr().err

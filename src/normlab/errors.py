@@ -1,5 +1,72 @@
-"""The one exception type for mistakes a user can fix: the CLI prints it as one line and exits 2."""
+"""The exceptions a user meets: a mistake they can fix, a run that failed, a run stopped by a signal.
+
+Messages below the command line name settings by their config names inside braces ("{batch_size}");
+``UserError.render`` turns them into whatever the caller calls them: ``--batch-size`` on the command
+line, ``batch_size`` from Python.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def python_name(setting: str) -> str:
+    return setting
 
 
 class UserError(Exception):
-    """Bad input or missing data; the message says what is wrong and how to fix it."""
+    """Bad input or missing data: what is wrong and how to fix it, in one line.
+
+    ``setting`` and ``value``, when given, say which setting holds the bad value; the message follows them.
+    """
+
+    def __init__(self, message: str, setting: str | None = None, value: Any = None) -> None:
+        super().__init__(message)
+        self.message, self.setting, self.value = message, setting, value
+
+    def render(self, name: Callable[[str], str] = python_name) -> str:
+        text = re.sub(r"\{([a-z_]+)\}", lambda m: name(m.group(1)), self.message)
+        if self.setting is None:
+            return text
+        value = " ".join(map(str, self.value)) if isinstance(self.value, list | tuple) else self.value
+        return f"{name(self.setting)} {value}: {text}"
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class RunFailed(Exception):
+    """A run (or some runs of a study) ended without a result: exit code 1, not a usage error."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the work; ``code`` is 128 + the signal, as a shell reports it; ``saved`` says
+    what was kept, once the caller knows."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.code, self.saved = signum, 128 + signum, ""
+
+
+@contextmanager
+def signals_raise_interrupted() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted wherever the program is, so ``finally`` blocks and atomic writes
+    clean up; what a run had saved (its last epoch's checkpoint) stays. Only in the main thread."""
+
+    def handle(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

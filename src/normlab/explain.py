@@ -1,4 +1,7 @@
-"""A worked example of each normalization on a small tensor, computed by the from-scratch code in norms.py.
+"""A worked example of each normalization on a small tensor, computed by from-scratch versions of the norms.
+
+The from-scratch versions compute the statistics by hand (the tests check them against PyTorch's layers),
+so the example shows what each norm does rather than what a library call returns.
 
     normlab explain                     # plain text
     normlab explain --format markdown   # the tables in the README
@@ -9,7 +12,47 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from normlab.norms import batch_norm_eval, batch_norm_running_update, reference_norm, rows_sharing_statistics
+
+def rows_sharing_statistics(x: Tensor, kind: str, groups: int = 2) -> Tensor:
+    """``x`` (N, C, H, W) rearranged so that each row holds the elements that share one mean and variance."""
+    n, c, _, _ = x.shape
+    if kind == "batch":
+        return x.transpose(0, 1).reshape(c, -1)  # one row per channel, over (N, H, W)
+    if kind == "layer":
+        return x.reshape(n, -1)  # one row per sample, over (C, H, W)
+    if kind == "group":
+        return x.reshape(n * groups, -1)  # one row per (sample, group), over (C/G, H, W)
+    if kind == "instance":
+        return x.reshape(n * c, -1)  # one row per (sample, channel), over (H, W)
+    raise ValueError(f"no statistics for norm {kind!r}")
+
+
+def reference_norm(x: Tensor, kind: str, groups: int = 2, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
+    """Normalize ``x`` as ``kind`` does in training mode with γ=1, β=0: (output, means, biased variances)."""
+    rows = rows_sharing_statistics(x, kind, groups)
+    mean = rows.mean(1, keepdim=True)
+    var = rows.var(1, unbiased=False, keepdim=True)
+    normalized = (rows - mean) / torch.sqrt(var + eps)
+    if kind == "batch":
+        out = normalized.reshape(x.shape[1], x.shape[0], *x.shape[2:]).transpose(0, 1)
+    else:
+        out = normalized.reshape(x.shape)
+    return out, mean.flatten(), var.flatten()
+
+
+def batch_norm_running_update(running_mean: Tensor, running_var: Tensor, x: Tensor,
+                              momentum: float = 0.1) -> tuple[Tensor, Tensor]:
+    """BatchNorm's running statistics after one training step; the variance kept is the unbiased one."""
+    rows = rows_sharing_statistics(x, "batch")
+    new_mean = (1 - momentum) * running_mean + momentum * rows.mean(1)
+    new_var = (1 - momentum) * running_var + momentum * rows.var(1, unbiased=True)
+    return new_mean, new_var
+
+
+def batch_norm_eval(x: Tensor, running_mean: Tensor, running_var: Tensor, eps: float = 1e-5) -> Tensor:
+    """BatchNorm in eval mode: every sample is normalized with the running statistics, not its batch's."""
+    return (x - running_mean.view(1, -1, 1, 1)) / torch.sqrt(running_var.view(1, -1, 1, 1) + eps)
+
 
 SHAPE = (2, 4, 2, 2)  # N, C, H, W
 GROUPS = 2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -40,67 +42,72 @@ def write_atomic(path: Path, text: str) -> None:
     replace_atomic(path, lambda f: f.write(text.encode()))
 
 
+def check_folder(out: Path, marker: str, what: str) -> bool:
+    """Refuse a file, or a non-empty folder without ``marker`` (files normlab did not write); write nothing.
+    Returns whether ``out`` already holds a normlab ``what``."""
+    if out.exists() and not out.is_dir():
+        raise UserError("is a file, not a folder; choose another {out}", "out", out)
+    present = [p for p in out.iterdir() if p.name != LOCK and ".tmp" not in p.name] if out.is_dir() else []
+    if present and not (out / marker).is_file():
+        raise UserError(f"folder is not empty and is not a normlab {what}; choose a new or empty folder", "out", out)
+    return bool(present)
+
+
 def prepare_folder(out: Path, marker: str, what: str) -> bool:
     """Make ``out`` and check it can be written; refuse a file, or a non-empty folder without ``marker``
     (files normlab did not write). Returns whether it already holds a normlab ``what``."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
-    present = [p for p in out.iterdir() if p.name != LOCK and ".tmp" not in p.name] if out.is_dir() else []
-    if present and not (out / marker).is_file():
-        raise UserError(f"--out {out}: folder is not empty and is not a normlab {what}; choose a new or empty folder")
+    present = check_folder(out, marker, what)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
+        raise UserError(f"cannot write there ({e.strerror}); choose a folder you can write to", "out", out) from None
     return bool(present)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class FolderLock:
-    """An exclusive lock on a folder (``<folder>/.lock`` holding pid and host).
+    """An exclusive lock on a folder: ``<folder>/.lock``, held with flock(2) and naming its holder.
 
-    A lock whose process has died on this host is taken over, so a crash never leaves a folder stuck.
+    The kernel releases a flock when its process ends, however it ends, so a lock is alive exactly while
+    its process is: a lock file left behind (by a crash, a full disk, a kill -9), empty or unreadable, is
+    taken over with a one-line notice. Locks on network filesystems are only as good as their flock.
     """
 
-    def __init__(self, folder: Path, flag: str = "--out") -> None:
-        self.path, self.flag = folder / LOCK, flag
-        self.owned = False
+    def __init__(self, folder: Path, setting: str = "out") -> None:
+        self.path, self.setting = folder / LOCK, setting
+        self.fd: int | None = None
 
     def __enter__(self) -> FolderLock:
-        me = f"{os.getpid()} {socket.gethostname()}"
-        for _ in range(3):
+        while True:
+            left_behind = self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    pid_text, _, host = self.path.read_text().partition(" ")
-                    pid = int(pid_text)
-                except (OSError, ValueError):
-                    pid, host = -1, socket.gethostname()  # unreadable: treat as left behind
-                if host.strip() == socket.gethostname() and not _pid_alive(pid):
-                    self.path.unlink(missing_ok=True)  # its owner is gone: take the lock over
-                    continue
-                raise UserError(f"{self.flag} {self.path.parent}: in use by another normlab process (pid {pid} on "
-                                f"{host.strip()}); wait for it to finish, or choose another {self.flag}") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.owned = True
-            return self
-        raise UserError(f"{self.flag} {self.path.parent}: could not take the lock {self.path}; delete it and retry")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise UserError(f"in use by another normlab process ({holder}); wait for it to finish, "
+                                f"or choose another {{{self.setting}}}", self.setting, self.path.parent) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:  # its holder removed it as we opened it: try again on the new file
+                same = False
+            if same:
+                break
+            os.close(fd)
+        if left_behind:  # a holder removes its lock file on release: this one's holder ended without doing so
+            left = os.read(fd, 200).decode(errors="replace").strip() or "empty"
+            print(f"normlab: taking over the lock {self.path}, left by a process that has ended ({left})",
+                  file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self.fd = fd
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.owned:
-            self.path.unlink(missing_ok=True)
-            self.owned = False
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # before the unlock, so a waiting process never takes a dead file
+            os.close(self.fd)
+            self.fd = None

@@ -3,17 +3,21 @@
 A 7k-parameter model keeps one thread busy far better than several: on 2 cores, two single-thread runs
 at once train 1.2-1.8x the images/s of one run on both cores, by norm (docs/performance.md). Each run is an
 ordinary ``normlab.train.train`` call in a spawned process, writing its own run folder; its log lines
-come back to the caller. SIGINT/SIGTERM reach the runs through the caller only (each run has its own
-session), so each gets the signal once: it finishes its step, writes its checkpoint and stops.
+come back to the caller. A run's process never outlives the caller: SIGINT/SIGTERM reach it through the
+caller only (each run has its own session), and it is killed when the caller dies, even by SIGKILL.
+Either way it keeps the checkpoint of its last finished epoch.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -23,25 +27,28 @@ from typing import Any
 import torch
 
 from normlab.config import TrainConfig
-from normlab.errors import UserError
-from normlab.train import Interrupted, cpu_cores, train
+from normlab.errors import Interrupted, UserError, signals_raise_interrupted
+from normlab.machine import cpu_cores
+from normlab.train import train
 
 POLL_SECONDS = 0.1
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent dies
 
 
 @dataclass(frozen=True)
 class Job:
-    """One run to train: what the log calls it, its config, its folder, and whether to resume it there."""
+    """One run to train: what the log calls it, its config, its folder, and whether to replace what that holds
+    (else an unfinished run there is resumed)."""
 
     label: str
     config: TrainConfig
     out: Path
-    resume: bool
+    force: bool = False
 
     @property
     def heading(self) -> str:
         """The log line that starts the run."""
-        return f"=== {self.label} -> {self.out}{' (resuming)' if self.resume else ''}"
+        return f"=== {self.label} -> {self.out}"
 
 
 def default_jobs(device: torch.device, runs: int) -> int:
@@ -54,27 +61,43 @@ def default_jobs(device: torch.device, runs: int) -> int:
     return 1 if device.type != "cpu" else max(1, min(cpu_cores(), runs))
 
 
-def _work(job: Job, messages: Any) -> None:
-    """Body of a job's process: train, sending each log line (or a user error) back through ``messages``."""
-    if hasattr(os, "setsid"):  # POSIX: signals come only from the parent, which passes each one on once
-        os.setsid()
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent ends (Linux), else watch the parent once a second."""
     try:
-        train(job.config, out=job.out, progress=False, log=lambda line: messages.put((job.label, line, False)),
-              force=not job.resume, resume=job.resume)
-    except UserError as e:
-        messages.put((job.label, str(e), True))
-        raise SystemExit(2) from None
-    except Interrupted as e:
-        raise SystemExit(e.code) from None
-    except KeyboardInterrupt:  # a second signal: stop at once; the checkpoint of the last epoch stays
-        raise SystemExit(130) from None
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # it ended before the line above took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_side_by_side(jobs: list[Job], processes: int, out: Path, log: Callable[[str], None]) -> None:
+def _work(job: Job, messages: Any, parent: int) -> None:
+    """Body of a job's process: train, sending each log line (or a user error) back through ``messages``."""
+    die_with_parent(parent)
+    os.setsid()  # signals come only from the parent, which passes each one on once
+    with signals_raise_interrupted():
+        try:
+            train(job.config, out=job.out, progress=False, log=lambda line: messages.put((job.label, line, False)),
+                  force=job.force, resume=True)
+        except UserError as e:
+            messages.put((job.label, str(e), True))
+            raise SystemExit(2) from None
+        except Interrupted as e:
+            raise SystemExit(e.code) from None
+
+
+def run_side_by_side(jobs: list[Job], processes: int, log: Callable[[str], None]) -> None:
     """Train ``jobs`` in at most ``processes`` processes at once; return when all have ended.
 
-    Raises Interrupted (after every running job wrote its checkpoint) on SIGINT/SIGTERM, and UserError when
-    a job stopped on an error (the jobs already running finish first; the same command resumes the rest).
+    Raises Interrupted (once every running job has stopped) on SIGINT/SIGTERM, and UserError when a job
+    stopped on an error (the jobs already running finish first; the same command resumes the rest).
     """
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
@@ -109,7 +132,7 @@ def run_side_by_side(jobs: list[Job], processes: int, out: Path, log: Callable[[
             while todo and not stop and not errors and len(running) < processes:
                 job = todo.pop(0)
                 log(job.heading)
-                process = context.Process(target=_work, args=(job, messages), name=job.label)
+                process = context.Process(target=_work, args=(job, messages, os.getpid()), name=job.label)
                 process.start()
                 running[job.label] = process
             relay(POLL_SECONDS)
@@ -128,6 +151,6 @@ def run_side_by_side(jobs: list[Job], processes: int, out: Path, log: Callable[[
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if stop:
-        raise Interrupted(stop[0], out)
+        raise Interrupted(stop[0])
     if errors:
         raise UserError("; ".join(errors))

@@ -8,8 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from normlab.config import TARGET_ACC
 from normlab.files import write_atomic
-from normlab.plots import TARGET_ACC
 
 
 def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:

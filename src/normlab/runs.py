@@ -1,0 +1,235 @@
+"""The run folder: its layout, writing it, reading it back, and what it holds for a given config.
+
+    <run>/config.json     the config, its hash (config + model layout), parameter count, environment
+    <run>/metrics.csv     one row per finished epoch (also metrics.json)
+    <run>/checkpoint.pt   while the run is unfinished: its state after the last finished epoch
+    <run>/model.pt        the final weights, a state dict (once finished)
+    <run>/failed.json     where the loss became non-finite (a failed run)
+
+Every file is written atomically; every file read back is checked, and a broken one is a one-line error
+naming it. A run is *finished* when config.json has this config's hash, metrics.json holds all its epochs
+and model.pt loads into the model; it *failed* when failed.json says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from normlab.checkpoint import load_checkpoint, save_checkpoint
+from normlab.config import TrainConfig
+from normlab.errors import UserError
+from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atomic
+from normlab.model import LAYOUT
+
+CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
+CHECKPOINT, WEIGHTS, FAILED = "checkpoint.pt", "model.pt", "failed.json"
+RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED)
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+NOT_HASHED = ("device", "threads", "data_dir")  # where or how fast a run goes, not what it computes
+
+
+def config_hash(config: TrainConfig) -> str:
+    """What a run computes: its config and the model's layout (a run of another layout is another run)."""
+    values = {k: v for k, v in config.to_dict().items() if k not in NOT_HASHED}
+    values["layout"] = repr(LAYOUT)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Status(Enum):
+    NEW = "new"              # nothing of this run yet (or only a config.json: no epoch finished)
+    PARTIAL = "partial"      # a checkpoint after some finished epochs
+    FINISHED = "finished"
+    FAILED = "failed"
+    OTHER = "other"          # work of a run with other settings
+
+
+@dataclass
+class SavedRun:
+    """What a run folder holds for one config, read back and checked."""
+
+    status: Status
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    failure: dict[str, Any] | None = None
+    parameters: int | None = None
+    differences: str = ""    # for OTHER: how its settings differ from the config asked for
+
+
+def _broken(path: Path, problem: str) -> UserError:
+    return UserError(f"{path}: {problem}; add {{force}} to retrain this run (or delete {path.parent})")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _broken(path, f"cannot be read ({type(e).__name__})") from None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.json: a list of rows, each with every column as a finite number."""
+    path = run_dir / METRICS_JSON
+    rows = _read_json(path)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise _broken(path, "is not a list of per-epoch rows")
+    for i, row in enumerate(rows, 1):
+        missing = [c for c in METRIC_COLUMNS if not isinstance(row.get(c), int | float) or isinstance(row[c], bool)]
+        if missing or row["epoch"] != i:
+            raise _broken(path, f"row {i} lacks {', '.join(missing) or 'its epoch number'}")
+        if not all(math.isfinite(row[c]) for c in METRIC_COLUMNS):
+            raise _broken(path, f"row {i} holds a value that is not a finite number")
+    return rows
+
+
+def load_weights(run_dir: Path, config: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The run's final model, model.pt loaded into ``config``'s model; a broken file is a one-line error."""
+    path = run_dir / WEIGHTS
+    model = config.model().to(device)
+    try:
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    except Exception as e:  # whatever torch raises for a file that is not these weights
+        raise _broken(path, f"not readable weights of this model ({type(e).__name__})") from None
+    return model
+
+
+def _differences(saved: dict[str, Any], config: TrainConfig) -> str:
+    asked = config.to_dict()
+    changed = [f"{k} {saved.get(k)!r}, not {v!r}" for k, v in asked.items()
+               if k not in NOT_HASHED and saved.get(k) != v]
+    return "; ".join(changed) or "another normlab version (another model layout)"
+
+
+def inspect(run_dir: Path, config: TrainConfig) -> SavedRun:
+    """What ``run_dir`` holds for ``config``; raises a one-line UserError for a file that cannot be read."""
+    if not (run_dir / CONFIG).is_file():
+        return SavedRun(Status.NEW)
+    saved = _read_json(run_dir / CONFIG)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise _broken(run_dir / CONFIG, "is not a normlab run config")
+    has_work = any((run_dir / name).is_file() for name in (METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED))
+    if saved.get("config_hash") != config_hash(config):
+        return SavedRun(Status.OTHER, differences=_differences(saved["config"], config)) if has_work \
+            else SavedRun(Status.NEW)
+    parameters = saved.get("parameters")
+    if (run_dir / FAILED).is_file():
+        failure = _read_json(run_dir / FAILED)
+        if not isinstance(failure, dict) or not {"epoch", "step", "reason"} <= failure.keys():
+            raise _broken(run_dir / FAILED, "does not say where the run failed")
+        metrics = read_metrics(run_dir) if (run_dir / METRICS_JSON).is_file() else []
+        return SavedRun(Status.FAILED, metrics, failure, parameters)
+    if (run_dir / WEIGHTS).is_file() and (run_dir / METRICS_JSON).is_file():
+        metrics = read_metrics(run_dir)
+        if len(metrics) == config.epochs:
+            load_weights(run_dir, config)
+            return SavedRun(Status.FINISHED, metrics, None, parameters)
+    if (run_dir / CHECKPOINT).is_file():
+        return SavedRun(Status.PARTIAL, parameters=parameters)
+    return SavedRun(Status.NEW)
+
+
+def is_finished(run_dir: Path, config: TrainConfig) -> bool:
+    return inspect(run_dir, config).status is Status.FINISHED
+
+
+def metrics_csv(metrics: list[dict[str, float]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(metrics)
+    return buf.getvalue()
+
+
+class RunFolder:
+    """The folder of one run while it trains; ``resume_state`` is the checkpoint it continues from, if any."""
+
+    def __init__(self, path: Path, config: TrainConfig, resume_state: dict[str, Any] | None = None,
+                 finished: SavedRun | None = None) -> None:
+        self.path, self.config, self.hash = path, config, config_hash(config)
+        self.resume_state, self.finished = resume_state, finished
+
+    def start(self, parameters: int, environment: dict[str, Any]) -> None:
+        """A fresh run writes its config.json, then removes what an earlier run left (a failed write keeps it all)."""
+        if self.resume_state is not None:
+            return
+        write_atomic(self.path / CONFIG, json.dumps({"config": self.config.to_dict(), "config_hash": self.hash,
+                                                     "parameters": parameters, "environment": environment}, indent=2))
+        for name in RUN_FILES:
+            if name != CONFIG:
+                (self.path / name).unlink(missing_ok=True)
+
+    def save_epoch(self, metrics: list[dict[str, float]], state: dict[str, Any]) -> None:
+        save_checkpoint(self.path / CHECKPOINT, state)
+        self._write_metrics(metrics)
+
+    def fail(self, metrics: list[dict[str, float]], failure: dict[str, Any]) -> None:
+        self._write_metrics(metrics)
+        write_atomic(self.path / FAILED, json.dumps(failure, indent=2))
+        (self.path / CHECKPOINT).unlink(missing_ok=True)
+
+    def finish(self, model: nn.Module) -> None:
+        replace_atomic(self.path / WEIGHTS, lambda f: torch.save(model.state_dict(), f))
+        (self.path / CHECKPOINT).unlink(missing_ok=True)
+
+    def _write_metrics(self, metrics: list[dict[str, float]]) -> None:
+        write_atomic(self.path / METRICS_CSV, metrics_csv(metrics))
+        write_atomic(self.path / METRICS_JSON, json.dumps(metrics, indent=2))
+
+
+class Unsaved(RunFolder):
+    """A run trained without a folder: every write is skipped."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(Path(), config)
+
+    def start(self, parameters: int, environment: dict[str, Any]) -> None:
+        pass
+
+    def save_epoch(self, metrics: list[dict[str, float]], state: dict[str, Any]) -> None:
+        pass
+
+    def fail(self, metrics: list[dict[str, float]], failure: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, model: nn.Module) -> None:
+        pass
+
+
+@contextmanager
+def open_run(out: Path | None, config: TrainConfig, force: bool = False, resume: bool = False) -> Iterator[RunFolder]:
+    """The run folder ``out`` for ``config``, locked while in use: fresh, resumed from its checkpoint (``resume``),
+    or finished already (``resume``); ``force`` replaces what it holds. Anything else it holds is refused."""
+    if out is None:
+        yield Unsaved(config)
+        return
+    prepare_folder(out, CONFIG, "run")
+    with FolderLock(out):
+        saved = SavedRun(Status.NEW) if force else inspect(out, config)
+        if saved.status is Status.OTHER:
+            raise UserError(f"holds a run made with a different config ({saved.differences}); add {{force}} to "
+                            "replace it, or choose another {out}", "out", out)
+        if saved.status is not Status.NEW and not resume:
+            what = "an unfinished run" if saved.status is Status.PARTIAL else "a run"
+            raise UserError(f"already holds {what}; add {{resume}} to continue it, {{force}} to replace it, "
+                            "or choose another {out}", "out", out)
+        if saved.status is Status.PARTIAL:
+            state = load_checkpoint(out / CHECKPOINT)
+            if state["config_hash"] != config_hash(config):
+                raise UserError(f"{out / CHECKPOINT}: made with a different config; resume with the same settings, "
+                                "or add {force} to start over")
+            yield RunFolder(out, config, resume_state=state)
+        elif saved.status in (Status.FINISHED, Status.FAILED):
+            yield RunFolder(out, config, finished=saved)
+        else:
+            yield RunFolder(out, config)

@@ -1,0 +1,75 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import normlab.jobs
+from normlab.errors import UserError
+from normlab.files import FolderLock
+from normlab.jobs import default_jobs
+
+
+@pytest.mark.parametrize("cores, runs, jobs", [(2, 1, 1), (2, 3, 2), (2, 9, 2), (16, 9, 9), (4, 9, 4)])
+def test_default_jobs_is_one_per_core_at_most_one_per_run_and_one_on_a_gpu(monkeypatch, cores, runs, jobs):
+    monkeypatch.setattr(normlab.jobs, "cpu_cores", lambda: cores)
+    assert default_jobs(torch.device("cpu"), runs) == jobs
+    assert default_jobs(torch.device("cuda"), runs) == 1
+
+
+def children(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_kill_9_of_a_study_kills_its_training_processes(tmp_path):
+    """A study killed with SIGKILL leaves no run training on, writing into its folder."""
+    study = subprocess.Popen([sys.executable, "-m", "normlab", "study", "--variants", "gn", "ln", "--epochs", "50",
+                              "--train-limit", "2000", "--test-limit", "100", "--jobs", "2", "--threads", "1",
+                              "--no-progress", "--out", str(tmp_path / "s")], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("s/*/seed0/config.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    workers = [pid for pid in children(study.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(workers) == 2
+    study.send_signal(signal.SIGKILL)
+    study.wait()
+    deadline = time.time() + 10
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers)
+    for folder in (tmp_path / "s", tmp_path / "s" / "gn" / "seed0", tmp_path / "s" / "ln" / "seed0"):
+        assert lock_free_within(folder, seconds=10)  # so the same command again is not refused as "in use"
+
+
+def lock_free_within(folder: Path, seconds: float) -> bool:
+    """A killed process's threads can take a moment to exit after its main thread shows as a zombie."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            with FolderLock(folder):
+                return True
+        except UserError:
+            if time.time() > deadline:
+                return False
+            time.sleep(0.05)

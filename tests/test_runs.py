@@ -1,0 +1,115 @@
+"""The run folder: what it holds for a config, refusals, and files read back that may be broken."""
+
+import json
+
+import pytest
+import torch
+from conftest import quick, quiet
+
+from normlab.errors import UserError
+from normlab.runs import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS_JSON,
+    WEIGHTS,
+    Status,
+    config_hash,
+    inspect,
+    is_finished,
+    open_run,
+    read_metrics,
+)
+from normlab.train import train
+
+CONFIG_A = quick(norm="layer", epochs=2)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, mnist):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(CONFIG_A, out=out, data=mnist, progress=False, log=quiet)
+    return out
+
+
+def copy_of(run, tmp_path):
+    out = tmp_path / "copy"
+    out.mkdir()
+    for f in run.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+def test_config_hash_ignores_where_a_run_goes_but_not_what_it_computes():
+    assert config_hash(CONFIG_A) == config_hash(quick(norm="layer", epochs=2, threads=2, device="cpu"))
+    assert config_hash(CONFIG_A) != config_hash(quick(norm="layer", epochs=3))
+    assert config_hash(CONFIG_A) != config_hash(quick(norm="layer", epochs=2, rotate=0.0))
+
+
+def test_what_a_folder_holds(finished, tmp_path):
+    assert inspect(tmp_path / "nothing", CONFIG_A).status is Status.NEW
+    saved = inspect(finished, CONFIG_A)
+    assert saved.status is Status.FINISHED and len(saved.metrics) == 2 and is_finished(finished, CONFIG_A)
+    other = inspect(finished, quick(norm="layer", epochs=3))
+    assert other.status is Status.OTHER and other.differences == "epochs 2, not 3"
+    partial = copy_of(finished, tmp_path)
+    (partial / WEIGHTS).unlink()
+    (partial / CHECKPOINT).write_bytes(b"")
+    assert inspect(partial, CONFIG_A).status is Status.PARTIAL
+
+
+def test_finished_work_is_never_replaced_unasked(finished):
+    before = (finished / METRICS_JSON).read_bytes()
+    with pytest.raises(UserError) as e, open_run(finished, CONFIG_A):
+        pass
+    assert e.value.render(lambda s: "--" + s).endswith("already holds a run; add --resume to continue it, "
+                                                       "--force to replace it, or choose another --out")
+    with pytest.raises(UserError, match=r"made with a different config \(epochs 2, not 3\); add force"), \
+            open_run(finished, quick(norm="layer", epochs=3), resume=True):
+        pass
+    assert (finished / METRICS_JSON).read_bytes() == before
+
+
+@pytest.mark.parametrize("name, content, message", [
+    (METRICS_JSON, b"", "metrics.json: cannot be read"),
+    (METRICS_JSON, b"{\"a\": 1}", "metrics.json: is not a list of per-epoch rows"),
+    (METRICS_JSON, b"[{\"epoch\": 1}]", "metrics.json: row 1 lacks train_loss"),
+    (WEIGHTS, b"", "model.pt: not readable weights of this model"),
+    (WEIGHTS, b"not a pickle at all", "model.pt: not readable weights"),
+    (CONFIG, b"[1, 2]", "config.json: is not a normlab run config"),
+    (CONFIG, b"\xff\xfe", "config.json: cannot be read"),
+])
+def test_a_broken_file_read_back_is_one_line_naming_it_and_the_fix(finished, tmp_path, name, content, message):
+    """A corrupt or empty model.pt, metrics.json or config.json in a finished run: never a traceback."""
+    run = copy_of(finished, tmp_path)
+    (run / name).write_bytes(content)
+    with pytest.raises(UserError) as e:
+        inspect(run, CONFIG_A)
+    text = e.value.render(lambda s: "--" + s)
+    assert message in text and "add --force to retrain this run" in text and "\n" not in text
+
+
+def test_a_metrics_row_that_is_not_a_finite_number_is_refused(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    rows = json.loads((run / METRICS_JSON).read_text())
+    rows[1]["test_acc"] = "high"
+    (run / METRICS_JSON).write_text(json.dumps(rows))
+    with pytest.raises(UserError, match="row 2 lacks test_acc"):
+        read_metrics(run)
+
+
+def test_a_broken_checkpoint_is_one_line_and_force_starts_over(finished, tmp_path, mnist):
+    run = copy_of(finished, tmp_path)
+    (run / WEIGHTS).unlink()
+    (run / CHECKPOINT).write_bytes(b"garbage")
+    with pytest.raises(UserError, match=r"checkpoint.pt: not a readable checkpoint \(UnpicklingError\); add force"):
+        train(CONFIG_A, out=run, data=mnist, progress=False, log=quiet, resume=True)
+    result = train(CONFIG_A, out=run, data=mnist, progress=False, log=quiet, force=True)
+    assert len(result.metrics) == 2 and is_finished(run, CONFIG_A) and not (run / CHECKPOINT).exists()
+
+
+def test_resume_of_a_finished_run_reads_it_back(finished, mnist):
+    logs = []
+    result = train(CONFIG_A, out=finished, data=mnist, progress=False, log=logs.append, resume=True)
+    assert "already holds this run, finished; nothing to do" in logs[0]
+    saved = torch.load(finished / WEIGHTS, weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in result.model.state_dict().items())
