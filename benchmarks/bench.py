@@ -43,9 +43,9 @@ def conventional_loader(n_images: int, workers: int) -> Any:  # a torch DataLoad
     import torch
     from torchvision import datasets, transforms
 
-    from normlab.data import encode_idx, load_mnist
+    from normlab.data import encode_idx, load_dataset
 
-    mnist = load_mnist()
+    mnist = load_dataset()
     root = Path(tempfile.mkdtemp())
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -100,10 +100,10 @@ def normlab_loop(n_images: int, compile: bool, threads: int | None = None) -> di
     epoch of a study costs.
     """
     from normlab.config import TrainConfig
-    from normlab.data import load_mnist
+    from normlab.data import load_dataset
     from normlab.train import train
 
-    mnist = load_mnist()
+    mnist = load_dataset()
     config = TrainConfig(norm="batch", l1=1e-5, epochs=2, train_limit=n_images, test_limit=1, compile=compile,
                          threads=threads)
     result = train(config, data=mnist, progress=False, log=lambda _: None)

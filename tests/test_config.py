@@ -45,6 +45,9 @@ def test_momentum_swing_keeps_the_momentum_within_0_and_1(momentum, swing):
     ({"threads": 0}, "threads 0: must be at least 1"),
     ({"device": "tpu"}, "device tpu: choose auto, cpu, cuda or cuda:N"),
     ({"device": "cuda:x"}, "device cuda:x: choose"),
+    ({"dataset": "cifar"}, "dataset cifar: unknown dataset; choose one of: mnist, fashion-mnist"),
+    ({"val_size": -1}, "val_size -1: must be from 0 to 59999"),
+    ({"val_size": 60000}, "val_size 60000: must be from 0 to 59999"),
 ])
 def test_a_bad_value_is_one_error_naming_the_setting(values, rendered):
     with pytest.raises(UserError) as e:
@@ -62,6 +65,12 @@ def test_a_run_too_short_to_train_is_refused_with_the_way_out():
     assert f"are 1 SGD step(s), too few to train (one-cycle needs at least {MIN_STEPS})" in text
     assert "raise --epochs or --train-limit, or lower --batch-size" in text
     assert TrainConfig(epochs=1, train_limit=100, batch_size=10).steps == MIN_STEPS
+
+
+def test_validation_images_come_out_of_the_training_images():
+    assert TrainConfig(val_size=5000).train_images == 55000
+    assert TrainConfig(val_size=5000, train_limit=1000).train_images == 1000
+    assert TrainConfig(val_size=59000, train_limit=5000).train_images == 1000
 
 
 def test_config_round_trips_through_json(tmp_path):

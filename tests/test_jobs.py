@@ -48,7 +48,7 @@ def test_kill_9_of_a_study_kills_its_training_processes(tmp_path):
                               "--train-limit", "2000", "--test-limit", "100", "--jobs", "2", "--threads", "1",
                               "--no-progress", "--out", str(tmp_path / "s")], stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while len(list(tmp_path.glob("s/*/seed0/config.json"))) < 2 and time.time() < deadline:
+    while len(list(tmp_path.glob("s/*/b128/seed0/config.json"))) < 2 and time.time() < deadline:
         time.sleep(0.1)
     workers = [pid for pid in children(study.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
     assert len(workers) == 2
@@ -58,7 +58,7 @@ def test_kill_9_of_a_study_kills_its_training_processes(tmp_path):
     while any(alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.05)
     assert not any(alive(pid) for pid in workers)
-    for folder in (tmp_path / "s", tmp_path / "s" / "gn" / "seed0", tmp_path / "s" / "ln" / "seed0"):
+    for folder in (tmp_path / "s", tmp_path / "s" / "gn" / "b128" / "seed0", tmp_path / "s" / "ln" / "b128" / "seed0"):
         assert lock_free_within(folder, seconds=10)  # so the same command again is not refused as "in use"
 
 

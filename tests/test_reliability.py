@@ -121,7 +121,7 @@ def test_sigterm_stops_a_study_running_side_by_side_and_the_same_command_resumes
     command = [sys.executable, "-m", "normlab", *STUDY, "--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list(out.glob(f"*/seed0/{CHECKPOINT}")) and time.time() < deadline:  # some run is past epoch 1
+    while not list(out.glob(f"*/b50/seed0/{CHECKPOINT}")) and time.time() < deadline:  # some run is past epoch 1
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
@@ -129,7 +129,7 @@ def test_sigterm_stops_a_study_running_side_by_side_and_the_same_command_resumes
     assert "stopped by SIGTERM; finished runs, and the finished epochs of the others, are kept" in message
     assert "Traceback" not in message
     assert f"Resume with:\n  normlab {' '.join(STUDY)} --out {out}\n" in message
-    assert list(out.glob(f"*/seed0/{CHECKPOINT}")), "no run was stopped mid-way"
+    assert list(out.glob(f"*/b50/seed0/{CHECKPOINT}")), "no run was stopped mid-way"
     assert subprocess.run(command, capture_output=True, timeout=300).returncode == 0
     assert study_metrics(out) == study_metrics(reference)
 
@@ -166,7 +166,7 @@ def test_a_run_of_another_model_layout_is_never_taken_for_this_one(tmp_path, mni
     config = TrainConfig(norm="layer", epochs=1, train_limit=500, test_limit=100, batch_size=50)
     out = tmp_path / "study"
     run_study(out, ["ln"], [0], config, progress=False, log=quiet)
-    run = out / "ln" / "seed0"
+    run = out / "ln" / "b50" / "seed0"
     assert is_finished(run, config)
     monkeypatch.setattr(normlab.runs, "LAYOUT", [*LAYOUT, "pool"])
     assert not is_finished(run, config)
@@ -185,6 +185,6 @@ def test_non_finite_loss_fails_the_run_and_the_study_goes_on(tmp_path, mnist):
     assert [r["variant"] for r in results["runs"]] == ["bn", "gn"]  # the second ran after the first failed
     for run in results["runs"]:
         assert run["failed"]["epoch"] == 1 and run["failed"]["step"] >= 1
-        assert json.loads((tmp_path / "study" / run["variant"] / "seed0" / "failed.json").read_text())
+        assert json.loads((tmp_path / "study" / run["variant"] / "b50" / "seed0" / "failed.json").read_text())
     report = (tmp_path / "study" / "report.md").read_text()
     assert "bn seed 0 FAILED" in report and "gn seed 0 FAILED" in report

@@ -1,41 +1,82 @@
-"""The report's findings are computed from the numbers: unit tests on made-up summaries."""
+"""The report's tables and findings are computed from the numbers: unit tests on made-up results."""
 
 from normlab.config import TARGET_ACC
-from normlab.report import failures, findings, summarize, to_markdown
+from normlab.report import batch_table, failures, findings, results_table, summarize, to_markdown
 
 
-def row(variant, mean, std=0.02, seeds=3, seconds=100.0):
-    return {"variant": variant, "final_mean": mean, "final_std": std, "seeds": seeds, "epochs": 20,
-            "seconds": seconds}
+def run(variant, seed, acc, batch=128, seconds=100.0, **extra):
+    return {"variant": variant, "seed": seed, "final_test_acc": acc, "batch_size": batch, "lr": 0.1 * batch / 128,
+            "norm": variant, "regularization": "no L1", "parameters": 7578, "epochs": 20, "seconds": seconds,
+            "final_train_loss": 0.01, "conv_weight_l1": 1000.0, "failed": None, **extra}
 
 
-def test_the_best_variant_comes_first_and_gaps_are_judged_against_the_spread():
-    text = findings([row("gn", 99.40, 0.02), row("ln", 99.50, 0.03), row("bn+l1", 99.45, 0.10)])
-    assert text[0] == "ln ends best: 99.50% mean final test accuracy over 3 seeds after 20 epochs."
-    assert text[1].startswith("bn+l1 ends 0.05 points lower (99.45%); that gap is not larger than the spread")
-    assert text[2].startswith("gn ends 0.10 points lower (99.40%); that gap is larger than the spread")
+def results(runs, batch_sizes=(128,)):
+    return {"variants": sorted({r["variant"] for r in runs}, reverse=True), "seeds": [0, 1, 2],
+            "batch_sizes": list(batch_sizes), "runs": runs}
 
 
-def test_one_seed_makes_no_claim_about_spread():
-    text = findings([row("gn", 99.4, seeds=1), row("ln", 99.5, seeds=1)])
-    assert text[0].endswith("99.50% final test accuracy after 20 epochs.") and "spread" not in text[1]
+def test_a_difference_is_claimed_only_where_the_paired_seeds_support_it():
+    # gn is 0.10 above bn on every seed; ln wanders around gn.
+    r = results([run("gn", s, 99.50 + d) for s, d in enumerate((0.0, 0.05, -0.03))]
+                + [run("bn", s, 99.40 + d) for s, d in enumerate((0.0, 0.05, -0.03))]
+                + [run("ln", s, 99.48 + d) for s, d in enumerate((0.04, -0.02, 0.01))])
+    text = findings(summarize(r), r)
+    assert text[0] == "gn ends best: 99.51% mean final test accuracy over 3 seeds after 20 epochs."
+    assert text[1].startswith("ln ends 0.02 points lower (99.49%); gn − ln paired over 3 seeds:")
+    assert text[1].endswith("within noise: the interval includes 0.")
+    assert text[2].startswith("bn ends 0.10 points lower (99.41%); gn − bn paired over 3 seeds: +0.10 points")
+    assert text[2].endswith("a difference the seeds support.")
+
+
+def test_one_seed_makes_no_claim():
+    r = results([run("gn", 0, 99.4), run("ln", 0, 99.5)])
+    text = findings(summarize(r), r)
+    assert text[0].endswith("99.50% final test accuracy after 20 epochs.")
+    assert text[1] == "gn ends 0.10 points lower (99.40%); one seed in common, so no claim either way."
 
 
 def test_the_target_line_and_the_times():
-    text = findings([row("gn", TARGET_ACC + 0.1, seconds=80), row("ln", TARGET_ACC - 0.1, seconds=120)])
-    assert f"At or above {TARGET_ACC}% at the last epoch: gn." in text
-    assert f"Below {TARGET_ACC}% at the last epoch: ln." in text
-    assert text[-1] == "Training time per run ranges from 80 s (gn) to 120 s (ln)."
+    r = results([run("gn", 0, TARGET_ACC + 0.1, seconds=80), run("ln", 0, TARGET_ACC - 0.1, seconds=120)])
+    text = findings(summarize(r), r)
+    assert f"At or above {TARGET_ACC}% at the last epoch (mean): gn." in text
+    assert f"Below {TARGET_ACC}% at the last epoch (mean): ln." in text
+    assert text[-1] == "Training time per run ranges from 80 s, gn, to 120 s, ln."
+
+
+def test_batch_sizes_get_a_table_in_the_papers_layout_and_a_finding_each():
+    noise = {("bn", 128): (0.0, 0.02, -0.02), ("bn", 2): (0.01, 0.03, -0.04), ("gn", 128): (0.0, 0.02, -0.02),
+             ("gn", 2): (0.03, -0.01, -0.08)}
+    runs = [run(v, s, acc + d, batch=b) for v, accs in (("bn", {128: 99.4, 2: 98.0}), ("gn", {128: 99.4, 2: 99.40}))
+            for b, acc in accs.items() for s, d in enumerate(noise[v, b])]
+    r = results(runs, batch_sizes=(2, 128))
+    rows = summarize(r)
+    header, table = batch_table(rows, r)
+    assert header == ["test error (%) at batch size", "128", "2"]
+    assert table[0][0] == "gn" and table[1][:2] == ["bn", "0.60 ± 0.05"] and table[1][2].startswith("2.00 ± 0.0")
+    text = findings(rows, r)
+    assert any(t.startswith("bn: test error 0.60% at batch size 128, 2.00% at 2; paired over 3 seeds the change is "
+                            "+1.40 points") and t.endswith("the batch size matters.") for t in text)
+    assert any(t.startswith("gn: test error 0.60% at batch size 128, 0.62% at 2") and t.endswith("within noise.")
+               for t in text)
+    assert "Below 99.4% at the last epoch (mean): gn (batch 2), bn (batch 2)." in text
+    assert results_table(rows, r)[0][4:6] == ["batch", "lr"]
+
+
+def test_validation_columns_appear_when_runs_held_out_images():
+    r = results([run("gn", s, 99.4, final_val_acc=99.3, test_acc_at_best_val=99.45) for s in range(3)])
+    header, table = results_table(summarize(r), r)
+    assert "final val acc" in header and table[0][header.index("test acc at best val epoch")] == "99.45%"
+    assert "best" not in " ".join(results_table(summarize(results([run("gn", 0, 99.4)])), results([]))[0])
 
 
 def test_failed_runs_are_named_and_left_out():
-    results = {"variants": ["gn"], "runs": [
-        {"variant": "gn", "seed": 0, "failed": {"reason": "the training loss became NaN or infinite", "epoch": 1,
-                                                 "step": 3}}]}
-    assert summarize(results) == []
-    assert failures(results) == ["gn seed 0 FAILED: the training loss became NaN or infinite at epoch 1, step 3; "
-                                 "it is left out of the table, the graphs and the grids."]
-    assert findings([]) == ["Every run failed: there is nothing to compare."]
+    failed = {**run("gn", 0, 0.0), "failed": {"reason": "the training loss became NaN or infinite", "epoch": 1,
+                                             "step": 3}}
+    r = results([failed])
+    assert summarize(r) == []
+    assert failures(r) == ["gn seed 0 FAILED: the training loss became NaN or infinite at epoch 1, "
+                           "step 3; it is left out of the tables, graphs and grids."]
+    assert findings([], r) == ["Every run failed: there is nothing to compare."]
 
 
 def test_markdown_blocks():

@@ -94,7 +94,7 @@ def test_a_metrics_row_that_is_not_a_finite_number_is_refused(finished, tmp_path
     rows[1]["test_acc"] = "high"
     (run / METRICS_JSON).write_text(json.dumps(rows))
     with pytest.raises(UserError, match="row 2 lacks test_acc"):
-        read_metrics(run)
+        read_metrics(run, CONFIG_A)
 
 
 def test_a_broken_checkpoint_is_one_line_and_force_starts_over(finished, tmp_path, mnist):

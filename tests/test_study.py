@@ -30,7 +30,7 @@ def test_every_artifact_is_written(study):
         assert (out / name).stat().st_size > 0, name
     for variant in ["bn+l1", "gn", "ln"]:
         for seed in (0, 1):
-            assert (out / variant / f"seed{seed}" / WEIGHTS).is_file()
+            assert (out / variant / "b64" / f"seed{seed}" / WEIGHTS).is_file()
     saved = json.loads((out / "results.json").read_text())
     assert len(saved["runs"]) == 6 and saved == json.loads(json.dumps(results))
     run = saved["runs"][0]
@@ -64,11 +64,11 @@ def test_a_run_of_the_study_equals_the_same_run_trained_alone(study, mnist):
     """Runs trained side by side in other processes are the runs ``train`` gives for their recorded config."""
     out, results, logs = study
     run = results["runs"][-1]
-    config = TrainConfig.load(out / run["variant"] / f"seed{run['seed']}" / "config.json")
+    config = TrainConfig.load(out / run["variant"] / "b64" / f"seed{run['seed']}" / "config.json")
     alone = train(config, data=mnist, progress=False, log=quiet)
     assert without_seconds(alone.metrics) == without_seconds(run["metrics"])
     if cpu_cores() > 1:  # then the runs went side by side, and their lines came back labelled
-        assert any(line.startswith(f"[{run['variant']}, seed {run['seed']}]") for line in logs)
+        assert any(line.startswith(f"[{run['variant']}, batch 64, seed {run['seed']}]") for line in logs)
 
 
 def test_finished_runs_are_reused_and_a_new_seed_adds_runs(study):
@@ -84,14 +84,14 @@ def test_a_study_with_other_settings_never_replaces_finished_runs_unasked(tmp_pa
     out = tmp_path / "s"
     two = TrainConfig(epochs=2, train_limit=500, test_limit=100, batch_size=50)
     run_study(out, ["gn", "ln"], [0], two, progress=False, log=quiet, jobs=1)
-    before = {p: p.read_bytes() for p in out.glob("*/seed0/*")}
+    before = {p: p.read_bytes() for p in out.glob("*/b50/seed0/*")}
     with pytest.raises(UserError) as e:
         run_study(out, ["gn", "ln"], [0], TrainConfig(**{**two.to_dict(), "epochs": 3}), progress=False, log=quiet,
                   jobs=1)
     text = e.value.render(lambda s: "--" + s)
-    assert text == (f"--out {out}: 2 run(s) there were made with other settings (epochs 2, not 3): gn/seed0, "
-                    "ln/seed0; add --force to retrain them with these, or choose another --out")
-    assert {p: p.read_bytes() for p in out.glob("*/seed0/*")} == before
+    assert text == (f"--out {out}: 2 run(s) there were made with other settings (epochs 2, not 3): "
+                    "gn/b50/seed0, ln/b50/seed0; add --force to retrain them with these, or choose another --out")
+    assert {p: p.read_bytes() for p in out.glob("*/b50/seed0/*")} == before
     results = run_study(out, ["gn", "ln"], [0], TrainConfig(**{**two.to_dict(), "epochs": 3}), progress=False,
                         log=quiet, force=True, jobs=1)
     assert [len(r["metrics"]) for r in results["runs"]] == [3, 3]
@@ -100,9 +100,9 @@ def test_a_study_with_other_settings_never_replaces_finished_runs_unasked(tmp_pa
 def test_every_run_folder_is_checked_before_any_run_trains(tmp_path, mnist):
     """Issue 15, 6: a user's file in a run folder was refused only after the other runs had trained."""
     out = tmp_path / "s"
-    (out / "ln" / "seed0").mkdir(parents=True)
+    (out / "ln" / "b64" / "seed0").mkdir(parents=True)
     (out / "study.json").write_text("{}")
-    (out / "ln" / "seed0" / "notes.txt").write_text("mine")
+    (out / "ln" / "b64" / "seed0" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="folder is not empty and is not a normlab run"):
         run_study(out, ["gn", "ln"], [0], BASE, progress=False, log=quiet)
     assert not (out / "gn").exists() and (out / "study.json").read_text() == "{}"
@@ -123,7 +123,7 @@ def test_a_broken_file_in_a_finished_run_is_one_line_or_retrained_with_force(tmp
     out = tmp_path / "s"
     config = TrainConfig(epochs=1, train_limit=500, test_limit=100, batch_size=50)
     run_study(out, ["ln"], [0], config, progress=False, log=quiet)
-    (out / "ln" / "seed0" / WEIGHTS).write_bytes(b"")
+    (out / "ln" / "b50" / "seed0" / WEIGHTS).write_bytes(b"")
     with pytest.raises(UserError, match=r"model.pt: not readable weights of this model \(.*\); add force"):
         run_study(out, ["ln"], [0], config, progress=False, log=quiet)
     results = run_study(out, ["ln"], [0], config, progress=False, log=quiet, force=True)
@@ -147,3 +147,27 @@ def test_study_refuses_a_foreign_folder(tmp_path):
     with pytest.raises(UserError, match="not a normlab study"):
         run_study(tmp_path, ["gn"], [0], BASE, progress=False)
     assert (tmp_path / "keep.txt").read_text() == "x"
+
+
+def test_a_batch_size_axis_trains_each_size_with_the_scaled_lr_and_draws_graph_3(tmp_path, mnist):
+    out = tmp_path / "s"
+    base = TrainConfig(epochs=1, train_limit=640, test_limit=200, batch_size=64, val_size=200)
+    results = run_study(out, ["bn", "gn"], [0, 1], base, progress=False, log=quiet, jobs=1, batch_sizes=[16, 64])
+    runs = {(r["variant"], r["batch_size"], r["seed"]): r for r in results["runs"]}
+    assert len(runs) == 8 and runs["bn", 16, 0]["lr"] == pytest.approx(0.025) and runs["bn", 64, 1]["lr"] == 0.1
+    assert (out / "gn" / "b16" / "seed1" / WEIGHTS).is_file()
+    assert (out / "graph3_error_vs_batch_size.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "| test error (%) at batch size | 64 | 16 |" in report
+    assert "| BN | 23.6 | 23.7 | 24.8 | 27.3 | 34.7 |" in report
+    assert "final val acc" in report and "best epoch" not in report
+    run = runs["gn", 16, 1]
+    assert run["best_val_epoch"] == 1 and run["test_acc_at_best_val"] == run["final_test_acc"]
+    fixed = run_study(tmp_path / "fixed", ["gn"], [0], base, progress=False, log=quiet, jobs=1, batch_sizes=[16, 64],
+                      lr_scaling=False)
+    assert [r["lr"] for r in fixed["runs"]] == [0.1, 0.1]
+
+
+def test_the_same_batch_size_twice_is_refused(tmp_path):
+    with pytest.raises(UserError, match="batch_sizes 8 8: give one or more different batch sizes"):
+        run_study(tmp_path / "s", ["gn"], [0], BASE, batch_sizes=[8, 8])

@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pytest
@@ -6,6 +7,7 @@ import torch.nn.functional as F
 from conftest import quick, quiet, without_seconds
 
 from normlab.config import TrainConfig
+from normlab.data import DATASETS
 from normlab.train import evaluate, l1_parameters, sgd_one_cycle, sgd_step, train
 
 
@@ -45,7 +47,7 @@ def test_the_step_adds_l1_to_the_gradient_of_the_cross_entropy():
         torch.manual_seed(1)
         model = config.model()
         optimizer, schedule = sgd_one_cycle(model, config)
-        logits, loss = sgd_step(model, optimizer, schedule, config)(x, y)
+        logits, loss = sgd_step(model, optimizer, schedule, config, DATASETS["mnist"])(x, y)
         assert loss == pytest.approx(F.cross_entropy(logits, y).item())
         grads[l1] = {name: p.grad.clone() for name, p in model.named_parameters()}
     torch.manual_seed(1)
@@ -85,7 +87,7 @@ def test_evaluate_is_the_mean_cross_entropy_and_accuracy(mnist):
     torch.manual_seed(0)
     model = TrainConfig(norm="layer").model().eval()
     images, labels = mnist.test_images[:1500], mnist.test_labels[:1500]  # two batches, the second short
-    loss, acc = evaluate(model, images, labels)
+    loss, acc = evaluate(model, images, labels, mnist.info)
     with torch.no_grad():
         logits = model((images.unsqueeze(1).float() / 255 - 0.1307) / 0.3081)
     assert loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
@@ -96,3 +98,28 @@ def test_a_non_finite_loss_fails_the_run_at_its_first_bad_step(mnist):
     result = train(quick(lr=1e12), data=mnist, progress=False, log=quiet)
     assert result.failed is not None and result.failed["epoch"] == 1 and result.failed["step"] >= 1
     assert result.metrics == []
+
+
+def test_a_validation_split_is_reported_every_epoch_and_changes_only_what_it_should(mnist, tmp_path):
+    plain = train(quick(norm="layer", epochs=2), data=mnist, progress=False, log=quiet)
+    held = train(quick(norm="layer", epochs=2, val_size=500), out=tmp_path / "run", data=mnist, progress=False,
+                 log=quiet)
+    assert list(held.metrics[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+                                     "test_acc", "lr", "seconds"]
+    assert "val_acc" not in plain.metrics[0] and 0 < held.metrics[1]["val_acc"] <= 100
+    assert held.metrics[1]["train_loss"] != plain.metrics[1]["train_loss"]  # 1,000 other training images
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,lr,seconds"
+
+
+def test_fashion_mnist_trains_through_the_same_loop(tmp_path):
+    from normlab.data import FASHION_DEBIAN
+
+    if not FASHION_DEBIAN.is_dir():
+        pytest.skip("apt install dataset-fashion-mnist (CI does)")
+    result = train(quick(norm="group", dataset="fashion-mnist", data_dir=str(FASHION_DEBIAN), epochs=2,
+                         train_limit=2000), out=tmp_path / "run", progress=False, log=quiet)
+    assert result.final_test_acc > 50  # 10 classes: chance is 10 %
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"]["dataset"] == "fashion-mnist"
+    assert saved["environment"]["data_md5"]["t10k-labels-idx1-ubyte"] == "15d484375f8d13e6eb1aabb0c3f46965"

@@ -63,6 +63,7 @@ def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bo
     """The training flags; a study sets norm, groups, L1 and seed per run, so it takes the others only.
     main.py (``exercise``) takes L1 from its variant unless --l1 is given."""
     from normlab.config import TrainConfig
+    from normlab.data import DATASETS
 
     d = TrainConfig()
     if not study:
@@ -77,8 +78,17 @@ def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bo
     p.add_argument("--dropout", type=float, default=d.dropout, help="Dropout2d after each conv block")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD's L2 weight decay")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training images")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per SGD step")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="images per SGD step" + (", the base of the learning-rate scaling" if study else ""))
+    if study:
+        p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B",
+                       help="train every variant and seed at each of these batch sizes; Graph 3 compares them "
+                            "(default: --batch-size only)")
+        p.add_argument("--lr", type=float, default=None,
+                       help=f"peak learning rate of the one-cycle schedule for every run (default: {d.lr:g} at "
+                            "--batch-size, scaled linearly with each run's batch size)")
+    else:
+        p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--momentum", type=float, default=d.momentum,
                    help=f"SGD momentum, Nesterov (0: plain SGD); one-cycle swings it ±{d.momentum_swing} against "
                         "the learning rate")
@@ -87,12 +97,15 @@ def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bo
                         f"±{d.scale * 100:g} %% scale)")
     if not study:
         p.add_argument("--seed", type=int, default=d.seed, help="seeds the weights, data order and augmentation")
+    p.add_argument("--dataset", default=d.dataset, help=f"the images to train and test on: {' or '.join(DATASETS)}")
+    p.add_argument("--val-size", type=int, default=d.val_size, metavar="N",
+                   help="hold out N training images for validation, chosen by the seed (0: none)")
     p.add_argument("--train-limit", type=int, default=None, metavar="N",
-                   help="train on the first N training images (default: all 60,000)")
+                   help="train on the first N training images (default: all 60,000 less --val-size)")
     p.add_argument("--test-limit", type=int, default=None, metavar="N",
                    help="test on the first N test images (default: all 10,000)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="folder with the four MNIST IDX files (default: the cache, else the offline copy)")
+                   help="folder with the four IDX files of --dataset (default: the cache, else the offline copy)")
     p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: one per core; in a study, cores ÷ jobs)")
@@ -116,7 +129,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from normlab.config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
 def run_failed(failure: dict[str, Any], out: Path) -> RunFailed:
@@ -124,13 +137,13 @@ def run_failed(failure: dict[str, Any], out: Path) -> RunFailed:
                      f"try a lower --lr (details in {out}/failed.json)")
 
 
-def saved_epochs(out: Path, epochs: int) -> str:
+def saved_epochs(out: Path, config: Any) -> str:
     """What a stopped run kept ("" for nothing), for the message that says how to resume it."""
     from normlab.runs import CHECKPOINT, read_metrics
 
     if not (out / CHECKPOINT).is_file():
         return ""
-    return f"epochs 1-{len(read_metrics(out))} of {epochs} are kept in {out}"
+    return f"epochs 1-{len(read_metrics(out, config))} of {config.epochs} are kept in {out}"
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -141,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         result = train(config, out=out, progress=args.progress, force=args.force, resume=args.resume)
     except Interrupted as e:
-        e.saved = saved_epochs(out, config.epochs)
+        e.saved = saved_epochs(out, config)
         raise
     if result.failed is not None:
         raise run_failed(result.failed, out)
@@ -155,7 +168,8 @@ def cmd_study(args: argparse.Namespace) -> None:
     out = Path(args.out)
     try:
         results = run_study(out, args.variants, args.seeds, config_from_args(args), progress=args.progress,
-                            jobs=args.jobs, force=args.force)
+                            jobs=args.jobs, force=args.force, batch_sizes=args.batch_sizes,
+                            lr_scaling=args.lr is None)
     except Interrupted as e:
         e.saved = f"finished runs, and the finished epochs of the others, are kept in {out}"
         raise
@@ -181,7 +195,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
 def cmd_exercise(args: argparse.Namespace) -> None:
     """main.py: one model of the study, chosen as in the exercise (--norm bn+l1|bn|group|layer), and its grid."""
     from normlab.config import parse_variant
-    from normlab.data import load_mnist
+    from normlab.data import load_dataset
     from normlab.misclassified import save_misclassified
     from normlab.train import train
 
@@ -190,11 +204,11 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     args.groups = variant.groups if args.groups is None else args.groups
     config = config_from_args(args)
     out = Path(args.out or f"runs/main/{variant.folder}_seed{config.seed}")
-    data = load_mnist(config.data_dir)
+    data = load_dataset(config.dataset, config.data_dir)
     try:
         result = train(config, out=out, data=data, progress=args.progress, force=args.force, resume=args.resume)
     except Interrupted as e:
-        e.saved = saved_epochs(out, config.epochs)
+        e.saved = saved_epochs(out, config)
         raise
     if result.failed is not None:
         raise run_failed(result.failed, out)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from normlab.data import TRAIN_IMAGES
+from normlab.data import DATASETS, TRAIN_IMAGES
 from normlab.errors import UserError
 from normlab.model import LAYOUT, Net
 from normlab.norms import ALIASES, NORMS
@@ -45,7 +45,9 @@ class TrainConfig:
     shift: float = 1.0            # augmentation: translation within ±pixels
     scale: float = 0.05           # augmentation: scale within 1 ± this
     seed: int = 0
-    train_limit: int | None = None  # train on the first N training images (None: all 60k)
+    dataset: str = "mnist"        # mnist | fashion-mnist
+    val_size: int = 0             # training images held out for validation (chosen by the seed, never trained on)
+    train_limit: int | None = None  # train on the first N training images left after validation (None: all)
     test_limit: int | None = None   # test on the first N test images (None: all 10k)
     data_dir: str | None = None
     device: str = "auto"          # auto | cpu | cuda[:k] (auto takes CUDA when present)
@@ -55,6 +57,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Check every value and normalise names, so a bad value fails before any work is done."""
         self.norm = canonical_norm(self.norm)
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown dataset; choose one of: {', '.join(DATASETS)}", "dataset", self.dataset)
+        if not 0 <= self.val_size <= TRAIN_IMAGES - 1:
+            raise UserError(f"must be from 0 to {TRAIN_IMAGES - 1} (the training set has {TRAIN_IMAGES:,} images)",
+                            "val_size", self.val_size)
         if self.norm == "group":
             self.groups = GROUPS if self.groups is None else self.groups
             check_groups(self.groups)
@@ -92,7 +99,8 @@ class TrainConfig:
 
     @property
     def train_images(self) -> int:
-        return min(self.train_limit or TRAIN_IMAGES, TRAIN_IMAGES)
+        left = TRAIN_IMAGES - self.val_size
+        return min(self.train_limit or left, left)
 
     @property
     def steps_per_epoch(self) -> int:

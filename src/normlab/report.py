@@ -1,4 +1,8 @@
-"""results.json -> report.md and a self-contained report.html; the findings are computed from the numbers."""
+"""results.json -> report.md and a self-contained report.html; the findings are computed from the numbers.
+
+Every table gives the mean ± std over seeds and a 95 % confidence interval; a finding claims a
+difference only where a paired comparison over seeds supports it (normlab.stats).
+"""
 
 from __future__ import annotations
 
@@ -10,62 +14,121 @@ from typing import Any
 
 from normlab.config import TARGET_ACC
 from normlab.files import write_atomic
+from normlab.stats import Interval, interval, paired_difference
+
+# Wu & He, Group Normalization (arXiv 1803.08494), Table 2: ResNet-50 ImageNet top-1 error (%) by images per GPU.
+GN_PAPER = {"images per GPU": (32, 16, 8, 4, 2), "BN": (23.6, 23.7, 24.8, 27.3, 34.7),
+            "GN": (24.1, 24.2, 24.0, 24.2, 24.1)}
+
+
+def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in results["runs"] if r.get("failed") is None]
+
+
+def final_accs(results: dict[str, Any], variant: str, batch: int) -> dict[int, float]:
+    """Seed -> final test accuracy of the finished runs of one variant at one batch size."""
+    return {r["seed"]: r["final_test_acc"] for r in finished_runs(results)
+            if r["variant"] == variant and r["batch_size"] == batch}
 
 
 def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per variant: mean and sample std of the final test accuracy across seeds, best accuracy, time."""
+    """Per variant and batch size: the final test accuracy over seeds (an Interval), and means of the rest."""
     rows = []
-    for name in results["variants"]:
-        runs = [r for r in results["runs"] if r["variant"] == name and r.get("failed") is None]
-        if not runs:
-            continue  # every run of this variant failed: findings() says so
-        finals = [r["final_test_acc"] for r in runs]
-        rows.append({
-            "variant": name, "norm": runs[0]["norm"], "regularization": runs[0]["regularization"],
-            "parameters": runs[0]["parameters"], "seeds": len(runs), "epochs": runs[0]["epochs"],
-            "final_mean": statistics.fmean(finals), "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-            "final_min": min(finals), "best_mean": statistics.fmean(r["best_test_acc"] for r in runs),
-            "seconds": statistics.fmean(r["seconds"] for r in runs),
-            "train_loss": statistics.fmean(r["final_train_loss"] for r in runs),
-            "weight_l1": statistics.fmean(r["conv_weight_l1"] for r in runs),
-        })
+    for batch in results["batch_sizes"]:
+        for name in results["variants"]:
+            runs = [r for r in finished_runs(results) if r["variant"] == name and r["batch_size"] == batch]
+            if not runs:
+                continue  # every run of it failed: failures() says so
+            row = {
+                "variant": name, "norm": runs[0]["norm"], "regularization": runs[0]["regularization"],
+                "parameters": runs[0]["parameters"], "batch_size": batch, "lr": runs[0]["lr"], "seeds": len(runs),
+                "epochs": runs[0]["epochs"], "final": interval([r["final_test_acc"] for r in runs]),
+                "seconds": statistics.fmean(r["seconds"] for r in runs),
+                "train_loss": statistics.fmean(r["final_train_loss"] for r in runs),
+                "weight_l1": statistics.fmean(r["conv_weight_l1"] for r in runs),
+            }
+            if "final_val_acc" in runs[0]:
+                row["val"] = interval([r["final_val_acc"] for r in runs])
+                row["at_best_val"] = interval([r["test_acc_at_best_val"] for r in runs])
+            rows.append(row)
     return rows
 
 
 def failures(results: dict[str, Any]) -> list[str]:
-    return [f"{r['variant']} seed {r['seed']} FAILED: {r['failed']['reason']} at epoch {r['failed']['epoch']}, "
-            f"step {r['failed']['step']}; it is left out of the table, the graphs and the grids."
+    return [f"{name_of(r, results)} seed {r['seed']} FAILED: {r['failed']['reason']} at epoch "
+            f"{r['failed']['epoch']}, step {r['failed']['step']}; it is left out of the tables, graphs and grids."
             for r in results["runs"] if r.get("failed")]
 
 
-def findings(rows: list[dict[str, Any]]) -> list[str]:
-    """Sentences derived from the summary, so they change when the numbers do."""
+def points(x: float) -> str:
+    return f"{x:+.2f}"
+
+
+def comparison(results: dict[str, Any], better: dict[str, Any], other: dict[str, Any]) -> str:
+    """One sentence: how far ``other`` ends below ``better``, and whether the seeds support a difference."""
+    gap = better["final"].mean - other["final"].mean
+    sentence = f"{other['variant']} ends {gap:.2f} points lower ({other['final'].mean:.2f}%)"
+    diff = paired_difference(final_accs(results, better["variant"], better["batch_size"]),
+                             final_accs(results, other["variant"], other["batch_size"]))
+    if diff.n < 2:
+        return sentence + "; one seed in common, so no claim either way."
+    verdict = "a difference the seeds support" if diff.excludes_zero() else "within noise: the interval includes 0"
+    return (sentence + f"; {better['variant']} − {other['variant']} paired over {diff.n} seeds: {points(diff.mean)} "
+            f"points, 95% CI {points(diff.low)} to {points(diff.high)}, {verdict}.")
+
+
+def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    """Sentences derived from the numbers, so they change when the numbers do."""
     if not rows:
         return ["Every run failed: there is nothing to compare."]
-    ranked = sorted(rows, key=lambda r: r["final_mean"], reverse=True)
-    top = ranked[0]
-    many = top["seeds"] > 1
-    what = f"mean final test accuracy over {top['seeds']} seeds" if many else "final test accuracy"
-    out = [f"{top['variant']} ends best: {top['final_mean']:.2f}% {what} after {top['epochs']} epochs."]
-    for other in ranked[1:]:
-        gap = top["final_mean"] - other["final_mean"]
-        sentence = f"{other['variant']} ends {gap:.2f} points lower ({other['final_mean']:.2f}%)"
-        if many:
-            spread = max(top["final_std"], other["final_std"])
-            verdict = "larger" if gap > spread else "not larger"
-            sentence += f"; that gap is {verdict} than the spread across seeds (std up to {spread:.2f})"
-        out.append(sentence + ".")
-    reached = [r["variant"] for r in rows if r["final_mean"] >= TARGET_ACC]
-    missed = [r["variant"] for r in rows if r["final_mean"] < TARGET_ACC]
+    out = []
+    for batch in results["batch_sizes"]:
+        ranked = sorted((r for r in rows if r["batch_size"] == batch), key=lambda r: r["final"].mean, reverse=True)
+        if not ranked:
+            continue
+        top = ranked[0]
+        at = f" at batch size {batch}" if len(results["batch_sizes"]) > 1 else ""
+        what = f"mean final test accuracy over {top['seeds']} seeds" if top["seeds"] > 1 else "final test accuracy"
+        out.append(f"{top['variant']} ends best{at}: {top['final'].mean:.2f}% {what} after {top['epochs']} epochs.")
+        out += [comparison(results, top, other) for other in ranked[1:]]
+    if len(results["batch_sizes"]) > 1:
+        out += batch_findings(rows, results)
+    reached = [name_of(r, results) for r in rows if r["final"].mean >= TARGET_ACC]
+    missed = [name_of(r, results) for r in rows if r["final"].mean < TARGET_ACC]
     if reached:
-        out.append(f"At or above {TARGET_ACC}% at the last epoch: {', '.join(reached)}.")
+        out.append(f"At or above {TARGET_ACC}% at the last epoch (mean): {', '.join(reached)}.")
     if missed:
-        out.append(f"Below {TARGET_ACC}% at the last epoch: {', '.join(missed)}.")
+        out.append(f"Below {TARGET_ACC}% at the last epoch (mean): {', '.join(missed)}.")
     fastest = min(rows, key=lambda r: r["seconds"])
     slowest = max(rows, key=lambda r: r["seconds"])
     if slowest["seconds"] > fastest["seconds"]:
-        out.append(f"Training time per run ranges from {fastest['seconds']:.0f} s ({fastest['variant']}) "
-                   f"to {slowest['seconds']:.0f} s ({slowest['variant']}).")
+        out.append(f"Training time per run ranges from {fastest['seconds']:.0f} s, {name_of(fastest, results)}, "
+                   f"to {slowest['seconds']:.0f} s, {name_of(slowest, results)}.")
+    return out
+
+
+def name_of(row: dict[str, Any], results: dict[str, Any]) -> str:
+    return row["variant"] + (f" (batch {row['batch_size']})" if len(results["batch_sizes"]) > 1 else "")
+
+
+def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    """Per variant: how its test error changes from the largest batch size to the smallest, paired over seeds."""
+    large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
+    out = []
+    for variant in results["variants"]:
+        diff = paired_difference(final_accs(results, variant, large), final_accs(results, variant, small))
+        if diff.n == 0:
+            continue
+        err = {b: 100 - statistics.fmean(final_accs(results, variant, b).values()) for b in (large, small)}
+        sentence = (f"{variant}: test error {err[large]:.2f}% at batch size {large}, {err[small]:.2f}% at {small}")
+        if diff.n < 2:
+            out.append(sentence + " (one seed: no claim).")
+        elif diff.excludes_zero():
+            out.append(sentence + f"; paired over {diff.n} seeds the change is {points(diff.mean)} points of error "
+                       f"(95% CI {points(diff.low)} to {points(diff.high)}): the batch size matters.")
+        else:
+            out.append(sentence + f"; paired over {diff.n} seeds, {points(diff.mean)} points (95% CI "
+                       f"{points(diff.low)} to {points(diff.high)}): within noise.")
     return out
 
 
@@ -78,32 +141,76 @@ def how_trained(results: dict[str, Any]) -> str:
     return f"Runs trained one at a time{f', on {threads} CPU thread(s)' if threads else ''}."
 
 
+def ci(i: Interval) -> str:
+    return f"{i.low:.2f} to {i.high:.2f}" if i.n > 1 else "—"
+
+
+def results_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    many_batches, val = len(results["batch_sizes"]) > 1, any("val" in r for r in rows)
+    header = ["variant", "norm", "regularization", "params", *(["batch", "lr"] if many_batches else []),
+              "final test acc (mean ± std)", "95% CI",
+              *(["final val acc", "test acc at best val epoch"] if val else []),
+              "final train loss", "conv weights L1 norm", "seconds per run"]
+    table = [[r["variant"], r["norm"], r["regularization"], f"{r['parameters']:,}",
+              *([str(r["batch_size"]), f"{r['lr']:g}"] if many_batches else []),
+              f"{r['final'].mean:.2f}% ± {r['final'].std:.2f}", ci(r["final"]),
+              *([f"{r['val'].mean:.2f}%", f"{r['at_best_val'].mean:.2f}%"] if val else []),
+              f"{r['train_loss']:.4f}", f"{r['weight_l1']:.0f}", f"{r['seconds']:.0f}"] for r in rows]
+    return header, table
+
+
+def batch_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Test error (%) by batch size, in the layout of the GroupNorm paper's Table 2: mean ± half the 95% CI."""
+    sizes = sorted(results["batch_sizes"], reverse=True)
+    cells = {(r["variant"], r["batch_size"]): r["final"] for r in rows}
+    table = []
+    for variant in results["variants"]:
+        line = [variant]
+        for b in sizes:
+            i = cells.get((variant, b))
+            line.append("—" if i is None else f"{100 - i.mean:.2f}" + (f" ± {i.half_width:.2f}" if i.n > 1 else ""))
+        table.append(line)
+    return ["test error (%) at batch size", *map(str, sizes)], table
+
+
+def paper_table() -> tuple[list[str], list[list[str]]]:
+    sizes, *rows = GN_PAPER.items()
+    return [sizes[0], *map(str, sizes[1])], [[name, *map(str, values)] for name, values in rows]
+
+
+def what_was_run(results: dict[str, Any]) -> str:
+    base, run = results["base_config"], results["runs"][0]
+    sizes = results["batch_sizes"]
+    batches = f" × batch sizes {', '.join(map(str, sizes))}" if len(sizes) > 1 else ""
+    lr = (f" The learning rate scales linearly with the batch size ({base['lr']:g} at {base['batch_size']})."
+          if len(sizes) > 1 and results.get("lr_scaling") else "")
+    val = (f", {base['val_size']:,} training images held out for validation, chosen by the seed"
+           if base.get("val_size") else "")
+    return (f"{len(results['variants'])} variants{batches} × seeds {', '.join(map(str, results['seeds']))}, "
+            f"{base['epochs']} epochs each, on real {results['dataset_title']} ({run['test_images']:,} test "
+            f"images{val}).{lr} {how_trained(results)}")
+
+
 def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, Any]]:
     rows = summarize(results)
-    many = any(r["seeds"] > 1 for r in rows)
-    header = ["variant", "norm", "regularization", "params",
-              "final test acc" + (" (mean ± std)" if many else ""),
-              "best epoch's test acc" + (" (mean)" if many else ""), "final train loss", "conv weights L1 norm",
-              "seconds per run"]
-    table = [[r["variant"], r["norm"], r["regularization"], f"{r['parameters']:,}",
-              f"{r['final_mean']:.2f}%" + (f" ± {r['final_std']:.2f}" if many else ""),
-              f"{r['best_mean']:.2f}%", f"{r['train_loss']:.4f}", f"{r['weight_l1']:.0f}",
-              f"{r['seconds']:.0f}"] for r in rows]
-    seeds = ", ".join(map(str, results["seeds"]))
     blocks: list[tuple[str, Any]] = [
-        ("h1", "normlab study report"),
-        ("p", f"{len(results['variants'])} variants × seeds {seeds}, {results['base_config']['epochs']} epochs each, "
-              f"on real MNIST ({results['runs'][0]['test_images']:,} test images). {how_trained(results)}"),
-        ("h2", "Results"), ("table", (header, table)),
-        ("h2", "Findings"), ("list", failures(results) + findings(rows)),
+        ("h1", "normlab study report"), ("p", what_was_run(results)),
+        ("h2", "Results"), ("table", results_table(rows, results)),
     ]
+    if len(results["batch_sizes"]) > 1:
+        blocks += [("h2", "Graph 3: test error by batch size"), ("table", batch_table(rows, results)),
+                   ("p", "For comparison, the GroupNorm paper (Wu & He 2018, Table 2): ResNet-50 on ImageNet, "
+                         "top-1 error (%) by images per GPU:"), ("table", paper_table()),
+                   ("img", "graph3_error_vs_batch_size.png")]
+    blocks += [("h2", "Findings"), ("list", failures(results) + findings(rows, results))]
     if rows:
         blocks += [("h2", "Graph 1: test loss"), ("img", "graph1_test_loss.png"),
                    ("h2", "Graph 2: test accuracy"), ("img", "graph2_test_accuracy.png")]
     blocks += [
         ("h2", "Misclassified test images"),
-        ("p", "For each variant, the 10 test images its final model (first seed) gets wrong with the highest "
-              "confidence; indices, labels and confidences are in misclassified_<variant>.json."),
+        ("p", f"For each variant, the 10 test images its final model (first seed, batch size {results['graph_batch']})"
+              " gets wrong with the highest confidence; indices, labels and confidences are in "
+              "misclassified_<variant>.json."),
     ]
     for name, file in grids.items():
         blocks += [("h3", name), ("img", file)]

@@ -37,13 +37,16 @@ from normlab.model import LAYOUT
 CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
 CHECKPOINT, WEIGHTS, FAILED = "checkpoint.pt", "model.pt", "failed.json"
 RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED)
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
 NOT_HASHED = ("device", "threads", "data_dir")  # where or how fast a run goes, not what it computes
+# Settings added after run folders were first written, at the values that compute what runs did before they
+# existed: left out of the hash at those values, so those folders stay valid for the same command.
+ADDED_LATER = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale": 0.05, "dataset": "mnist", "val_size": 0}
 
 
 def config_hash(config: TrainConfig) -> str:
     """What a run computes: its config and the model's layout (a run of another layout is another run)."""
-    values = {k: v for k, v in config.to_dict().items() if k not in NOT_HASHED}
+    values = {k: v for k, v in config.to_dict().items()
+              if k not in NOT_HASHED and not (k in ADDED_LATER and ADDED_LATER[k] == v)}
     values["layout"] = repr(LAYOUT)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -67,6 +70,13 @@ class SavedRun:
     differences: str = ""    # for OTHER: how its settings differ from the config asked for
 
 
+def metric_columns(config: TrainConfig) -> list[tuple[str, int, str]]:
+    """A run's per-epoch metrics (name, width, format), in the order of metrics.csv and of the log's table."""
+    val = [("val_loss", 9, ".4f"), ("val_acc", 8, ".2f")] if config.val_size else []
+    return [("epoch", 5, ""), ("train_loss", 10, ".4f"), ("train_acc", 9, ".2f"), *val, ("test_loss", 9, ".4f"),
+            ("test_acc", 8, ".2f"), ("lr", 8, ".5f"), ("seconds", 7, ".1f")]
+
+
 def _broken(path: Path, problem: str) -> UserError:
     return UserError(f"{path}: {problem}; add {{force}} to retrain this run (or delete {path.parent})")
 
@@ -78,17 +88,18 @@ def _read_json(path: Path) -> Any:
         raise _broken(path, f"cannot be read ({type(e).__name__})") from None
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    """metrics.json: a list of rows, each with every column as a finite number."""
+def read_metrics(run_dir: Path, config: TrainConfig) -> list[dict[str, float]]:
+    """metrics.json: a list of rows, each with every column of ``config``'s run as a finite number."""
     path = run_dir / METRICS_JSON
     rows = _read_json(path)
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise _broken(path, "is not a list of per-epoch rows")
+    names = [name for name, _, _ in metric_columns(config)]
     for i, row in enumerate(rows, 1):
-        missing = [c for c in METRIC_COLUMNS if not isinstance(row.get(c), int | float) or isinstance(row[c], bool)]
+        missing = [c for c in names if not isinstance(row.get(c), int | float) or isinstance(row[c], bool)]
         if missing or row["epoch"] != i:
             raise _broken(path, f"row {i} lacks {', '.join(missing) or 'its epoch number'}")
-        if not all(math.isfinite(row[c]) for c in METRIC_COLUMNS):
+        if not all(math.isfinite(row[c]) for c in names):
             raise _broken(path, f"row {i} holds a value that is not a finite number")
     return rows
 
@@ -127,10 +138,10 @@ def inspect(run_dir: Path, config: TrainConfig) -> SavedRun:
         failure = _read_json(run_dir / FAILED)
         if not isinstance(failure, dict) or not {"epoch", "step", "reason"} <= failure.keys():
             raise _broken(run_dir / FAILED, "does not say where the run failed")
-        metrics = read_metrics(run_dir) if (run_dir / METRICS_JSON).is_file() else []
+        metrics = read_metrics(run_dir, config) if (run_dir / METRICS_JSON).is_file() else []
         return SavedRun(Status.FAILED, metrics, failure, parameters)
     if (run_dir / WEIGHTS).is_file() and (run_dir / METRICS_JSON).is_file():
-        metrics = read_metrics(run_dir)
+        metrics = read_metrics(run_dir, config)
         if len(metrics) == config.epochs:
             load_weights(run_dir, config)
             return SavedRun(Status.FINISHED, metrics, None, parameters)
@@ -143,9 +154,9 @@ def is_finished(run_dir: Path, config: TrainConfig) -> bool:
     return inspect(run_dir, config).status is Status.FINISHED
 
 
-def metrics_csv(metrics: list[dict[str, float]]) -> str:
+def metrics_csv(metrics: list[dict[str, float]], config: TrainConfig) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[name for name, _, _ in metric_columns(config)], lineterminator="\n")
     writer.writeheader()
     writer.writerows(metrics)
     return buf.getvalue()
@@ -183,7 +194,7 @@ class RunFolder:
         (self.path / CHECKPOINT).unlink(missing_ok=True)
 
     def _write_metrics(self, metrics: list[dict[str, float]]) -> None:
-        write_atomic(self.path / METRICS_CSV, metrics_csv(metrics))
+        write_atomic(self.path / METRICS_CSV, metrics_csv(metrics, self.config))
         write_atomic(self.path / METRICS_JSON, json.dumps(metrics, indent=2))
 
 

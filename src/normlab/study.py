@@ -1,9 +1,12 @@
-"""A study: variants × seeds -> runs -> results.json, Graph 1, Graph 2, misclassified grids, report.
+"""A study: variants × batch sizes × seeds -> runs -> results.json, Graphs 1-3, misclassified grids, report.
 
     normlab study --epochs 20 --seeds 0 1 2 --out runs/study
+    normlab study --variants bn gn ln --batch-sizes 2 8 32 128 --seeds 0 1 2 --out runs/batch
     normlab study --variants bn+l1 gn gn:2 ln in --train-limit 5000 --epochs 3 --out runs/quick
 
-Each run goes to ``<out>/<variant>/seed<k>/`` exactly as ``normlab train`` writes it. The same command
+Each run goes to ``<out>/<variant>/b<batch size>/seed<k>/`` exactly as ``normlab train`` writes it. Unless
+told otherwise the learning rate scales linearly with the batch size, from the base config's lr at its
+batch size (as the GroupNorm paper did). The same command
 again resumes: a run that ended there with these settings is read back, an unfinished one continues from
 its checkpoint, and only the rest is trained. Every run folder is checked before any run trains; one
 that holds work made with other settings is replaced only with ``force``. On the CPU the runs train
@@ -21,15 +24,16 @@ from typing import Any
 import torch
 
 from normlab.config import VARIANTS, TrainConfig, Variant, parse_variant
-from normlab.data import Mnist, load_mnist
+from normlab.data import Dataset, load_dataset
 from normlab.errors import UserError
 from normlab.files import FolderLock, check_folder, prepare_folder, write_atomic
 from normlab.jobs import Job, default_jobs, run_side_by_side
 from normlab.machine import cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
-from normlab.plots import metric_figure
+from normlab.plots import batch_size_figure, metric_figure
 from normlab.report import write_report
-from normlab.runs import CONFIG, SavedRun, Status, inspect, load_weights
+from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect, load_weights
+from normlab.stats import interval
 from normlab.train import train
 
 STUDY_MARKER = "study.json"
@@ -45,7 +49,7 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        return f"{self.variant.name}, seed {self.seed}"
+        return f"{self.variant.name}, batch {self.config.batch_size}, seed {self.seed}"
 
     @property
     def ended(self) -> bool:
@@ -61,9 +65,13 @@ def run_study(
     log: Callable[[str], None] = print,
     jobs: int | None = None,
     force: bool = False,
+    batch_sizes: list[int] | tuple[int, ...] | None = None,
+    lr_scaling: bool = True,
 ) -> dict[str, Any]:
-    """Train every variant × seed not yet in ``out``, then write results, graphs, grids and report.
+    """Train every variant × batch size × seed not yet in ``out``, then write results, graphs, grids and report.
 
+    ``batch_sizes``: None trains at ``base.batch_size`` only. ``lr_scaling``: each batch size B trains at
+    ``base.lr · B / base.batch_size``; else every run at ``base.lr``.
     ``jobs``: runs trained at once, each in its own process (None: normlab.jobs.default_jobs).
     ``force``: retrain runs in ``out`` made with other settings, or whose files cannot be read.
     Nothing is written before every input and every run folder has been checked.
@@ -73,29 +81,43 @@ def run_study(
         raise UserError("a variant is named twice", "variants", list(variants))
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError("give one or more different seeds", "seeds", list(seeds))
+    base = base or TrainConfig()
+    sizes = list(batch_sizes) if batch_sizes else [base.batch_size]
+    if len(set(sizes)) != len(sizes):
+        raise UserError("give one or more different batch sizes", "batch_sizes", sizes)
     if jobs is not None and jobs < 1:
         raise UserError("must be at least 1", "jobs", jobs)
-    base = base or TrainConfig()
     out = Path(out)
+
+    def run_config(variant: Variant, batch: int, seed: int) -> TrainConfig:
+        lr = base.lr * batch / base.batch_size if lr_scaling else base.lr
+        return variant.config(replace(base, batch_size=batch, lr=lr), seed)
+
+    configs = {(v, b, s): run_config(v, b, s) for v in parsed for b in sizes for s in seeds}  # each one checked
     device = resolve_device(base.device)
-    data = load_mnist(base.data_dir)
+    data = load_dataset(base.dataset, base.data_dir)
     # Fixed by the whole study, not by what is left to do, so that a resumed study trains like an uninterrupted one.
-    jobs = jobs or default_jobs(device, len(parsed) * len(seeds))
+    jobs = jobs or default_jobs(device, len(configs))
     threads = (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
-    configs = {(v, s): replace(v.config(base, s), threads=threads) for v in parsed for s in seeds}
     prepare_folder(out, STUDY_MARKER, "study")
     with FolderLock(out):
-        plan = [plan_run(out, variant, seed, config, force) for (variant, seed), config in configs.items()]
+        plan = [plan_run(out, variant, seed, replace(config, threads=threads), force)
+                for (variant, _, seed), config in configs.items()]
         check_conflicts(out, plan, force)
         write_atomic(out / STUDY_MARKER, json.dumps({"variants": [v.name for v in parsed], "seeds": list(seeds),
+                                                     "batch_sizes": sizes, "lr_scaling": lr_scaling,
                                                      "base": base.to_dict()}, indent=2))
         train_runs(plan, data, jobs, threads, progress, log)
-        return collect(out, plan, parsed, list(seeds), base, data, device, jobs, threads, log)
+        study = {"variants": [v.name for v in parsed], "seeds": list(seeds), "batch_sizes": sizes,
+                 "lr_scaling": lr_scaling, "base_config": base.to_dict(), "dataset_title": data.info.title,
+                 "graph_batch": base.batch_size if base.batch_size in sizes else max(sizes),
+                 "jobs": min(jobs, len(plan)), "threads": threads}
+        return collect(out, plan, parsed, study, data, device, log)
 
 
 def plan_run(out: Path, variant: Variant, seed: int, config: TrainConfig, force: bool) -> PlannedRun:
     """What the run's folder holds now; a file that cannot be read is an error, unless ``force`` retrains it."""
-    folder = out / variant.folder / f"seed{seed}"
+    folder = out / variant.folder / f"b{config.batch_size}" / f"seed{seed}"
     check_folder(folder, CONFIG, "run")
     try:
         saved: SavedRun | None = inspect(folder, config)
@@ -117,7 +139,7 @@ def check_conflicts(out: Path, plan: list[PlannedRun], force: bool) -> None:
                         "add {force} to retrain them with these, or choose another {out}", "out", out)
 
 
-def train_runs(plan: list[PlannedRun], data: Mnist, jobs: int, threads: int | None, progress: bool,
+def train_runs(plan: list[PlannedRun], data: Dataset, jobs: int, threads: int | None, progress: bool,
                log: Callable[[str], None]) -> None:
     """Train every run that has not ended: side by side in processes, or one after another in this one."""
     for run in plan:
@@ -139,42 +161,53 @@ def conv_weight_l1(model: torch.nn.Module) -> float:
     return float(sum(m.weight.detach().abs().sum() for m in model.modules() if isinstance(m, torch.nn.Conv2d)))
 
 
-def collect(out: Path, plan: list[PlannedRun], parsed: list[Variant], seeds: list[int], base: TrainConfig,
-            data: Mnist, device: torch.device, jobs: int, threads: int | None,
-            log: Callable[[str], None]) -> dict[str, Any]:
+def collect(out: Path, plan: list[PlannedRun], parsed: list[Variant], study: dict[str, Any], data: Dataset,
+            device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
     """Read every run back and write results.json, the graphs, the grids and the report."""
-    test_data = data.limit(None, base.test_limit)
+    test_data = data.limit(None, study["base_config"]["test_limit"])
     runs: list[dict[str, Any]] = []
     first_model: dict[str, tuple[torch.nn.Module, dict[str, Any]]] = {}
     for planned in plan:
         saved = planned.saved if planned.ended else inspect(planned.folder, planned.config)
         if saved is None or saved.status not in (Status.FINISHED, Status.FAILED):
             raise UserError(f"{planned.folder}: the run did not finish; run the same command again to resume it")
-        variant, metrics = planned.variant, saved.metrics
+        variant, config, metrics = planned.variant, planned.config, saved.metrics
         run: dict[str, Any] = {
-            "variant": variant.name, "seed": planned.seed, "norm": variant.norm, "groups": planned.config.groups,
-            "l1": variant.l1, "regularization": variant.regularization, "parameters": saved.parameters,
-            "epochs": len(metrics), "test_images": len(test_data.test_labels), "failed": saved.failure,
+            "variant": variant.name, "seed": planned.seed, "batch_size": config.batch_size, "lr": config.lr,
+            "norm": variant.norm, "groups": config.groups, "l1": variant.l1, "regularization": variant.regularization,
+            "parameters": saved.parameters, "epochs": len(metrics), "test_images": len(test_data.test_labels),
+            "failed": saved.failure,
         }
         if saved.failure is None:
-            model = load_weights(planned.folder, planned.config, device)
-            accs = [m["test_acc"] for m in metrics]
-            best = max(range(len(accs)), key=accs.__getitem__)
+            model = load_weights(planned.folder, config, device)
             run.update({
-                "final_test_acc": accs[-1], "best_test_acc": accs[best], "best_epoch": best + 1,
-                "final_test_loss": metrics[-1]["test_loss"], "seconds": sum(m["seconds"] for m in metrics),
-                "final_train_loss": metrics[-1]["train_loss"], "conv_weight_l1": conv_weight_l1(model),
-                "weights": str((planned.folder / "model.pt").relative_to(out)),
+                "final_test_acc": metrics[-1]["test_acc"], "final_test_loss": metrics[-1]["test_loss"],
+                "final_train_loss": metrics[-1]["train_loss"], "seconds": sum(m["seconds"] for m in metrics),
+                "conv_weight_l1": conv_weight_l1(model), "weights": str((planned.folder / WEIGHTS).relative_to(out)),
             })
-            first_model.setdefault(variant.name, (model, run))
+            if config.val_size:  # the epoch a user would pick, picked on validation, and its test accuracy
+                best = max(range(len(metrics)), key=lambda i: metrics[i]["val_acc"])
+                run.update({"final_val_acc": metrics[-1]["val_acc"], "best_val_epoch": best + 1,
+                            "test_acc_at_best_val": metrics[best]["test_acc"]})
+            if config.batch_size == study["graph_batch"]:
+                first_model.setdefault(variant.name, (model, run))
         runs.append({**run, "metrics": metrics})
 
+    results = {**study, "runs": runs}
     ok = [r for r in runs if r["failed"] is None]
-    by_variant = {v.name: [r for r in ok if r["variant"] == v.name] for v in parsed}
+    title = study["dataset_title"]
+    by_variant = {v.name: [r for r in ok if r["variant"] == v.name and r["batch_size"] == study["graph_batch"]]
+                  for v in parsed}
     by_variant = {name: group for name, group in by_variant.items() if group}
     if by_variant:
-        metric_figure(by_variant, "test_loss", out / "graph1_test_loss.png")
-        metric_figure(by_variant, "test_acc", out / "graph2_test_accuracy.png")
+        metric_figure(by_variant, "test_loss", out / "graph1_test_loss.png", title)
+        metric_figure(by_variant, "test_acc", out / "graph2_test_accuracy.png", title)
+    if len(study["batch_sizes"]) > 1:
+        errors = {v.name: {b: interval(accs) for b in study["batch_sizes"]
+                           if (accs := [r["final_test_acc"] for r in ok if r["variant"] == v.name
+                                        and r["batch_size"] == b])}
+                  for v in parsed}
+        batch_size_figure({name: e for name, e in errors.items() if e}, out / "graph3_error_vs_batch_size.png", title)
     grids = {}
     for variant in parsed:
         if variant.name not in first_model:
@@ -183,11 +216,8 @@ def collect(out: Path, plan: list[PlannedRun], parsed: list[Variant], seeds: lis
         label = f"{variant.name} ({variant.norm}, {variant.regularization}), seed {first['seed']}"
         grids[variant.name] = save_misclassified(out, variant.folder, model, test_data, device, label,
                                                  {"variant": variant.name, "seed": first["seed"],
-                                                  "weights": first["weights"]})
-    results = {"variants": [v.name for v in parsed], "seeds": seeds, "base_config": base.to_dict(),
-               "jobs": min(jobs, len(plan)), "threads": threads, "runs": runs}
+                                                  "batch_size": first["batch_size"], "weights": first["weights"]})
     write_atomic(out / "results.json", json.dumps(results, indent=2))
     write_report(out, results, grids)
-    log(f"\nstudy written to {out}: results.json, graph1_test_loss.png, graph2_test_accuracy.png, "
-        f"misclassified_*.png, report.md, report.html")
+    log(f"\nstudy written to {out}: results.json, graphs, misclassified_*.png, report.md, report.html")
     return results

@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from normlab.augment import Affine
 from normlab.checkpoint import restore_training_state, training_state
 from normlab.config import TrainConfig
-from normlab.data import MEAN, MNIST_MD5, STD, Mnist, load_mnist
+from normlab.data import Dataset, DatasetInfo, load_dataset
 from normlab.machine import check_compiler, cpu_cores, environment, resolve_device
 from normlab.model import Net, count_parameters
-from normlab.runs import load_weights, open_run
+from normlab.runs import load_weights, metric_columns, open_run
 
 EVAL_BATCH = 1000
 Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -47,7 +47,7 @@ class RunResult:
         return self.metrics[-1]["test_acc"]
 
 
-def train(config: TrainConfig, out: Path | None = None, data: Mnist | None = None, progress: bool = True,
+def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = None, progress: bool = True,
           log: Callable[[str], None] = print, force: bool = False, resume: bool = False) -> RunResult:
     """Train one model as ``config`` says; with ``out``, write its run folder as the epochs finish.
 
@@ -58,8 +58,10 @@ def train(config: TrainConfig, out: Path | None = None, data: Mnist | None = Non
     if config.compile:
         check_compiler(device)
     torch.set_num_threads(config.threads or cpu_cores())
-    data = data or load_mnist(config.data_dir)
-    train_x, train_y, test_x, test_y = data.limit(config.train_limit, config.test_limit).to(device).tensors()
+    data = data or load_dataset(config.dataset, config.data_dir)
+    rest, val_x, val_y = data.split(config.val_size, config.seed)
+    train_x, train_y, test_x, test_y = rest.limit(config.train_limit, config.test_limit).to(device).tensors()
+    val_x, val_y, info = val_x.to(device), val_y.to(device), data.info
 
     with open_run(out, config, force=force, resume=resume) as folder:
         if folder.finished is not None:
@@ -71,17 +73,18 @@ def train(config: TrainConfig, out: Path | None = None, data: Mnist | None = Non
         generator = torch.Generator(device=device).manual_seed(config.seed)  # data order and augmentation
         model = config.model().to(device)
         optimizer, schedule = sgd_one_cycle(model, config)
-        step = sgd_step(model, optimizer, schedule, config)
+        step = sgd_step(model, optimizer, schedule, config, info)
         augment = Affine(config.rotate, config.shift, config.scale) if config.augment else None
         result = RunResult(config, model, count_parameters(model))
         if folder.resume_state is not None:
             result.metrics = restore_training_state(folder.resume_state, model, optimizer, schedule, generator)
             log(f"normlab train: resuming {out} after epoch {len(result.metrics)}")
-        folder.start(result.parameters, environment(device, data.source, MNIST_MD5))
-        log(f"normlab train: norm={config.norm}{f' groups={config.groups}' if config.norm == 'group' else ''} "
-            f"l1={config.l1:g} params={result.parameters} train={len(train_x)} test={len(test_x)} device={device} "
-            f"threads={torch.get_num_threads()} data={data.source}")
-        log(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} {'lr':>8} {'sec':>6}")
+        folder.start(result.parameters, environment(device, data.source, info.md5))
+        groups = f" groups={config.groups}" if config.norm == "group" else ""
+        log(f"normlab train: {info.name} norm={config.norm}{groups} l1={config.l1:g} params={result.parameters} "
+            f"batch={config.batch_size} lr={config.lr:g} train={len(train_x)} val={len(val_x)} test={len(test_x)} "
+            f"device={device} threads={torch.get_num_threads()} data={data.source}")
+        log(" ".join(f"{name:>{width}}" for name, width, _ in metric_columns(config)))
 
         for epoch in range(len(result.metrics) + 1, config.epochs + 1):
             start, lr = time.perf_counter(), schedule.get_last_lr()[0]
@@ -94,12 +97,13 @@ def train(config: TrainConfig, out: Path | None = None, data: Mnist | None = Non
                 log(f"normlab train: FAILED at epoch {epoch}, step {bad_step}: {result.failed['reason']}")
                 folder.fail(result.metrics, result.failed)
                 return result
-            test_loss, test_acc = evaluate(model, test_x, test_y)
-            result.metrics.append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                                   "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
-                                   "seconds": time.perf_counter() - start})
-            log(f"{epoch:>5} {train_loss:>10.4f} {train_acc:>8.2f}% {test_loss:>9.4f} {test_acc:>7.2f}% {lr:>8.5f} "
-                f"{result.metrics[-1]['seconds']:>6.1f}")
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
+            if config.val_size:
+                row["val_loss"], row["val_acc"] = evaluate(model, val_x, val_y, info)
+            row["test_loss"], row["test_acc"] = evaluate(model, test_x, test_y, info)
+            row.update(lr=lr, seconds=time.perf_counter() - start)
+            result.metrics.append(row)
+            log(" ".join(format(row[name], f">{width}{spec}") for name, width, spec in metric_columns(config)))
             folder.save_epoch(result.metrics, training_state(model, optimizer, schedule, generator, result.metrics,
                                                              folder.hash))
         folder.finish(model)
@@ -123,12 +127,13 @@ def l1_parameters(model: nn.Module, include_norm: bool) -> list[Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
-def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, config: TrainConfig) -> Step:
+def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, config: TrainConfig,
+             info: DatasetInfo) -> Step:
     """One SGD step on a batch of pixels in [0, 1]: returns the logits and the cross-entropy (without L1)."""
     penalized = l1_parameters(model, config.l1_norm_params) if config.l1 > 0 else []
 
     def losses(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        logits = model(normalize(x))
+        logits = model(normalize(x, info))
         loss = F.cross_entropy(logits, y)
         total = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
         return logits, loss, total
@@ -169,23 +174,23 @@ def train_epoch(step: Step, images: Tensor, labels: Tensor, batch_size: int, bat
     return loss_sum.item() / len(images), correct.item() * 100 / len(images), bad + 1 if bad >= 0 else None
 
 
-def normalize(images: Tensor) -> Tensor:
-    return (images - MEAN) / STD
+def normalize(images: Tensor, info: DatasetInfo) -> Tensor:
+    return (images - info.mean) / info.std
 
 
-def model_input(images: Tensor) -> Tensor:
+def model_input(images: Tensor, info: DatasetInfo) -> Tensor:
     """uint8 images N×28×28 -> the normalized float batch N×1×28×28 the model takes."""
-    return normalize(images.unsqueeze(1).float() / 255)
+    return normalize(images.unsqueeze(1).float() / 255, info)
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor) -> tuple[float, float]:
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, info: DatasetInfo) -> tuple[float, float]:
     """Mean cross-entropy and accuracy in % over the given uint8 images, in eval mode."""
     model.eval()
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.int64)
     for i in range(0, len(images), EVAL_BATCH):
-        logits = model(model_input(images[i:i + EVAL_BATCH])).float()
+        logits = model(model_input(images[i:i + EVAL_BATCH], info)).float()
         loss_sum += F.cross_entropy(logits, labels[i:i + EVAL_BATCH], reduction="sum")
         correct += (logits.argmax(1) == labels[i:i + EVAL_BATCH]).sum()
     return loss_sum.item() / len(images), (correct.float() / len(images)).item() * 100

@@ -1,0 +1,21 @@
+import signal
+
+import pytest
+
+from normlab.errors import Interrupted, UserError, signals_raise_interrupted
+
+
+def test_a_user_error_names_its_setting_as_the_caller_calls_it():
+    e = UserError("must be at least 1; or set {train_limit}", "batch_size", 0)
+    assert str(e) == "batch_size 0: must be at least 1; or set train_limit"
+    assert e.render(lambda s: "--" + s.replace("_", "-")) == "--batch-size 0: must be at least 1; or set --train-limit"
+    assert UserError("plain", "seeds", [1, 1]).render() == "seeds 1 1: plain"
+    assert str(UserError("no setting")) == "no setting"
+
+
+def test_signals_become_interrupted_and_the_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as e, signals_raise_interrupted():
+        signal.raise_signal(signal.SIGTERM)
+    assert e.value.code == 143 and str(e.value) == "stopped by SIGTERM" and e.value.saved == ""
+    assert signal.getsignal(signal.SIGTERM) is before

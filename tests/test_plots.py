@@ -1,0 +1,26 @@
+import numpy as np
+
+from normlab.plots import batch_size_figure, misclassified_figure
+from normlab.stats import interval
+
+
+def test_graph_3_draws_error_against_batch_size_with_a_band(tmp_path):
+    errors = {"bn": {2: interval([98.0, 98.2, 97.9]), 128: interval([99.4, 99.45, 99.42])},
+              "gn": {2: interval([99.3, 99.35, 99.4]), 128: interval([99.4, 99.44, 99.41])}}
+    fig = batch_size_figure(errors, tmp_path / "g3.png", "Fashion-MNIST")
+    ax = fig.axes[0]
+    assert (tmp_path / "g3.png").stat().st_size > 0 and ax.get_xscale() == "log"
+    assert [line.get_label() for line in ax.lines] == ["bn", "gn"]
+    assert list(ax.lines[0].get_xdata()) == [2, 128]
+    assert np.allclose(ax.lines[0].get_ydata(), [100 - 98.033333, 100 - 99.423333])
+    assert len(ax.collections) == 2 and "Fashion-MNIST" in ax.get_title()
+
+
+def test_the_grid_names_the_classes(tmp_path):
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    picks = [{"index": 1, "label": 9, "predicted": 7, "confidence": 0.93}]
+    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot")
+    fig = misclassified_figure(images, picks, "title", tmp_path / "grid.png", classes)
+    assert fig.axes[0].get_title().startswith("true Ankle boot → pred Sneaker")
+    assert len(fig.axes) == 10

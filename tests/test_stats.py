@@ -1,0 +1,40 @@
+import math
+import statistics
+
+import pytest
+
+from normlab.stats import interval, paired_difference, t_975
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (30, 2.042), (40, 2.021),
+                                          (60, 2.000), (120, 1.980), (10**6, 1.960)])
+def test_t_quantiles_match_published_tables(df, expected):
+    assert t_975(df) == pytest.approx(expected, abs=1.5e-3)
+
+
+def test_interval_is_mean_plus_minus_t_times_standard_error():
+    values = [99.41, 99.45, 99.47, 99.50, 99.43]
+    i = interval(values)
+    half = 2.776 * statistics.stdev(values) / math.sqrt(5)
+    assert i.mean == pytest.approx(99.452) and i.std == pytest.approx(statistics.stdev(values))
+    assert (i.low, i.high) == (pytest.approx(99.452 - half), pytest.approx(99.452 + half))
+    assert i.low < 99.452 < i.high and i.excludes_zero() and not interval([-0.1, 0.1, 0.05]).excludes_zero()
+    one = interval([99.5])
+    assert one.n == 1 and one.std == 0 and math.isnan(one.low) and not one.excludes_zero()
+
+
+def test_pairing_sees_a_difference_that_separate_intervals_hide():
+    """Seeds move both variants together; b is 0.05 points below a on every seed."""
+    a = {0: 99.40, 1: 99.55, 2: 99.47, 3: 99.60, 4: 99.35}
+    b = {s: v - 0.05 + (0.01 if s % 2 else -0.01) for s, v in a.items()}
+    separate = interval(list(a.values())), interval(list(b.values()))
+    assert separate[0].low < separate[1].high  # the intervals of the two means overlap
+    diff = paired_difference(a, b)
+    assert diff.n == 5 and diff.mean == pytest.approx(0.052) and diff.excludes_zero()
+
+
+def test_pairing_uses_only_the_seeds_both_have_and_noise_is_no_difference():
+    a = {0: 99.5, 1: 99.4, 2: 99.6, 7: 10.0}
+    b = {0: 99.4, 1: 99.5, 2: 99.55}
+    diff = paired_difference(a, b)
+    assert diff.n == 3 and not diff.excludes_zero()
