@@ -51,6 +51,13 @@ def test_what_a_folder_holds(finished, tmp_path):
     assert saved.status is Status.FINISHED and len(saved.metrics) == 2 and is_finished(finished, CONFIG_A)
     other = inspect(finished, quick(norm="layer", epochs=3))
     assert other.status is Status.OTHER and other.differences == "epochs 2, not 3"
+    old = json.loads((finished / CONFIG).read_text())  # a run saved before the augmentation ranges were settings
+    old["config"].pop("rotate")
+    (tmp_path / "old").mkdir()
+    for f in finished.iterdir():
+        (tmp_path / "old" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "old" / CONFIG).write_text(json.dumps(old))
+    assert inspect(tmp_path / "old", quick(norm="layer", epochs=3)).differences == "epochs 2, not 3"
     partial = copy_of(finished, tmp_path)
     (partial / WEIGHTS).unlink()
     (partial / CHECKPOINT).write_bytes(b"")
@@ -76,11 +83,16 @@ def test_finished_work_is_never_replaced_unasked(finished):
     (WEIGHTS, b"", "model.pt: not readable weights of this model"),
     (WEIGHTS, b"not a pickle at all", "model.pt: not readable weights"),
     (CONFIG, b"[1, 2]", "config.json: is not a normlab run config"),
+    (CONFIG, None, "config.json: does not give the model's parameter count"),
     (CONFIG, b"\xff\xfe", "config.json: cannot be read"),
 ])
 def test_a_broken_file_read_back_is_one_line_naming_it_and_the_fix(finished, tmp_path, name, content, message):
     """A corrupt or empty model.pt, metrics.json or config.json in a finished run: never a traceback."""
     run = copy_of(finished, tmp_path)
+    if content is None:  # a config.json that parses, with this config's hash, but lacks a field
+        saved = json.loads((run / CONFIG).read_text())
+        del saved["parameters"]
+        content = json.dumps(saved).encode()
     (run / name).write_bytes(content)
     with pytest.raises(UserError) as e:
         inspect(run, CONFIG_A)

@@ -153,7 +153,7 @@ def results_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[
               "final train loss", "conv weights L1 norm", "seconds per run"]
     table = [[r["variant"], r["norm"], r["regularization"], f"{r['parameters']:,}",
               *([str(r["batch_size"]), f"{r['lr']:g}"] if many_batches else []),
-              f"{r['final'].mean:.2f}% ± {r['final'].std:.2f}", ci(r["final"]),
+              f"{r['final'].mean:.2f}%" + (f" ± {r['final'].std:.2f}" if r["final"].n > 1 else ""), ci(r["final"]),
               *([f"{r['val'].mean:.2f}%", f"{r['at_best_val'].mean:.2f}%"] if val else []),
               f"{r['train_loss']:.4f}", f"{r['weight_l1']:.0f}", f"{r['seconds']:.0f}"] for r in rows]
     return header, table

@@ -68,6 +68,7 @@ class SavedRun:
     failure: dict[str, Any] | None = None
     parameters: int | None = None
     differences: str = ""    # for OTHER: how its settings differ from the config asked for
+    model: nn.Module | None = None  # for FINISHED: its final weights, loaded (on the CPU)
 
 
 def metric_columns(config: TrainConfig) -> list[tuple[str, int, str]]:
@@ -117,8 +118,8 @@ def load_weights(run_dir: Path, config: TrainConfig, device: torch.device | str 
 
 def _differences(saved: dict[str, Any], config: TrainConfig) -> str:
     asked = config.to_dict()
-    changed = [f"{k} {saved.get(k)!r}, not {v!r}" for k, v in asked.items()
-               if k not in NOT_HASHED and saved.get(k) != v]
+    changed = [f"{k} {saved.get(k, ADDED_LATER.get(k))!r}, not {v!r}" for k, v in asked.items()
+               if k not in NOT_HASHED and saved.get(k, ADDED_LATER.get(k)) != v]
     return "; ".join(changed) or "another normlab version (another model layout)"
 
 
@@ -134,6 +135,8 @@ def inspect(run_dir: Path, config: TrainConfig) -> SavedRun:
         return SavedRun(Status.OTHER, differences=_differences(saved["config"], config)) if has_work \
             else SavedRun(Status.NEW)
     parameters = saved.get("parameters")
+    if not isinstance(parameters, int):
+        raise _broken(run_dir / CONFIG, "does not give the model's parameter count")
     if (run_dir / FAILED).is_file():
         failure = _read_json(run_dir / FAILED)
         if not isinstance(failure, dict) or not {"epoch", "step", "reason"} <= failure.keys():
@@ -143,8 +146,7 @@ def inspect(run_dir: Path, config: TrainConfig) -> SavedRun:
     if (run_dir / WEIGHTS).is_file() and (run_dir / METRICS_JSON).is_file():
         metrics = read_metrics(run_dir, config)
         if len(metrics) == config.epochs:
-            load_weights(run_dir, config)
-            return SavedRun(Status.FINISHED, metrics, None, parameters)
+            return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(run_dir, config))
     if (run_dir / CHECKPOINT).is_file():
         return SavedRun(Status.PARTIAL, parameters=parameters)
     return SavedRun(Status.NEW)

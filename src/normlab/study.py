@@ -32,7 +32,7 @@ from normlab.machine import cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
 from normlab.plots import batch_size_figure, metric_figure
 from normlab.report import write_report
-from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect, load_weights
+from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect
 from normlab.stats import interval
 from normlab.train import train
 
@@ -179,7 +179,7 @@ def collect(out: Path, plan: list[PlannedRun], parsed: list[Variant], study: dic
             "failed": saved.failure,
         }
         if saved.failure is None:
-            model = load_weights(planned.folder, config, device)
+            model = saved.model.to(device)  # type: ignore[union-attr]  # a finished run holds its model
             run.update({
                 "final_test_acc": metrics[-1]["test_acc"], "final_test_loss": metrics[-1]["test_loss"],
                 "final_train_loss": metrics[-1]["train_loss"], "seconds": sum(m["seconds"] for m in metrics),

@@ -28,7 +28,7 @@ from normlab.config import TrainConfig
 from normlab.data import Dataset, DatasetInfo, load_dataset
 from normlab.machine import check_compiler, cpu_cores, environment, resolve_device
 from normlab.model import Net, count_parameters
-from normlab.runs import load_weights, metric_columns, open_run
+from normlab.runs import metric_columns, open_run
 
 EVAL_BATCH = 1000
 Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -66,7 +66,7 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
     with open_run(out, config, force=force, resume=resume) as folder:
         if folder.finished is not None:
             log(f"normlab train: {out} already holds this run, {folder.finished.status.value}; nothing to do")
-            model = load_weights(out, config, device) if folder.finished.failure is None else config.model()
+            model = (folder.finished.model or config.model()).to(device)
             return RunResult(config, model, count_parameters(model), folder.finished.metrics, folder.finished.failure)
 
         torch.manual_seed(config.seed)  # the weights' initialisation and dropout
