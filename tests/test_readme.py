@@ -1,5 +1,6 @@
 """The README is a front door, and every figure in it and in docs/ is the output of the command beside it."""
 
+import pytest
 from conftest import ROOT
 
 from normlab.config import TrainConfig
@@ -26,8 +27,9 @@ def test_the_model_table_is_summary_output():
     assert format_summary(TrainConfig(norm="group").model()) in (ROOT / "docs" / "model.md").read_text()
 
 
-def test_the_results_are_the_committed_study_report():
-    report = (ROOT / "docs" / "study" / "report.md").read_text()
+@pytest.mark.parametrize("study", ["study", "fashion"])
+def test_the_results_are_the_committed_study_reports(study):
+    report = (ROOT / "docs" / study / "report.md").read_text()
     table = report[report.index("| variant |"):report.index("## Findings")].strip()
     assert table in README
     for line in report[report.index("## Findings"):report.index("## Graph 1")].splitlines()[1:]:

@@ -49,7 +49,7 @@ def test_graphs_hold_one_line_per_variant(study, tmp_path):
     _, results, _ = study
     by_variant = {v: [r for r in results["runs"] if r["variant"] == v] for v in results["variants"]}
     for key, extra_lines in (("test_loss", 0), ("test_acc", 1)):  # graph 2 also draws the target line
-        fig = metric_figure(by_variant, key, tmp_path / f"{key}.png")
+        fig = metric_figure(by_variant, key, tmp_path / f"{key}.png", "MNIST", 99.4 if key == "test_acc" else None)
         ax = fig.axes[0]
         assert len(ax.lines) == 3 + extra_lines
         labels = [t.get_text() for t in ax.get_legend().get_texts()]

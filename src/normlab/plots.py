@@ -17,7 +17,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from normlab.config import TARGET_ACC
 from normlab.stats import Interval
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
@@ -28,12 +27,13 @@ def _curves(runs: list[dict[str, Any]], key: str) -> np.ndarray:
     return np.array([[m[key] for m in run["metrics"]] for run in runs])
 
 
-def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: Path, dataset: str = "MNIST") -> Figure:
+def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: Path, dataset: str = "MNIST",
+                  target: float | None = None) -> Figure:
     """One line per variant (mean over its seeds) and a band for the spread. No epoch is marked as best: that
     would pick it on the test set."""
     is_loss = key == "test_loss"
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
-    lows = []
+    lows, highs = [], []
     for color, (variant, runs) in zip(COLORS, by_variant.items(), strict=False):
         values = _curves(runs, key)
         epochs = np.arange(1, values.shape[1] + 1)
@@ -46,6 +46,7 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
         if len(runs) > 1:
             ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.18, lw=0)
         lows.append(np.percentile(values, 10))
+        highs.append(values.max())
     if len(by_variant) and any(len(r) > 1 for r in by_variant.values()):
         ax.fill_between([], [], [], color="gray", alpha=0.18, label="band: min–max over seeds")
     ax.set_xlabel("epoch")
@@ -58,9 +59,11 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
     else:
         ax.set_title(f"Graph 2 — test accuracy per epoch ({n_test:,} {dataset} test images)")
         ax.set_ylabel("test accuracy (%)")
-        ax.axhline(TARGET_ACC, color="black", ls="--", lw=1, label=f"target {TARGET_ACC}%")
-        low = min([*lows, TARGET_ACC - 0.2])
-        ax.set_ylim(max(low - 0.1, 0), 100 if low < 99 else 99.8)
+        if target is not None:
+            ax.axhline(target, color="black", ls="--", lw=1, label=f"target {target}%")
+        marks = [target] if target is not None else []
+        low, high = min([*lows, *(m - 0.2 for m in marks)]), max([*highs, *marks])
+        ax.set_ylim(max(low - 0.1, 0), min(high + 0.2, 100))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right" if is_loss else "lower right")
     fig.tight_layout()

@@ -93,12 +93,13 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
         out += [comparison(results, top, other) for other in ranked[1:]]
     if len(results["batch_sizes"]) > 1:
         out += batch_findings(rows, results)
-    reached = [name_of(r, results) for r in rows if r["final"].mean >= TARGET_ACC]
-    missed = [name_of(r, results) for r in rows if r["final"].mean < TARGET_ACC]
+    target = TARGET_ACC.get(results["base_config"]["dataset"])
+    reached = [name_of(r, results) for r in rows if target is not None and r["final"].mean >= target]
+    missed = [name_of(r, results) for r in rows if target is not None and r["final"].mean < target]
     if reached:
-        out.append(f"At or above {TARGET_ACC}% at the last epoch (mean): {', '.join(reached)}.")
+        out.append(f"At or above {target}% at the last epoch (mean): {', '.join(reached)}.")
     if missed:
-        out.append(f"Below {TARGET_ACC}% at the last epoch (mean): {', '.join(missed)}.")
+        out.append(f"Below {target}% at the last epoch (mean): {', '.join(missed)}.")
     fastest = min(rows, key=lambda r: r["seconds"])
     slowest = max(rows, key=lambda r: r["seconds"])
     if slowest["seconds"] > fastest["seconds"]:

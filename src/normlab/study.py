@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from normlab.config import VARIANTS, TrainConfig, Variant, parse_variant
+from normlab.config import TARGET_ACC, VARIANTS, TrainConfig, Variant, parse_variant
 from normlab.data import Dataset, load_dataset
 from normlab.errors import UserError
 from normlab.files import FolderLock, check_folder, prepare_folder, write_atomic
@@ -195,13 +195,13 @@ def collect(out: Path, plan: list[PlannedRun], parsed: list[Variant], study: dic
 
     results = {**study, "runs": runs}
     ok = [r for r in runs if r["failed"] is None]
-    title = study["dataset_title"]
+    title, target = study["dataset_title"], TARGET_ACC.get(study["base_config"]["dataset"])
     by_variant = {v.name: [r for r in ok if r["variant"] == v.name and r["batch_size"] == study["graph_batch"]]
                   for v in parsed}
     by_variant = {name: group for name, group in by_variant.items() if group}
     if by_variant:
         metric_figure(by_variant, "test_loss", out / "graph1_test_loss.png", title)
-        metric_figure(by_variant, "test_acc", out / "graph2_test_accuracy.png", title)
+        metric_figure(by_variant, "test_acc", out / "graph2_test_accuracy.png", title, target)
     if len(study["batch_sizes"]) > 1:
         errors = {v.name: {b: interval(accs) for b in study["batch_sizes"]
                            if (accs := [r["final_test_acc"] for r in ok if r["variant"] == v.name
