@@ -132,32 +132,27 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
-def run_failed(failure: dict[str, Any], out: Path) -> RunFailed:
-    return RunFailed(f"run failed at epoch {failure['epoch']}, step {failure['step']}: {failure['reason']}; "
-                     f"try a lower --lr (details in {out}/failed.json)")
-
-
-def saved_epochs(out: Path, config: Any) -> str:
-    """What a stopped run kept ("" for nothing), for the message that says how to resume it."""
+def train_one(config: Any, out: Path, args: argparse.Namespace, data: Any = None) -> Any:
+    """train() for `normlab train` and main.py: a stop says what was kept, a failed run becomes RunFailed."""
     from normlab.runs import CHECKPOINT, read_metrics
+    from normlab.train import train
 
-    if not (out / CHECKPOINT).is_file():
-        return ""
-    return f"epochs 1-{len(read_metrics(out, config))} of {config.epochs} are kept in {out}"
+    try:
+        result = train(config, out=out, data=data, progress=args.progress, force=args.force, resume=args.resume)
+    except Interrupted as e:
+        if (out / CHECKPOINT).is_file():
+            e.saved = f"epochs 1-{len(read_metrics(out, config))} of {config.epochs} are kept in {out}"
+        raise
+    if result.failed is not None:
+        raise RunFailed(f"run failed at epoch {result.failed['epoch']}, step {result.failed['step']}: "
+                        f"{result.failed['reason']}; try a lower --lr (details in {out}/failed.json)")
+    return result
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from normlab.train import train
-
     config = config_from_args(args)
     out = Path(args.out or f"runs/{config.norm}_seed{config.seed}")
-    try:
-        result = train(config, out=out, progress=args.progress, force=args.force, resume=args.resume)
-    except Interrupted as e:
-        e.saved = saved_epochs(out, config)
-        raise
-    if result.failed is not None:
-        raise run_failed(result.failed, out)
+    result = train_one(config, out, args)
     print(f"done: test accuracy {result.final_test_acc:.2f}% after {config.epochs} "
           f"epoch{'s' * (config.epochs != 1)}, {result.parameters} parameters; run folder {out}")
 
@@ -197,7 +192,6 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     from normlab.config import parse_variant
     from normlab.data import load_dataset
     from normlab.misclassified import save_misclassified
-    from normlab.train import train
 
     variant = parse_variant(args.norm)
     args.norm, args.l1 = variant.norm, variant.l1 if args.l1 is None else args.l1
@@ -205,13 +199,7 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     out = Path(args.out or f"runs/main/{variant.folder}_seed{config.seed}")
     data = load_dataset(config.dataset, config.data_dir)
-    try:
-        result = train(config, out=out, data=data, progress=args.progress, force=args.force, resume=args.resume)
-    except Interrupted as e:
-        e.saved = saved_epochs(out, config)
-        raise
-    if result.failed is not None:
-        raise run_failed(result.failed, out)
+    result = train_one(config, out, args, data)
     label = f"{variant.name} ({config.norm}, L1 λ={config.l1:g}), seed {config.seed}, {config.epochs} epochs"
     device = next(result.model.parameters()).device
     grid = save_misclassified(out, variant.folder, result.model, data.limit(None, config.test_limit),

@@ -31,9 +31,8 @@ from normlab.jobs import Job, default_jobs, run_side_by_side
 from normlab.machine import cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
 from normlab.plots import batch_size_figure, metric_figure
-from normlab.report import write_report
+from normlab.report import summarize, write_report
 from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect
-from normlab.stats import interval
 from normlab.train import train
 
 STUDY_MARKER = "study.json"
@@ -104,14 +103,12 @@ def run_study(
         plan = [plan_run(out, variant, seed, replace(config, threads=threads), force)
                 for (variant, _, seed), config in configs.items()]
         check_conflicts(out, plan, force)
-        write_atomic(out / STUDY_MARKER, json.dumps({"variants": [v.name for v in parsed], "seeds": list(seeds),
-                                                     "batch_sizes": sizes, "lr_scaling": lr_scaling,
-                                                     "base": base.to_dict()}, indent=2))
+        settings = {"variants": [v.name for v in parsed], "seeds": list(seeds), "batch_sizes": sizes,
+                    "lr_scaling": lr_scaling, "base_config": base.to_dict()}
+        write_atomic(out / STUDY_MARKER, json.dumps(settings, indent=2))
         train_runs(plan, data, jobs, threads, progress, log)
-        study = {"variants": [v.name for v in parsed], "seeds": list(seeds), "batch_sizes": sizes,
-                 "lr_scaling": lr_scaling, "base_config": base.to_dict(), "dataset_title": data.info.title,
-                 "graph_batch": base.batch_size if base.batch_size in sizes else max(sizes),
-                 "jobs": min(jobs, len(plan)), "threads": threads}
+        study = {**settings, "dataset_title": data.info.title, "jobs": min(jobs, len(plan)), "threads": threads,
+                 "graph_batch": base.batch_size if base.batch_size in sizes else max(sizes)}
         return collect(out, plan, parsed, study, data, device, log)
 
 
@@ -203,11 +200,10 @@ def collect(out: Path, plan: list[PlannedRun], parsed: list[Variant], study: dic
         metric_figure(by_variant, "test_loss", out / "graph1_test_loss.png", title)
         metric_figure(by_variant, "test_acc", out / "graph2_test_accuracy.png", title, target)
     if len(study["batch_sizes"]) > 1:
-        errors = {v.name: {b: interval(accs) for b in study["batch_sizes"]
-                           if (accs := [r["final_test_acc"] for r in ok if r["variant"] == v.name
-                                        and r["batch_size"] == b])}
-                  for v in parsed}
-        batch_size_figure({name: e for name, e in errors.items() if e}, out / "graph3_error_vs_batch_size.png", title)
+        errors: dict[str, dict[int, Any]] = {}
+        for row in summarize(results):  # the intervals the report's tables give
+            errors.setdefault(row["variant"], {})[row["batch_size"]] = row["final"]
+        batch_size_figure(errors, out / "graph3_error_vs_batch_size.png", title)
     grids = {}
     for variant in parsed:
         if variant.name not in first_model:
