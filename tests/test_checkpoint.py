@@ -13,7 +13,7 @@ def setup(seed):
     config = TrainConfig(norm="batch", dropout=0.1)
     torch.manual_seed(seed)
     model = config.model()
-    optimizer, schedule = sgd_one_cycle(model, config)
+    optimizer, schedule = sgd_one_cycle(model.parameters(), config)
     return model, optimizer, schedule, torch.Generator().manual_seed(seed)
 
 

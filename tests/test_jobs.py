@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -7,18 +8,43 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import quick, quiet, without_seconds
 
 import normlab.jobs
 from normlab.errors import UserError
 from normlab.files import FolderLock
-from normlab.jobs import default_jobs
+from normlab.jobs import GPU_RUNS_AT_ONCE, Job, default_jobs, run_on_streams
+from normlab.train import train
 
 
 @pytest.mark.parametrize("cores, runs, jobs", [(2, 1, 1), (2, 3, 2), (2, 9, 2), (16, 9, 9), (4, 9, 4)])
-def test_default_jobs_is_one_per_core_at_most_one_per_run_and_one_on_a_gpu(monkeypatch, cores, runs, jobs):
+def test_default_jobs_is_one_per_core_at_most_one_per_run_and_three_on_a_gpu(monkeypatch, cores, runs, jobs):
     monkeypatch.setattr(normlab.jobs, "cpu_cores", lambda: cores)
     assert default_jobs(torch.device("cpu"), runs) == jobs
-    assert default_jobs(torch.device("cuda"), runs) == 1
+    assert default_jobs(torch.device("cuda"), runs) == GPU_RUNS_AT_ONCE
+
+
+def test_runs_in_threads_train_exactly_as_one_after_another(tmp_path, mnist):
+    """The GPU scheduler's threads (here on the CPU, without streams) share torch's global RNG: each run still
+    starts from its own seed's weights, and its folder equals that of the same run trained alone."""
+    configs = [quick(norm=norm, seed=seed, epochs=2) for norm, seed in (("batch", 0), ("group", 1), ("layer", 2))]
+    jobs = [Job(f"run{i}", config, tmp_path / "threads" / str(i)) for i, config in enumerate(configs)]
+    lines: list[str] = []
+    run_on_streams(jobs, 2, mnist, torch.device("cpu"), lines.append)
+    for i, config in enumerate(configs):
+        alone = train(config, out=tmp_path / "alone" / str(i), data=mnist, progress=False, log=quiet)
+        threaded = json.loads((tmp_path / "threads" / str(i) / "metrics.json").read_text())
+        assert without_seconds(threaded) == without_seconds(alone.metrics)
+    assert sum(line.startswith("[run1] ") for line in lines) >= 3  # each run's lines carry its label
+
+
+def test_a_user_error_in_one_thread_lets_the_others_finish(tmp_path, mnist):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("not a run")
+    jobs = [Job("bad", quick(), tmp_path / "taken"), Job("good", quick(norm="layer"), tmp_path / "good")]
+    with pytest.raises(UserError, match="bad: "):
+        run_on_streams(jobs, 2, mnist, torch.device("cpu"), quiet)
+    assert (tmp_path / "good" / "model.pt").is_file()
 
 
 def children(parent: int) -> list[int]:

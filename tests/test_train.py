@@ -8,7 +8,7 @@ from conftest import quick, quiet, without_seconds
 
 from normlab.config import TrainConfig
 from normlab.data import DATASETS
-from normlab.train import evaluate, l1_parameters, sgd_one_cycle, sgd_step, train
+from normlab.train import evaluate, l1_parameters, loss_function, sgd_one_cycle, sgd_step, train
 
 
 def test_same_seed_same_metrics_and_weights(mnist):
@@ -46,8 +46,8 @@ def test_the_step_adds_l1_to_the_gradient_of_the_cross_entropy():
         config = TrainConfig(norm="layer", l1=l1, lr=1e-9, momentum=0.0)
         torch.manual_seed(1)
         model = config.model()
-        optimizer, schedule = sgd_one_cycle(model, config)
-        logits, loss = sgd_step(model, optimizer, schedule, config, DATASETS["mnist"])(x, y)
+        optimizer, schedule = sgd_one_cycle(model.parameters(), config)
+        logits, loss = sgd_step(loss_function(model, config, DATASETS["mnist"]), optimizer, schedule)(x, y)
         assert loss == pytest.approx(F.cross_entropy(logits, y).item())
         grads[l1] = {name: p.grad.clone() for name, p in model.named_parameters()}
     torch.manual_seed(1)
@@ -61,7 +61,7 @@ def test_the_step_adds_l1_to_the_gradient_of_the_cross_entropy():
 def test_momentum_reaches_the_optimizer_and_swings_against_the_lr():
     for momentum, nesterov in ((0.9, True), (0.5, True), (0.0, False)):
         config = TrainConfig(momentum=momentum)
-        optimizer, schedule = sgd_one_cycle(config.model(), config)
+        optimizer, schedule = sgd_one_cycle(config.model().parameters(), config)
         group = optimizer.param_groups[0]
         assert group["nesterov"] is nesterov
         assert group["momentum"] == pytest.approx(momentum + config.swing)  # high while the LR is low

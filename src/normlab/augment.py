@@ -23,8 +23,12 @@ class Affine:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Warp a float batch N×C×H×W of pixels in [0, 1]; pixels moved in from outside are black (0)."""
-        n, _, h, w = images.shape
-        u = torch.rand(n, 4, generator=generator, device=images.device) * 2 - 1  # uniform in [-1, 1)
+        u = torch.rand(len(images), 4, generator=generator, device=images.device) * 2 - 1  # uniform in [-1, 1)
+        return self.warp(images, u)
+
+    def warp(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The affine of each image drawn by its row of ``u`` (N×4, uniform in [-1, 1))."""
+        _, _, h, w = images.shape
         angle = u[:, 0] * math.radians(self.rotate)
         inv_scale = 1.0 / (1.0 + u[:, 1] * self.scale)
         cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale

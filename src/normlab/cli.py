@@ -112,6 +112,9 @@ def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bo
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step: costs seconds up front, pays on 2 CPU cores for batch "
                         "norm only (default: off)")
+    p.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                   help="on a GPU, launch each step's kernels one by one instead of replaying the step as one CUDA "
+                        "graph (default: a graph)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar; the per-epoch table is still printed (default: a bar)")
 

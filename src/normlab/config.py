@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "auto"          # auto | cpu | cuda[:k] (auto takes CUDA when present)
     threads: int | None = None    # CPU threads for torch (None: one per core available)
     compile: bool = False         # torch.compile the training step
+    cuda_graph: bool = True       # on a GPU, replay each SGD step as one CUDA graph (normlab.graphed)
 
     def __post_init__(self) -> None:
         """Check every value and normalise names, so a bad value fails before any work is done."""

@@ -40,7 +40,8 @@ RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED)
 NOT_HASHED = ("device", "threads", "data_dir")  # where or how fast a run goes, not what it computes
 # Settings added after run folders were first written, at the values that compute what runs did before they
 # existed: left out of the hash at those values, so those folders stay valid for the same command.
-ADDED_LATER = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale": 0.05, "dataset": "mnist", "val_size": 0}
+ADDED_LATER = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale": 0.05, "dataset": "mnist", "val_size": 0,
+               "cuda_graph": True}
 
 
 def config_hash(config: TrainConfig) -> str:

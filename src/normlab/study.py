@@ -27,7 +27,7 @@ from normlab.config import TARGET_ACC, VARIANTS, TrainConfig, Variant, parse_var
 from normlab.data import Dataset, load_dataset
 from normlab.errors import UserError
 from normlab.files import FolderLock, check_folder, prepare_folder, write_atomic
-from normlab.jobs import Job, default_jobs, run_side_by_side
+from normlab.jobs import Job, default_jobs, run_on_streams, run_side_by_side
 from normlab.machine import cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
 from normlab.plots import batch_size_figure, metric_figure
@@ -106,7 +106,7 @@ def run_study(
         settings = {"variants": [v.name for v in parsed], "seeds": list(seeds), "batch_sizes": sizes,
                     "lr_scaling": lr_scaling, "base_config": base.to_dict()}
         write_atomic(out / STUDY_MARKER, json.dumps(settings, indent=2))
-        train_runs(plan, data, jobs, threads, progress, log)
+        train_runs(plan, data, device, jobs, threads, progress, log)
         study = {**settings, "dataset_title": data.info.title, "jobs": min(jobs, len(plan)), "threads": threads,
                  "graph_batch": base.batch_size if base.batch_size in sizes else max(sizes)}
         return collect(out, plan, parsed, study, data, device, log)
@@ -136,14 +136,19 @@ def check_conflicts(out: Path, plan: list[PlannedRun], force: bool) -> None:
                         "add {force} to retrain them with these, or choose another {out}", "out", out)
 
 
-def train_runs(plan: list[PlannedRun], data: Dataset, jobs: int, threads: int | None, progress: bool,
-               log: Callable[[str], None]) -> None:
-    """Train every run that has not ended: side by side in processes, or one after another in this one."""
+def train_runs(plan: list[PlannedRun], data: Dataset, device: torch.device, jobs: int, threads: int | None,
+               progress: bool, log: Callable[[str], None]) -> None:
+    """Train every run that has not ended: side by side in processes (CPU) or threads (GPU), or one after another
+    in this process."""
     for run in plan:
         if run.ended:
             log(f"=== {run.label}: {run.saved.status.value} run found in {run.folder}, reusing it")  # type: ignore[union-attr]
     todo = [Job(run.label, run.config, run.folder, force=run.saved is None or run.saved.status is Status.OTHER)
             for run in plan if not run.ended]
+    if jobs > 1 and len(todo) > 1 and device.type == "cuda":
+        log(f"training {len(todo)} runs on the GPU, {min(jobs, len(todo))} at a time, each on its own CUDA stream")
+        run_on_streams(todo, jobs, data, device, log)
+        return
     if jobs > 1 and len(todo) > 1:
         log(f"training {len(todo)} runs, {min(jobs, len(todo))} at a time, {threads} thread(s) each")
         run_side_by_side(todo, jobs, log)

@@ -12,6 +12,7 @@ resumes from its last finished epoch and ends exactly as an uninterrupted run do
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,11 +27,13 @@ from normlab.augment import Affine
 from normlab.checkpoint import restore_training_state, training_state
 from normlab.config import TrainConfig
 from normlab.data import Dataset, DatasetInfo, load_dataset
+from normlab.graphed import GraphedEpochs, Losses
 from normlab.machine import check_compiler, cpu_cores, environment, resolve_device
 from normlab.model import Net, count_parameters
 from normlab.runs import metric_columns, open_run
 
 EVAL_BATCH = 1000
+INIT_LOCK = threading.Lock()
 Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
@@ -69,16 +72,22 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
             model = (folder.finished.model or config.model()).to(device)
             return RunResult(config, model, count_parameters(model), folder.finished.metrics, folder.finished.failure)
 
-        torch.manual_seed(config.seed)  # the weights' initialisation and dropout
+        with INIT_LOCK:  # runs in threads (normlab.jobs.run_on_streams) share torch's global RNG
+            torch.manual_seed(config.seed)  # the weights' initialisation and dropout
+            model = config.model().to(device)
         generator = torch.Generator(device=device).manual_seed(config.seed)  # data order and augmentation
-        model = config.model().to(device)
-        optimizer, schedule = sgd_one_cycle(model, config)
-        step = sgd_step(model, optimizer, schedule, config, info)
+        optimizer, schedule = sgd_one_cycle(model.parameters(), config)
+        losses = loss_function(model, config, info)
         augment = Affine(config.rotate, config.shift, config.scale) if config.augment else None
         result = RunResult(config, model, count_parameters(model))
         if folder.resume_state is not None:
             result.metrics = restore_training_state(folder.resume_state, model, optimizer, schedule, generator)
             log(f"normlab train: resuming {out} after epoch {len(result.metrics)}")
+        graphed = None
+        if device.type == "cuda" and config.cuda_graph and not config.compile:
+            graphed = GraphedEpochs(model, optimizer, schedule, lambda params: sgd_one_cycle(params, config)[1],
+                                    losses, config, train_x, train_y, augment, capture=True)
+        step = sgd_step(losses, optimizer, schedule)
         folder.start(result.parameters, environment(device, data.source, info.md5))
         groups = f" groups={config.groups}" if config.norm == "group" else ""
         log(f"normlab train: {info.name} norm={config.norm}{groups} l1={config.l1:g} params={result.parameters} "
@@ -89,9 +98,12 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
         for epoch in range(len(result.metrics) + 1, config.epochs + 1):
             start, lr = time.perf_counter(), schedule.get_last_lr()[0]
             model.train()
-            batches = progress_bar(range(config.steps_per_epoch), f"epoch {epoch}/{config.epochs}", progress)
-            train_loss, train_acc, bad_step = train_epoch(step, train_x, train_y, config.batch_size, batches,
-                                                          augment, generator)
+            if graphed is not None:
+                train_loss, train_acc, bad_step = graphed.run_epoch(generator)
+            else:
+                batches = progress_bar(range(config.steps_per_epoch), f"epoch {epoch}/{config.epochs}", progress)
+                train_loss, train_acc, bad_step = train_epoch(step, train_x, train_y, config.batch_size, batches,
+                                                              augment, generator)
             if bad_step is not None:
                 result.failed = {"epoch": epoch, "step": bad_step, "reason": "the training loss became NaN or infinite"}
                 log(f"normlab train: FAILED at epoch {epoch}, step {bad_step}: {result.failed['reason']}")
@@ -110,9 +122,10 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
     return result
 
 
-def sgd_one_cycle(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
+def sgd_one_cycle(parameters: Iterable[Tensor], config: TrainConfig
+                  ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
     """SGD with Nesterov momentum (plain SGD at momentum 0) and a one-cycle schedule stepped every batch."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
                                 nesterov=config.momentum > 0, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
                                                    base_momentum=round(config.momentum - config.swing, 12),
@@ -127,9 +140,8 @@ def l1_parameters(model: nn.Module, include_norm: bool) -> list[Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
-def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, config: TrainConfig,
-             info: DatasetInfo) -> Step:
-    """One SGD step on a batch of pixels in [0, 1]: returns the logits and the cross-entropy (without L1)."""
+def loss_function(model: nn.Module, config: TrainConfig, info: DatasetInfo) -> Losses:
+    """Pixels in [0, 1] and labels -> the logits, the cross-entropy, and the loss SGD minimises (with L1)."""
     penalized = l1_parameters(model, config.l1_norm_params) if config.l1 > 0 else []
 
     def losses(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -139,7 +151,12 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, 
         return logits, loss, total
 
     if config.compile:  # static shapes: one graph for full batches, one for a short last batch
-        losses = torch.compile(losses, dynamic=False)
+        return torch.compile(losses, dynamic=False)
+    return losses
+
+
+def sgd_step(losses: Losses, optimizer: torch.optim.Optimizer, schedule: Any) -> Step:
+    """One SGD step on a batch of pixels in [0, 1]: returns the logits and the cross-entropy (without L1)."""
 
     def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         logits, loss, total = losses(x, y)

@@ -1,0 +1,212 @@
+"""Every GPU measurement of normlab in one go, for a short lease on a GPU machine (benchmarks/gpu.sh runs it).
+
+    python benchmarks/gpu.py --out gpu-results                 # on a CUDA machine: everything below
+    python benchmarks/gpu.py --out /tmp/g --device cpu --quick  # a smoke run of the same code on a CPU
+
+1. check: one epoch through the captured CUDA graphs against the same step run eagerly (same seeds):
+   the weights must agree to float rounding.
+2. small batches: images/s of a training epoch at batch 2, 8, 32, 128 for bn, gn, ln, eager launches
+   against one graph replay per step (a warm-up epoch first, then one timed epoch).
+3. the standard study: ``normlab study`` (3 variants × 20 epochs, all 60k images, evaluation after each
+   epoch, graphs and report) timed from the shell: with graphs and the default 3 runs at once (threads,
+   one CUDA stream each), twice more (warm caches), with graphs one run at a time, without graphs, and
+   with 5 seeds;
+4. a cProfile of the study, one run at a time: where the seconds outside the training steps go.
+Each stage is written to ``<out>/gpu.json`` as soon as it ends, so a lease cut short keeps what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stage(results: dict[str, Any], out: Path, name: str, measure: Any) -> None:
+    """Run one measurement and save it with everything before it; a failure is recorded, not fatal."""
+    try:
+        value = measure()
+    except Exception:
+        value = {"error": traceback.format_exc()[-3000:]}
+    results[name] = value
+    (out / "gpu.json").write_text(json.dumps(results, indent=2))
+    print(f"--- {name}: {json.dumps(value)[:2000]}", flush=True)
+
+
+def setup(config: Any, data: Any, device: torch.device) -> tuple[Any, ...]:
+    from normlab.augment import Affine
+    from normlab.train import loss_function, sgd_one_cycle
+
+    torch.manual_seed(config.seed)
+    model = config.model().to(device)
+    optimizer, schedule = sgd_one_cycle(model.parameters(), config)
+    augment = Affine(config.rotate, config.shift, config.scale) if config.augment else None
+    return model, optimizer, schedule, loss_function(model, config, data.info), augment
+
+
+def epochs_runner(config: Any, data: Any, device: torch.device, graph: bool, capture: bool = True) -> Any:
+    """A model and a function that trains one epoch of ``config`` on ``device``, eagerly or as graph replays."""
+    from normlab.graphed import GraphedEpochs
+    from normlab.train import sgd_one_cycle, sgd_step, train_epoch
+
+    images = data.train_images[:config.train_images].to(device)
+    labels = data.train_labels[:config.train_images].to(device)
+    model, optimizer, schedule, losses, augment = setup(config, data, device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    if graph:
+        graphed = GraphedEpochs(model, optimizer, schedule, lambda p: sgd_one_cycle(p, config)[1], losses, config,
+                                images, labels, augment, capture=capture and device.type == "cuda")
+        return model, lambda: graphed.run_epoch(generator)
+    step = sgd_step(losses, optimizer, schedule)
+    return model, lambda: train_epoch(step, images, labels, config.batch_size, range(config.steps_per_epoch),
+                                      augment, generator)
+
+
+def check_graphs(data: Any, device: torch.device, images: int) -> dict[str, Any]:
+    """Graph replays against the same step run eagerly, and eager against eager: on a GPU the second pair
+    differs too (cuDNN's and atomics' float sums are not ordered), which sets the scale of the first."""
+    from normlab.config import TrainConfig
+
+    rows = {}
+    for norm in ("batch", "group", "layer"):
+        config = TrainConfig(norm=norm, l1=1e-5 if norm == "batch" else 0.0, epochs=1, train_limit=images)
+        models, losses = [], []
+        for capture in (True, False, False):
+            model, run_epoch = epochs_runner(config, data, device, graph=True, capture=capture)
+            losses.append(run_epoch()[0])
+            models.append(model)
+
+        def difference(a: Any, b: Any) -> float:
+            return max((x.float() - y.float()).abs().max().item()
+                       for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+        rows[norm] = {"graph_vs_eager_max_weight_difference": difference(models[0], models[1]),
+                      "eager_vs_eager_max_weight_difference": difference(models[1], models[2]),
+                      "losses_graph_eager_eager": losses}
+    return rows
+
+
+def small_batches(data: Any, device: torch.device, sizes: list[int], steps: int) -> list[dict[str, Any]]:
+    from normlab.config import TrainConfig
+
+    rows = []
+    for norm in ("batch", "group", "layer"):
+        for batch in sizes:
+            config = TrainConfig(norm=norm, epochs=2, batch_size=batch, train_limit=batch * steps,
+                                 lr=0.1 * batch / 128)
+            row: dict[str, Any] = {"norm": norm, "batch_size": batch, "steps": steps}
+            for graph in (False, True):
+                _, run_epoch = epochs_runner(config, data, device, graph)
+                run_epoch()  # warm-up: cuDNN, allocator
+                start = time.perf_counter()
+                run_epoch()
+                seconds = time.perf_counter() - start
+                name = "graph" if graph else "eager"
+                row[f"{name}_ms_per_step"] = seconds / steps * 1000
+                row[f"{name}_images_per_s"] = batch * steps / seconds
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def timed_study(work: Path, name: str, args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    folder = work / name
+    shutil.rmtree(folder, ignore_errors=True)
+    command = [sys.executable, "-m", "normlab", "study", "--out", str(folder), "--no-progress", *args]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - start
+    (work / f"{name}.log").write_text(done.stdout + done.stderr)
+    row: dict[str, Any] = {"command": " ".join(["normlab", *command[3:]]), "wall_seconds": wall,
+                           "exit": done.returncode}
+    if done.returncode == 0:
+        results = json.loads((folder / "results.json").read_text())
+        row["runs"] = {f"{r['variant']} seed{r['seed']}": {"train_seconds": r["seconds"],
+                                                         "final_test_acc": r["final_test_acc"]}
+                       for r in results["runs"]}
+    else:
+        row["error_tail"] = (done.stdout + done.stderr)[-1500:]
+    return row
+
+
+def profile_study(work: Path, out: Path, study_args: list[str]) -> dict[str, Any]:
+    """cProfile of a whole study, one run at a time: where the seconds outside the training steps go."""
+    import pstats
+
+    folder, stats = work / "study_profiled", work / "study.prof"
+    shutil.rmtree(folder, ignore_errors=True)
+    command = [sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "normlab", "study", "--out", str(folder),
+               "--no-progress", *study_args, "--jobs", "1"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    with open(out / "profile.txt", "w") as f:
+        pstats.Stats(str(stats), stream=f).sort_stats("cumulative").print_stats(70)
+    return {"wall_seconds": wall, "exit": done.returncode}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu.json")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/normlab-gpu"), help="folder for the studies' runs")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run")
+    parser.add_argument("--data-dir", default=None, help="MNIST's IDX files (default: normlab's sources)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="stages to skip: check study repeat seeds small eager profile")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from normlab.data import load_dataset
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    data = load_dataset("mnist", args.data_dir)
+    results: dict[str, Any] = {}
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    stage(results, args.out, "machine", lambda: {"device": name, "torch": torch.__version__, "cpus": os.cpu_count()})
+    data_args = ["--data-dir", args.data_dir] if args.data_dir else []
+    study_args = [*data_args, "--device", args.device]
+    if args.quick:
+        study_args += ["--epochs", "1", "--train-limit", "1280", "--test-limit", "500"]
+
+    if "check" not in args.skip:
+        stage(results, args.out, "check", lambda: check_graphs(data, device, 1280 if args.quick else 4096))
+    if "study" not in args.skip:
+        stage(results, args.out, "study_graph_default_jobs", lambda: timed_study(work, "study_graph", study_args))
+        stage(results, args.out, "study_graph_1_at_once", lambda: timed_study(work, "study_graph_1", [
+            *study_args, "--jobs", "1"]))
+    if "repeat" not in args.skip:  # the same study again: Python's bytecode and CUDA's caches now warm
+        for i in (2, 3):
+            stage(results, args.out, f"study_graph_default_jobs_run{i}", lambda i=i: timed_study(
+                work, f"study_graph_run{i}", study_args))
+    if "seeds" not in args.skip:
+        stage(results, args.out, "study_graph_5_seeds", lambda: timed_study(work, "study_5_seeds", [
+            *study_args, "--seeds", "0", "1", "2", "3", "4"]))
+    if "small" not in args.skip:
+        stage(results, args.out, "small_batches", lambda: small_batches(data, device, [2, 8, 32, 128], 20 if args.quick
+                                                                        else 400))
+    if "eager" not in args.skip:
+        stage(results, args.out, "study_eager_1_at_once", lambda: timed_study(work, "study_eager_1", [
+            *study_args, "--jobs", "1", "--no-cuda-graph"]))
+    if "profile" not in args.skip:
+        stage(results, args.out, "profile", lambda: profile_study(work, args.out, study_args))
+    logs = sorted(work.glob("*.log"))
+    (args.out / "study_logs.txt").write_text("".join(f"===== {log.name}\n{log.read_text()}" for log in logs))
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""On a GPU, each SGD step replayed as one CUDA graph: one launch per step instead of ~150 kernel launches.
+
+A 7.6k-parameter model keeps each GPU kernel busy for microseconds, so eager PyTorch spends a step's time
+launching kernels, not running them. Here the whole step (batch gather, augmentation, forward, backward,
+L1, the Nesterov update at the one-cycle schedule's LR and momentum, the epoch's metric sums) is captured
+once and replayed from device tensors alone; the host sets each epoch's data order and noise and reads
+the sums when the epoch ends. The update is torch.optim.SGD's arithmetic with the LR and momentum read
+from device tensors (SGD takes them as Python numbers, which a graph would freeze), on SGD's own momentum
+buffers, so checkpoints and resume are those of the eager loop.
+
+With ``capture=False`` the same step runs eagerly on any device: how the tests check it on a CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from normlab.augment import Affine
+from normlab.config import TrainConfig
+
+Losses = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+CAPTURE_LOCK = threading.Lock()  # one capture at a time in a process
+WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graphs need (cuDNN, allocator)
+
+
+def one_cycle_values(schedule_for: Callable[[list[Tensor]], torch.optim.lr_scheduler.OneCycleLR],
+                     steps: int) -> tuple[list[float], list[float]]:
+    """The LR and momentum of every step, read off a one-cycle schedule built the same way as the run's."""
+    schedule = schedule_for([torch.zeros(1, requires_grad=True)])
+    group = schedule.optimizer.param_groups[0]
+    lrs, momentums = [], []
+    with warnings.catch_warnings():  # stepping a schedule whose optimizer never steps
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            lrs.append(group["lr"])
+            momentums.append(group["momentum"])
+            schedule.step()
+    return lrs, momentums
+
+
+class GraphedEpochs:
+    """Epochs of SGD on ``images``/``labels`` (uint8, on the device), each step one graph replay."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.SGD, schedule: torch.optim.lr_scheduler.OneCycleLR,
+                 schedule_for: Callable[[list[Tensor]], torch.optim.lr_scheduler.OneCycleLR], losses: Losses,
+                 config: TrainConfig, images: Tensor, labels: Tensor, augment: Affine | None, capture: bool) -> None:
+        device = images.device
+        self.model, self.schedule, self.losses, self.augment = model, schedule, losses, augment
+        self.images, self.labels, self.batch = images, labels, config.batch_size
+        group = optimizer.param_groups[0]
+        self.nesterov, self.weight_decay = group["nesterov"], group["weight_decay"]
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.buffers = [optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in self.params]
+        lrs, momentums = one_cycle_values(schedule_for, config.steps)
+        self.lrs = torch.tensor(lrs, dtype=torch.float32, device=device)
+        self.momentums = torch.tensor(momentums, dtype=torch.float32, device=device)
+        n = len(images)
+        self.order = torch.arange(n, device=device)
+        self.noise = torch.zeros(n, 4, device=device) if augment is not None else None
+        self.positions = torch.arange(self.batch, device=device)
+        self.step_in_epoch = torch.zeros((), dtype=torch.int64, device=device)
+        self.step = torch.zeros((), dtype=torch.int64, device=device)  # the run's step: indexes the schedule
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        full, last = divmod(n, self.batch)
+        plan = [(self.batch, full)] * (full > 0) + [(last, 1)] * (last > 0)  # (batch size, steps per epoch)
+        sizes = [size for size, _ in plan]
+        runners = self._capture(sizes) if capture else [lambda size=size: self._step(size) for size in sizes]
+        self.replays = [(runner, count) for runner, (_, count) in zip(runners, plan, strict=True)]
+
+    def run_epoch(self, generator: torch.Generator) -> tuple[float, float, int | None]:
+        """One pass in a seeded order: mean loss, accuracy in %, and the first non-finite step (from 1), if any."""
+        n, device = len(self.images), self.images.device
+        self.order.copy_(torch.randperm(n, generator=generator, device=device))
+        if self.noise is not None:
+            self.noise.copy_(torch.rand(n, 4, generator=generator, device=device) * 2 - 1)
+        start = self.schedule.last_epoch
+        self.step.fill_(start)
+        for t, value in ((self.step_in_epoch, 0), (self.loss_sum, 0), (self.correct, 0), (self.bad_step, -1)):
+            t.fill_(value)
+        for replay, count in self.replays:
+            for _ in range(count):
+                replay()
+        steps = sum(count for _, count in self.replays)
+        with warnings.catch_warnings():  # the host-side schedule follows the graph, for checkpoints
+            warnings.simplefilter("ignore", UserWarning)
+            self.schedule.last_epoch = start + steps - 1  # one-cycle's LR is a closed form of the step
+            self.schedule._step_count += steps - 1
+            self.schedule.step()
+        bad = int(self.bad_step.item())
+        return self.loss_sum.item() / n, self.correct.item() * 100 / n, bad + 1 if bad >= 0 else None
+
+    def _step(self, size: int) -> None:
+        """One SGD step on the next ``size`` images of the epoch's order, reading every input from the device."""
+        positions = self.step_in_epoch * self.batch + self.positions[:size]
+        index = self.order.index_select(0, positions)
+        x = self.images.index_select(0, index).unsqueeze(1).float() / 255
+        if self.augment is not None and self.noise is not None:
+            x = self.augment.warp(x, self.noise.index_select(0, positions))
+        y = self.labels.index_select(0, index)
+        for p in self.params:
+            p.grad = None
+        logits, loss, total = self.losses(x, y)
+        total.backward()
+        with torch.no_grad():
+            self._update([p.grad for p in self.params])  # type: ignore[misc]
+            self.bad_step.copy_(torch.where((self.bad_step < 0) & ~torch.isfinite(loss), self.step_in_epoch,
+                                            self.bad_step))
+            self.loss_sum.add_(loss * size)
+            self.correct.add_((logits.argmax(1) == y).sum())
+            self.step_in_epoch.add_(1)
+            self.step.add_(1)
+
+    def _update(self, grads: list[Tensor]) -> None:
+        """torch.optim.SGD's step (weight decay, momentum, Nesterov) at this step's LR and momentum."""
+        lr = self.lrs.index_select(0, self.step.view(1)).squeeze(0)
+        momentum = self.momentums.index_select(0, self.step.view(1)).squeeze(0)
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
+        torch._foreach_mul_(self.buffers, momentum)
+        torch._foreach_add_(self.buffers, grads)
+        direction = torch._foreach_add(grads, torch._foreach_mul(self.buffers, momentum)) if self.nesterov \
+            else self.buffers
+        torch._foreach_sub_(self.params, torch._foreach_mul(direction, lr))
+
+    def _capture(self, sizes: list[int]) -> list[Callable[[], None]]:
+        """Warm up on a side stream, capture one graph per batch size, and undo what the warm-up trained."""
+        state = [*self.model.state_dict().values(), *self.buffers]
+        saved = [t.detach().clone() for t in state]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for size in sizes:
+                self.step_in_epoch.zero_()
+                self.step.zero_()
+                for _ in range(WARMUP_STEPS):
+                    self._step(size)
+                    self.step_in_epoch.zero_()
+        torch.cuda.current_stream().wait_stream(side)
+        graphs = []
+        for size in sizes:  # each graph its own memory pool: a few MB, and no reuse across graphs to reason about
+            graph = torch.cuda.CUDAGraph()
+            with CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other runs' threads go on
+                self._step(size)
+            graphs.append(graph)
+        with torch.no_grad():
+            for t, value in zip(state, saved, strict=True):
+                t.copy_(value)
+        return [graph.replay for graph in graphs]
