@@ -48,6 +48,9 @@ def test_momentum_swing_keeps_the_momentum_within_0_and_1(momentum, swing):
     ({"dataset": "cifar"}, "dataset cifar: unknown dataset; choose one of: mnist, fashion-mnist"),
     ({"val_size": -1}, "val_size -1: must be from 0 to 59999"),
     ({"val_size": 60000}, "val_size 60000: must be from 0 to 59999"),
+    ({"norm": "group", "bn_batch": 8}, "bn_batch 8: only for norm batch, not norm group; drop it"),
+    ({"bn_batch": 128}, "bn_batch 128: must be from 2 to batch_size - 1 = 127 (at batch_size it is plain"),
+    ({"bn_batch": 1}, "bn_batch 1: must be from 2"),
 ])
 def test_a_bad_value_is_one_error_naming_the_setting(values, rendered):
     with pytest.raises(UserError) as e:

@@ -135,6 +135,7 @@ def test_a_broken_file_in_a_finished_run_is_one_line_or_retrained_with_force(tmp
     ({"seeds": [1, 1]}, "seeds 1 1: give one or more different seeds"),
     ({"seeds": []}, "seeds : give one or more"),
     ({"jobs": 0}, "jobs 0: must be at least 1"),
+    ({"batch_sizes": [8, 128], "ghost": True}, "batch_sizes 8 128: with ghost each is batch norm's images per group"),
 ])
 def test_bad_study_settings_are_refused_before_anything_is_written(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -171,3 +172,23 @@ def test_a_batch_size_axis_trains_each_size_with_the_scaled_lr_and_draws_graph_3
 def test_the_same_batch_size_twice_is_refused(tmp_path):
     with pytest.raises(UserError, match="batch_sizes 8 8: give one or more different batch sizes"):
         run_study(tmp_path / "s", ["gn"], [0], BASE, batch_sizes=[8, 8])
+
+
+def test_a_ghost_axis_groups_batch_norm_only_and_trains_the_others_once(tmp_path, mnist):
+    """--ghost: SGD steps on 64 images at one lr; bn's statistics over groups of 8 (a folder of its own), or the
+    whole batch at 64; ln has no batch statistics, so its one run stands at both sizes."""
+    out = tmp_path / "s"
+    results = run_study(out, ["bn", "ln"], [0, 1], BASE, progress=False, log=quiet, jobs=1, batch_sizes=[8, 64],
+                        ghost=True)
+    runs = {(r["variant"], r["batch_size"], r["seed"]): r for r in results["runs"]}
+    assert len(runs) == 8 and {r["lr"] for r in runs.values()} == {0.1}
+    assert {r["sgd_batch_size"] for r in runs.values()} == {64}
+    assert runs["bn", 8, 0]["folder"] == "bn/b64-bn8/seed0" and runs["bn", 8, 0]["bn_batch"] == 8
+    assert runs["ln", 8, 1]["folder"] == runs["ln", 64, 1]["folder"] == "ln/b64/seed1"
+    assert runs["ln", 8, 1]["metrics"] == runs["ln", 64, 1]["metrics"]
+    assert runs["bn", 8, 0]["metrics"] != runs["bn", 64, 0]["metrics"]
+    assert sorted(p.name for p in out.glob("*/*")) == ["b64", "b64", "b64-bn8"]
+    report = (out / "report.md").read_text()
+    assert "| test error (%) at images per BN group | 64 | 8 |" in report and "Ghost batch norm" in report
+    alone = train(TrainConfig(**{**BASE.to_dict(), "bn_batch": 8}), data=mnist, progress=False, log=quiet)
+    assert without_seconds(alone.metrics) == without_seconds(runs["bn", 8, 0]["metrics"])

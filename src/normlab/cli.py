@@ -73,6 +73,9 @@ def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bo
                            help="λ of the L1 penalty on conv weights (default: the study's λ for bn+l1, else 0)")
         else:
             p.add_argument("--l1", type=float, default=d.l1, help="λ of the L1 penalty λ·Σ|w| on conv weights")
+        p.add_argument("--bn-batch", type=int, default=None, metavar="N",
+                       help="ghost batch norm: --norm batch takes its training statistics over groups of N images "
+                            "of each batch (default: the whole batch)")
         p.add_argument("--l1-norm-params", action="store_true",
                        help="put the L1 penalty on the norms' γ, β too (default: conv weights only)")
     p.add_argument("--dropout", type=float, default=d.dropout, help="Dropout2d after each conv block")
@@ -84,6 +87,10 @@ def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bo
         p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B",
                        help="train every variant and seed at each of these batch sizes; Graph 3 compares them "
                             "(default: --batch-size only)")
+        p.add_argument("--ghost", action="store_true",
+                       help="make --batch-sizes batch norm's images per statistics group (ghost batch norm, the "
+                            "GroupNorm paper's images per GPU) within SGD batches of --batch-size at one --lr; "
+                            "norms without batch statistics train once (default: off: real SGD batch sizes)")
         p.add_argument("--lr", type=float, default=None,
                        help=f"peak learning rate of the one-cycle schedule for every run (default: {d.lr:g} at "
                             "--batch-size, scaled linearly with each run's batch size)")
@@ -167,7 +174,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     try:
         results = run_study(out, args.variants, args.seeds, config_from_args(args), progress=args.progress,
                             jobs=args.jobs, force=args.force, batch_sizes=args.batch_sizes,
-                            lr_scaling=args.lr is None)
+                            lr_scaling=args.lr is None, ghost=args.ghost)
     except Interrupted as e:
         e.saved = f"finished runs, and the finished epochs of the others, are kept in {out}"
         raise
@@ -231,7 +238,8 @@ def build_parser() -> Parser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed and variant (default: 0)")
     add_train_args(p, study=True)
     p.add_argument("--jobs", type=int, default=None,
-                   help="runs trained at once, one process each (default: one per CPU core; 1 on a GPU)")
+                   help="runs trained at once: processes on a CPU (default: one per core), threads with a CUDA "
+                        "stream each on a GPU (default: 3)")
     p.add_argument("--out", default="runs/study", help="study folder; the same command again resumes it")
     p.add_argument("--force", action="store_true",
                    help="retrain runs in --out made with other settings or whose files are broken (default: off)")

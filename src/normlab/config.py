@@ -31,6 +31,8 @@ class TrainConfig:
 
     norm: str = "batch"           # batch | group | layer | instance | none (aliases bn, gn, ln, in)
     groups: int | None = None     # GroupNorm's group count; None: GROUPS for "group", nothing for the others
+    bn_batch: int | None = None   # batch norm's statistics over groups of this many images of each SGD batch
+                                  # (ghost batch norm: the GroupNorm paper's images per GPU); None: the whole batch
     dropout: float = 0.0          # Dropout2d after every conv block
     l1: float = 0.0               # λ of the L1 penalty λ·Σ|w| on conv weights
     l1_norm_params: bool = False  # also put the L1 penalty on the norms' γ and β
@@ -68,6 +70,13 @@ class TrainConfig:
             check_groups(self.groups)
         elif self.groups is not None:
             raise UserError(f"only for {{norm}} group, not {{norm}} {self.norm}; drop it", "groups", self.groups)
+        if self.bn_batch is not None:
+            if self.norm != "batch":
+                raise UserError(f"only for {{norm}} batch, not {{norm}} {self.norm}; drop it", "bn_batch",
+                                self.bn_batch)
+            if not 2 <= self.bn_batch < self.batch_size:
+                raise UserError(f"must be from 2 to {{batch_size}} - 1 = {self.batch_size - 1} (at {{batch_size}} "
+                                "it is plain batch norm: drop it)", "bn_batch", self.bn_batch)
         for name in ("dropout", "l1", "weight_decay", "lr", "momentum", "momentum_swing", "rotate", "shift", "scale"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -117,7 +126,7 @@ class TrainConfig:
         return min(self.momentum_swing, self.momentum, (1 - self.momentum) / 2)
 
     def model(self) -> Net:
-        return Net(self.norm, self.groups, self.dropout)
+        return Net(self.norm, self.groups, self.dropout, self.bn_batch)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -32,19 +32,22 @@ NUM_CLASSES = 10
 class ConvBlock(nn.Sequential):
     """conv (bias only without a norm, whose shift does that job) → ReLU → norm → dropout."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, norm: str, groups: int, dropout: float) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int, norm: str, groups: int, dropout: float,
+                 bn_batch: int | None) -> None:
         super().__init__(
             nn.Conv2d(cin, cout, kernel, bias=norm == "none"),
             nn.ReLU(inplace=True),
-            NORMS[norm](cout, groups),
+            NORMS[norm](cout, groups, bn_batch),
             nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
         )
 
 
 class Net(nn.Module):
-    """The study's CNN with ``norm`` (a registry name) after every conv; ``groups`` is for group norm only."""
+    """The study's CNN with ``norm`` (a registry name) after every conv; ``groups`` is for group norm only,
+    ``bn_batch`` (ghost batch norm's images per statistics group) for batch norm only."""
 
-    def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0,
+                 bn_batch: int | None = None) -> None:
         super().__init__()
         if norm == "group" and groups is None:
             raise ValueError("Net('group') needs groups; TrainConfig(norm='group').groups holds the default")
@@ -55,7 +58,7 @@ class Net(nn.Module):
                 self.features.add_module("pool", nn.MaxPool2d(2))
             else:
                 name, cin, cout, kernel = layer
-                self.features.add_module(name, ConvBlock(cin, cout, kernel, norm, groups or 1, dropout))
+                self.features.add_module(name, ConvBlock(cin, cout, kernel, norm, groups or 1, dropout, bn_batch))
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Conv2d(LAYOUT[-1][2], NUM_CLASSES, 1)  # type: ignore[index]
         # channels_last is a memory layout only, the same function either way; on a 2-core CPU it makes the

@@ -72,7 +72,8 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
     return fig
 
 
-def batch_size_figure(errors: dict[str, dict[int, Interval]], path: Path, dataset: str = "MNIST") -> Figure:
+def batch_size_figure(errors: dict[str, dict[int, Interval]], path: Path, dataset: str = "MNIST",
+                      axis: str = "batch size (images per SGD step)") -> Figure:
     """Graph 3: final test error against batch size (log axis), one line per variant, mean and its 95 % band."""
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
     for color, (variant, by_batch) in zip(COLORS, errors.items(), strict=False):
@@ -86,7 +87,7 @@ def batch_size_figure(errors: dict[str, dict[int, Interval]], path: Path, datase
     ax.set_xticks(sorted({b for by_batch in errors.values() for b in by_batch}))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.invert_xaxis()  # as the GroupNorm paper draws it: the batch shrinks to the right
-    ax.set_xlabel("batch size (images per SGD step)")
+    ax.set_xlabel(axis)
     ax.set_ylabel("final test error (%)")
     ax.set_title(f"Graph 3 — {dataset} test error by batch size (band: 95% CI over seeds)")
     ax.grid(alpha=0.3)

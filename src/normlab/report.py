@@ -171,12 +171,20 @@ def batch_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[li
             i = cells.get((variant, b))
             line.append("—" if i is None else f"{100 - i.mean:.2f}" + (f" ± {i.half_width:.2f}" if i.n > 1 else ""))
         table.append(line)
-    return ["test error (%) at batch size", *map(str, sizes)], table
+    what = "images per BN group" if results.get("ghost") else "batch size"
+    return [f"test error (%) at {what}", *map(str, sizes)], table
 
 
 def paper_table() -> tuple[list[str], list[list[str]]]:
     sizes, *rows = GN_PAPER.items()
     return [sizes[0], *map(str, sizes[1])], [[name, *map(str, values)] for name, values in rows]
+
+
+def batch_axis(results: dict[str, Any]) -> str:
+    """What the study's batch sizes count: SGD's images per step, or (ghost) batch norm's images per group."""
+    if results.get("ghost"):
+        return f"images per batch-norm group (ghost BN; SGD batch {results['base_config']['batch_size']})"
+    return "batch size (images per SGD step)"
 
 
 def what_was_run(results: dict[str, Any]) -> str:
@@ -185,6 +193,11 @@ def what_was_run(results: dict[str, Any]) -> str:
     batches = f" × batch sizes {', '.join(map(str, sizes))}" if len(sizes) > 1 else ""
     lr = (f" The learning rate scales linearly with the batch size ({base['lr']:g} at {base['batch_size']})."
           if len(sizes) > 1 and results.get("lr_scaling") else "")
+    if results.get("ghost"):
+        lr = (f" Ghost batch norm: every run steps SGD on {base['batch_size']} images at lr {base['lr']:g}; batch "
+              "norm computes its training statistics over groups of the given size within each batch, as BN on "
+              "that many images per GPU without synchronisation (the GroupNorm paper's setting); the per-sample "
+              "norms do not depend on it and are trained once.")
     val = (f", {base['val_size']:,} training images held out for validation, chosen by the seed"
            if base.get("val_size") else "")
     return (f"{len(results['variants'])} variants{batches} × seeds {', '.join(map(str, results['seeds']))}, "

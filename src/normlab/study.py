@@ -31,7 +31,7 @@ from normlab.jobs import Job, default_jobs, run_on_streams, run_side_by_side
 from normlab.machine import cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
 from normlab.plots import batch_size_figure, metric_figure
-from normlab.report import summarize, write_report
+from normlab.report import batch_axis, summarize, write_report
 from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect
 from normlab.train import train
 
@@ -66,12 +66,16 @@ def run_study(
     force: bool = False,
     batch_sizes: list[int] | tuple[int, ...] | None = None,
     lr_scaling: bool = True,
+    ghost: bool = False,
 ) -> dict[str, Any]:
     """Train every variant × batch size × seed not yet in ``out``, then write results, graphs, grids and report.
 
     ``batch_sizes``: None trains at ``base.batch_size`` only. ``lr_scaling``: each batch size B trains at
     ``base.lr · B / base.batch_size``; else every run at ``base.lr``.
-    ``jobs``: runs trained at once, each in its own process (None: normlab.jobs.default_jobs).
+    ``ghost``: the batch sizes are batch norm's images per statistics group (the GroupNorm paper's images per
+    GPU), every run stepping SGD on ``base.batch_size`` images at ``base.lr``; a norm without batch
+    statistics trains once and stands at every batch size.
+    ``jobs``: runs trained at once: processes on a CPU, threads on a GPU (None: normlab.jobs.default_jobs).
     ``force``: retrain runs in ``out`` made with other settings, or whose files cannot be read.
     Nothing is written before every input and every run folder has been checked.
     """
@@ -84,37 +88,54 @@ def run_study(
     sizes = list(batch_sizes) if batch_sizes else [base.batch_size]
     if len(set(sizes)) != len(sizes):
         raise UserError("give one or more different batch sizes", "batch_sizes", sizes)
+    if ghost and max(sizes) > base.batch_size:
+        raise UserError(f"with {{ghost}} each is batch norm's images per group within an SGD batch of {{batch_size}} "
+                        f"{base.batch_size}; give sizes up to it, or raise {{batch_size}}", "batch_sizes", sizes)
     if jobs is not None and jobs < 1:
         raise UserError("must be at least 1", "jobs", jobs)
     out = Path(out)
 
     def run_config(variant: Variant, batch: int, seed: int) -> TrainConfig:
+        if ghost:
+            ghosted = variant.norm == "batch" and batch < base.batch_size
+            return variant.config(replace(base, bn_batch=batch if ghosted else None), seed)
         lr = base.lr * batch / base.batch_size if lr_scaling else base.lr
         return variant.config(replace(base, batch_size=batch, lr=lr), seed)
 
     configs = {(v, b, s): run_config(v, b, s) for v in parsed for b in sizes for s in seeds}  # each one checked
     device = resolve_device(base.device)
     data = load_dataset(base.dataset, base.data_dir)
+    n_runs = len({run_folder(out, v, c) for (v, _, _), c in configs.items()})
     # Fixed by the whole study, not by what is left to do, so that a resumed study trains like an uninterrupted one.
-    jobs = jobs or default_jobs(device, len(configs))
+    jobs = jobs or default_jobs(device, n_runs)
     threads = (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
     prepare_folder(out, STUDY_MARKER, "study")
     with FolderLock(out):
-        plan = [plan_run(out, variant, seed, replace(config, threads=threads), force)
-                for (variant, _, seed), config in configs.items()]
+        planned: dict[Path, PlannedRun] = {}
+        points = []  # (run, batch size on the study's axis): a run stands at several sizes when ghost BN skips it
+        for (variant, batch, seed), config in configs.items():
+            folder = run_folder(out, variant, config)
+            if folder not in planned:
+                planned[folder] = plan_run(folder, variant, seed, replace(config, threads=threads), force)
+            points.append((planned[folder], batch))
+        plan = list(planned.values())
         check_conflicts(out, plan, force)
         settings = {"variants": [v.name for v in parsed], "seeds": list(seeds), "batch_sizes": sizes,
-                    "lr_scaling": lr_scaling, "base_config": base.to_dict()}
+                    "lr_scaling": lr_scaling and not ghost, "ghost": ghost, "base_config": base.to_dict()}
         write_atomic(out / STUDY_MARKER, json.dumps(settings, indent=2))
         train_runs(plan, data, device, jobs, threads, progress, log)
         study = {**settings, "dataset_title": data.info.title, "jobs": min(jobs, len(plan)), "threads": threads,
                  "graph_batch": base.batch_size if base.batch_size in sizes else max(sizes)}
-        return collect(out, plan, parsed, study, data, device, log)
+        return collect(out, points, parsed, study, data, device, log)
 
 
-def plan_run(out: Path, variant: Variant, seed: int, config: TrainConfig, force: bool) -> PlannedRun:
+def run_folder(out: Path, variant: Variant, config: TrainConfig) -> Path:
+    ghost = f"-bn{config.bn_batch}" if config.bn_batch else ""
+    return out / variant.folder / f"b{config.batch_size}{ghost}" / f"seed{config.seed}"
+
+
+def plan_run(folder: Path, variant: Variant, seed: int, config: TrainConfig, force: bool) -> PlannedRun:
     """What the run's folder holds now; a file that cannot be read is an error, unless ``force`` retrains it."""
-    folder = out / variant.folder / f"b{config.batch_size}" / f"seed{seed}"
     check_folder(folder, CONFIG, "run")
     try:
         saved: SavedRun | None = inspect(folder, config)
@@ -163,19 +184,25 @@ def conv_weight_l1(model: torch.nn.Module) -> float:
     return float(sum(m.weight.detach().abs().sum() for m in model.modules() if isinstance(m, torch.nn.Conv2d)))
 
 
-def collect(out: Path, plan: list[PlannedRun], parsed: list[Variant], study: dict[str, Any], data: Dataset,
-            device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
+def collect(out: Path, points: list[tuple[PlannedRun, int]], parsed: list[Variant], study: dict[str, Any],
+            data: Dataset, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
     """Read every run back and write results.json, the graphs, the grids and the report."""
     test_data = data.limit(None, study["base_config"]["test_limit"])
     runs: list[dict[str, Any]] = []
     first_model: dict[str, tuple[torch.nn.Module, dict[str, Any]]] = {}
-    for planned in plan:
-        saved = planned.saved if planned.ended else inspect(planned.folder, planned.config)
-        if saved is None or saved.status not in (Status.FINISHED, Status.FAILED):
-            raise UserError(f"{planned.folder}: the run did not finish; run the same command again to resume it")
+    saved_runs: dict[Path, SavedRun] = {}
+    for planned, batch in points:
+        if planned.folder not in saved_runs:
+            saved = planned.saved if planned.ended else inspect(planned.folder, planned.config)
+            if saved is None or saved.status not in (Status.FINISHED, Status.FAILED):
+                raise UserError(f"{planned.folder}: the run did not finish; run the same command again to resume it")
+            saved_runs[planned.folder] = saved
+        saved = saved_runs[planned.folder]
         variant, config, metrics = planned.variant, planned.config, saved.metrics
         run: dict[str, Any] = {
-            "variant": variant.name, "seed": planned.seed, "batch_size": config.batch_size, "lr": config.lr,
+            "variant": variant.name, "seed": planned.seed, "batch_size": batch, "lr": config.lr,
+            "sgd_batch_size": config.batch_size, "bn_batch": config.bn_batch,
+            "folder": str(planned.folder.relative_to(out)),
             "norm": variant.norm, "groups": config.groups, "l1": variant.l1, "regularization": variant.regularization,
             "parameters": saved.parameters, "epochs": len(metrics), "test_images": len(test_data.test_labels),
             "failed": saved.failure,
@@ -191,7 +218,7 @@ def collect(out: Path, plan: list[PlannedRun], parsed: list[Variant], study: dic
                 best = max(range(len(metrics)), key=lambda i: metrics[i]["val_acc"])
                 run.update({"final_val_acc": metrics[-1]["val_acc"], "best_val_epoch": best + 1,
                             "test_acc_at_best_val": metrics[best]["test_acc"]})
-            if config.batch_size == study["graph_batch"]:
+            if batch == study["graph_batch"]:
                 first_model.setdefault(variant.name, (model, run))
         runs.append({**run, "metrics": metrics})
 
@@ -208,7 +235,7 @@ def collect(out: Path, plan: list[PlannedRun], parsed: list[Variant], study: dic
         errors: dict[str, dict[int, Any]] = {}
         for row in summarize(results):  # the intervals the report's tables give
             errors.setdefault(row["variant"], {})[row["batch_size"]] = row["final"]
-        batch_size_figure(errors, out / "graph3_error_vs_batch_size.png", title)
+        batch_size_figure(errors, out / "graph3_error_vs_batch_size.png", title, batch_axis(study))
     grids = {}
     for variant in parsed:
         if variant.name not in first_model:
