@@ -1,22 +1,26 @@
-"""Side by side: the conventional per-image pipeline against normlab's tensor loop, same model, same data.
+"""Side by side on this machine: the conventional per-image pipeline against normlab, per run and per study.
 
-    python benchmarks/bench.py                 # 3 alternating rounds of a full epoch each
-    python benchmarks/bench.py --quick         # a smoke run of a few seconds, for correctness only
+    python benchmarks/bench.py                       # all three parts; writes docs/benchmarks.md and .json
+    python benchmarks/bench.py --parts study small   # the whole-study ratio and the small-batch table only
+    python benchmarks/bench.py --quick               # a smoke run of a few seconds, for correctness only
 
-Each round measures, each in its own process so that all see the same machine state:
-  conventional     torchvision's MNIST dataset on the same IDX files, per-image PIL transforms
-                   (RandomRotation, ColorJitter, RandomAffine, ToTensor, Normalize),
-                   DataLoader(batch_size=64, shuffle=True, num_workers=2), Net(norm="batch") + L1 in the
-                   usual NCHW memory format, eager fp32 — how this exercise is usually written;
-  conventional_cl  the same with normlab's channels-last Net (what the model's layout alone gives);
-  loader_only      the conventional DataLoader alone, no model: the most that pipeline could ever reach;
-  normlab          ``normlab.train.train`` (data on the device, one batched warp per step, batch 128);
-  normlab_compile  the same with --compile (torch.compile of the training step; compiled in the first epoch);
-  normlab_side_by_side  two such runs at once, one thread each, as ``normlab study`` trains on 2 cores
-                   (images/s and peak RSS summed over both).
-Each process reports its own peak RSS. torchvision is a bench-only dependency: on this project's
-CPU machines it imports only beside torch 2.14.1 (``pip install torch==2.14.1 torchvision==0.29.1``).
-Writes docs/benchmarks.md and docs/benchmarks.json.
+Parts (each measurement in its own process, so that all see the same machine state):
+  loop   training images/s per pipeline, median of --rounds alternating rounds of --images images:
+           conventional     per-image PIL transforms (rotation, brightness/contrast jitter, shift, scale) in a
+                            DataLoader(batch_size=64, shuffle=True, num_workers=2), Net(norm="batch") + L1 in the
+                            usual NCHW memory format, eager fp32: how this exercise is usually written;
+           conventional_cl  the same with normlab's channels-last Net;
+           loader_only      the conventional DataLoader alone, no model: the most that pipeline could reach;
+           normlab          normlab.train.train (data on the device, one batched warp per step, batch 128);
+           normlab_compile  the same with --compile (compiled in the first epoch);
+           normlab_side_by_side  two such runs at once, one thread each, as a study trains on 2 cores;
+  study  the standard study end to end (`normlab study`: 3 variants × 20 epochs, evaluation, graphs, report)
+         against the conventional pipeline's training time for the same 3 × 20 epochs (one epoch of each
+         variant measured, times 20);
+  small  normlab's training images/s at batch 2, 8, 32 and 128 for bn, gn and ln (the batch-size sweep's
+         cost per image).
+The conventional pipeline is written here with PIL, as torchvision's transforms do it, so that the
+benchmark needs nothing beyond normlab's own dependencies.
 """
 
 from __future__ import annotations
@@ -38,34 +42,49 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def conventional_loader(n_images: int, workers: int) -> Any:  # a torch DataLoader (torch is imported lazily)
-    """torchvision's per-image pipeline over normlab's MNIST, written out as the IDX files torchvision reads."""
-    import torch
-    from torchvision import datasets, transforms
+class ConventionalMNIST:
+    """The usual per-image pipeline, written with PIL as torchvision's transforms run it: each image read as a
+    PIL image, rotated (±7°), its brightness and contrast jittered (±10 %), shifted (±5 %) and scaled
+    (0.95-1.05), then turned into a normalized tensor."""
 
-    from normlab.data import encode_idx, load_dataset
+    def __init__(self, images: Any, labels: Any) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        import random
+
+        import numpy as np
+        import torch
+        from PIL import Image, ImageEnhance
+
+        img = Image.fromarray(self.images[i], mode="L")
+        img = img.rotate(random.uniform(-7, 7), resample=Image.NEAREST, fillcolor=0)
+        img = ImageEnhance.Brightness(img).enhance(random.uniform(0.9, 1.1))
+        img = ImageEnhance.Contrast(img).enhance(random.uniform(0.9, 1.1))
+        scale, c = random.uniform(0.95, 1.05), 14.0
+        tx, ty = random.uniform(-1.4, 1.4), random.uniform(-1.4, 1.4)
+        img = img.transform((28, 28), Image.AFFINE, (1 / scale, 0, c - (c + tx) / scale, 0, 1 / scale,
+                                                     c - (c + ty) / scale), resample=Image.NEAREST, fillcolor=0)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).unsqueeze(0)
+        return (x - 0.1307) / 0.3081, int(self.labels[i])
+
+
+def conventional_loader(n_images: int, workers: int) -> Any:  # a torch DataLoader (torch is imported lazily)
+    import torch
+
+    from normlab.data import load_dataset
 
     mnist = load_dataset()
-    root = Path(tempfile.mkdtemp())
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name, tensor in (("train-images-idx3-ubyte", mnist.train_images), ("train-labels-idx1-ubyte",
-                         mnist.train_labels), ("t10k-images-idx3-ubyte", mnist.test_images),
-                         ("t10k-labels-idx1-ubyte", mnist.test_labels)):
-        (raw / name).write_bytes(encode_idx(tensor.to(torch.uint8).numpy()))
-    transform = transforms.Compose([
-        transforms.RandomRotation(7, fill=0),
-        transforms.ColorJitter(brightness=0.1, contrast=0.1),
-        transforms.RandomAffine(0, translate=(0.05, 0.05), scale=(0.95, 1.05)),
-        transforms.ToTensor(),
-        transforms.Normalize((0.1307,), (0.3081,)),
-    ])
-    dataset = torch.utils.data.Subset(datasets.MNIST(str(root), train=True, transform=transform), range(n_images))
+    dataset = ConventionalMNIST(mnist.train_images[:n_images].numpy(), mnist.train_labels[:n_images].numpy())
     return torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, num_workers=workers)
 
 
-def conventional(n_images: int, workers: int, channels_last: bool, train_model: bool = True) -> dict[str, float]:
-    """Train Net('batch') + L1 on ``n_images`` through torchvision's per-image pipeline (or only load); images/s."""
+def conventional(n_images: int, workers: int, channels_last: bool, train_model: bool = True,
+                 norm: str = "batch") -> dict[str, float]:
+    """Train Net(norm) (+ L1 for batch) on ``n_images`` through the per-image pipeline (or only load); images/s."""
     import torch
     import torch.nn.functional as F
 
@@ -74,18 +93,18 @@ def conventional(n_images: int, workers: int, channels_last: bool, train_model: 
 
     loader = conventional_loader(n_images, workers)
     torch.manual_seed(0)
-    model = Net("batch")
+    model = Net(norm, groups=4 if norm == "group" else None)
     if not channels_last:  # the usual memory format: the same function, NCHW tensors
         model.channels_last = False
         model.to(memory_format=torch.contiguous_format)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    weights = l1_parameters(model, include_norm=False)
+    weights = l1_parameters(model, include_norm=False) if norm == "batch" else []
     model.train()
     start = time.perf_counter()
     for x, y in loader:
         if not train_model:
             continue
-        loss = F.cross_entropy(model(x), y) + 1e-5 * sum(w.abs().sum() for w in weights)
+        loss = F.cross_entropy(model(x), y) + 1e-5 * sum((w.abs().sum() for w in weights), torch.zeros(()))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -113,7 +132,7 @@ def normlab_loop(n_images: int, compile: bool, threads: int | None = None) -> di
 
 # kind: what the table calls it
 PIPELINES = {
-    "conventional": "conventional: torchvision + PIL transforms + DataLoader(64, 2 workers), NCHW model",
+    "conventional": "conventional: PIL transforms per image + DataLoader(64, 2 workers), NCHW model",
     "conventional_cl": "the same, with normlab's channels-last model",
     "loader_only": "the conventional DataLoader alone, no training (its ceiling)",
     "normlab": "normlab: tensors on the device, batched warp, batch 128",
@@ -121,9 +140,88 @@ PIPELINES = {
     "normlab_side_by_side": "normlab, 2 runs side by side on 1 thread each (as a study trains)",
 }
 SIDE_BY_SIDE = 2
+PARTS = ("loop", "study", "small")
+STUDY_EPOCHS = [f"conventional_epoch_{norm}" for norm in ("batch", "group", "layer")]
+SMALL_BATCHES = (2, 8, 32, 128)
+
+
+def study_ratio(quick: bool, workers: int) -> dict[str, Any]:
+    """Wall time of `normlab study` against 20 × one conventional epoch of each of its 3 variants."""
+    images = 2000 if quick else 60000
+    epochs = {kind.rsplit("_", 1)[1]: measure(kind, images, workers)["seconds"] for kind in STUDY_EPOCHS}
+    args = ["--epochs", "1", "--train-limit", "2000", "--test-limit", "500"] if quick else []
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "normlab", "study", "--out", tmp + "/study", "--no-progress", *args],
+                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        wall = time.perf_counter() - start
+    epochs_per_run = 1 if quick else 20
+    conventional_seconds = sum(epochs.values()) * epochs_per_run
+    return {"conventional_epoch_seconds": epochs, "conventional_training_seconds": conventional_seconds,
+            "study_wall_seconds": wall, "ratio": conventional_seconds / wall}
+
+
+def setup(config: Any, data: Any, device: Any) -> tuple[Any, ...]:
+    import torch
+
+    from normlab.augment import Affine
+    from normlab.train import loss_function, sgd_one_cycle
+
+    torch.manual_seed(config.seed)
+    model = config.model().to(device)
+    optimizer, schedule = sgd_one_cycle(model.parameters(), config)
+    augment = Affine(config.rotate, config.shift, config.scale) if config.augment else None
+    return model, optimizer, schedule, loss_function(model, config, data.info), augment
+
+
+def epochs_runner(config: Any, data: Any, device: Any, graph: bool, capture: bool = True) -> Any:
+    """A model and a function that trains one epoch of ``config`` on ``device``, eagerly or as graph replays."""
+    import torch
+
+    from normlab.graphed import GraphedEpochs
+    from normlab.train import sgd_one_cycle, sgd_step, train_epoch
+
+    images = data.train_images[:config.train_images].to(device)
+    labels = data.train_labels[:config.train_images].to(device)
+    model, optimizer, schedule, losses, augment = setup(config, data, device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    if graph:
+        graphed = GraphedEpochs(model, optimizer, schedule, lambda p: sgd_one_cycle(p, config)[1], losses, config,
+                                images, labels, augment, capture=capture and device.type == "cuda")
+        return model, lambda: graphed.run_epoch(generator)
+    step = sgd_step(losses, optimizer, schedule)
+    return model, lambda: train_epoch(step, images, labels, config.batch_size, range(config.steps_per_epoch),
+                                      augment, generator)
+
+
+def small_batches(device: Any, sizes: tuple[int, ...], steps: int, graph: bool) -> list[dict[str, Any]]:
+    """Training images/s by batch size, after a warm-up epoch: the loop as normlab runs it on ``device``
+    (eager), and with ``graph`` also normlab.graphed's step (one CUDA graph per step on a GPU)."""
+    from normlab.config import TrainConfig
+    from normlab.data import load_dataset
+
+    data, rows = load_dataset(), []
+    for norm in ("batch", "group", "layer"):
+        for batch in sizes:
+            config = TrainConfig(norm=norm, epochs=2, batch_size=batch, train_limit=batch * steps,
+                                 lr=0.1 * batch / 128)
+            row: dict[str, Any] = {"norm": norm, "batch_size": batch, "steps": steps}
+            for mode in ("eager", "graph") if graph else ("eager",):
+                _, run_epoch = epochs_runner(config, data, device, graph=mode == "graph")
+                run_epoch()  # warm-up
+                start = time.perf_counter()
+                run_epoch()
+                seconds = time.perf_counter() - start
+                row[f"{mode}_ms_per_step"] = seconds / steps * 1000
+                row[f"{mode}_images_per_s"] = batch * steps / seconds
+            rows.append(row)
+            print(row, flush=True)
+    return rows
 
 
 def run_kind(kind: str, n_images: int, workers: int) -> dict[str, float]:
+    if kind.startswith("conventional_epoch_"):  # the study part: one epoch of one variant
+        return conventional(n_images, workers, channels_last=False, norm=kind.rsplit("_", 1)[1])
     if kind == "normlab_one_thread":  # one of the side-by-side runs
         return normlab_loop(n_images, compile=False, threads=1)
     if kind.startswith("normlab"):
@@ -172,70 +270,88 @@ def cpu_model() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2,000 images, 1 round: checks that every pipeline runs")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--images", type=int, default=60000, help="training images per measurement")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 1 round: checks that every part runs")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the loop part")
+    p.add_argument("--images", type=int, default=60000, help="training images per loop measurement")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     p.add_argument("--out", default=str(ROOT / "docs"), help="where benchmarks.md and .json go")
-    p.add_argument("--child", choices=[*PIPELINES, "normlab_one_thread"], help=argparse.SUPPRESS)
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS), help="what to measure")
+    p.add_argument("--child", choices=[*PIPELINES, "normlab_one_thread", *STUDY_EPOCHS], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args.child, args.images, args.workers)
         return
+    sys.path.insert(0, str(ROOT / "src"))
     import torch
 
     from normlab.model import Net, count_parameters
 
     rounds, images = (1, 2000) if args.quick else (args.rounds, args.images)
-    rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in PIPELINES}
-    for r in range(rounds):
-        for kind in PIPELINES:
-            rows[kind].append(measure(kind, images, args.workers))
-            m = rows[kind][-1]
-            print(f"round {r + 1}/{rounds} {kind + ':':>16} {m['images_per_s']:8.0f} images/s  "
-                  f"{m['seconds']:6.1f} s  peak RSS {m['peak_rss_mb']:.0f} MB", flush=True)
-    summary = {kind: {"images_per_s": statistics.median(m["images_per_s"] for m in ms),
-                      "peak_rss_mb": max(m["peak_rss_mb"] for m in ms)} for kind, ms in rows.items()}
-    compile_seconds = statistics.median(m["first_epoch_seconds"] - m["seconds"] for m in rows["normlab_compile"])
-    ratios = {kind: summary[kind]["images_per_s"] / summary["conventional"]["images_per_s"] for kind in PIPELINES}
-    study_images = 3 * 20 * 60000
     info = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "python": platform.python_version(), "rounds": rounds,
-            "images_per_measurement": images, "dataloader_workers": args.workers}
-    result = {"info": info, "runs": rows, "summary": summary, "ratio": ratios["normlab"], "ratios": ratios,
-              "compile_seconds": compile_seconds,
-              "projected_study_train_seconds": {k: study_images / v["images_per_s"] for k, v in summary.items()}}
-    print(f"normlab / conventional training throughput: {ratios['normlab']:.2f}x "
-          f"(--compile: {ratios['normlab_compile']:.2f}x, compiling took {compile_seconds:.0f} s; "
-          f"{SIDE_BY_SIDE} runs side by side: {ratios['normlab_side_by_side']:.2f}x)")
+            "torch": torch.__version__, "python": platform.python_version()}
+    result: dict[str, Any] = {"info": info}
+    lines = ["# Benchmarks: normlab against the conventional pipeline", "",
+             f"`python benchmarks/bench.py` on {info['date']}: {info['cpu']}, {info['cores']} cores, "
+             f"torch {info['torch']}. Every row trains the same model ({count_parameters(Net('batch')):,} "
+             "parameters); each measurement runs in its own process.", ""]
+    if "study" in args.parts:
+        study = study_ratio(args.quick, args.workers)
+        result["study"] = study
+        epochs = study["conventional_epoch_seconds"]
+        print(f"study: normlab study {study['study_wall_seconds']:.0f} s against "
+              f"{study['conventional_training_seconds']:.0f} s of conventional training: {study['ratio']:.2f}x")
+        lines += ["## The standard study", "",
+                  "| | seconds |", "| --- | --- |",
+                  *[f"| conventional pipeline, one epoch of {norm} | {s:.1f} |" for norm, s in epochs.items()],
+                  f"| conventional pipeline, training alone for 3 × 20 epochs (20 × the epochs above) | "
+                  f"{study['conventional_training_seconds']:.0f} |",
+                  f"| `normlab study` from the shell: start, data, 3 × 20 epochs, evaluation after each, graphs, "
+                  f"report | {study['study_wall_seconds']:.0f} |", "",
+                  f"The whole standard study is **{study['ratio']:.2f}×** faster than the conventional pipeline's "
+                  "training alone.", ""]
+    if "small" in args.parts:
+        small = small_batches(torch.device("cpu"), SMALL_BATCHES, 20 if args.quick else 300, graph=True)
+        result["small_batches"] = small
+        lines += ["## Small batches", "",
+                  "Training images/s of normlab's loop by batch size (a warm-up epoch, then one timed epoch of "
+                  f"{small[0]['steps']} steps): as `normlab train` runs it (eager), and through normlab.graphed's "
+                  "step run eagerly, which on a GPU is one CUDA graph per step (docs/gpu for those numbers).", "",
+                  "| norm | batch | eager images/s | eager ms/step | graphed-step images/s | graphed-step ms/step |",
+                  "| --- | --- | --- | --- | --- | --- |",
+                  *[f"| {r['norm']} | {r['batch_size']} | {r['eager_images_per_s']:,.0f} | "
+                    f"{r['eager_ms_per_step']:.2f} | {r['graph_images_per_s']:,.0f} | {r['graph_ms_per_step']:.2f} |"
+                    for r in small], ""]
+    if "loop" in args.parts:
+        rows: dict[str, list[dict[str, float]]] = {kind: [] for kind in PIPELINES}
+        for r in range(rounds):
+            for kind in PIPELINES:
+                rows[kind].append(measure(kind, images, args.workers))
+                m = rows[kind][-1]
+                print(f"round {r + 1}/{rounds} {kind + ':':>16} {m['images_per_s']:8.0f} images/s  "
+                      f"{m['seconds']:6.1f} s  peak RSS {m['peak_rss_mb']:.0f} MB", flush=True)
+        summary = {kind: {"images_per_s": statistics.median(m["images_per_s"] for m in ms),
+                          "peak_rss_mb": max(m["peak_rss_mb"] for m in ms)} for kind, ms in rows.items()}
+        compile_seconds = statistics.median(m["first_epoch_seconds"] - m["seconds"] for m in rows["normlab_compile"])
+        ratios = {kind: summary[kind]["images_per_s"] / summary["conventional"]["images_per_s"] for kind in PIPELINES}
+        result["loop"] = {"rounds": rounds, "images_per_measurement": images, "runs": rows, "summary": summary,
+                          "ratios": ratios, "compile_seconds": compile_seconds}
+        print(f"normlab / conventional training throughput: {ratios['normlab']:.2f}x", flush=True)
+        lines += ["## One run's training loop", "",
+                  f"Median of {rounds} alternating rounds of {images:,} training images each. normlab's rows time "
+                  "the second of two epochs (the first pays start-up and compilation), the conventional rows a "
+                  "whole pass of the DataLoader.", "",
+                  "| pipeline | images/s | × conventional | seconds per 60k-image epoch | peak RSS |",
+                  "| --- | --- | --- | --- | --- |",
+                  *[f"| {label} | {summary[k]['images_per_s']:,.0f} | {ratios[k]:.2f} | "
+                    f"{60000 / summary[k]['images_per_s']:.1f} | {summary[k]['peak_rss_mb']:.0f} MB |"
+                    for k, label in PIPELINES.items()], "",
+                  f"--compile paid {compile_seconds:.0f} s of compiling per process.", ""]
+    lines += ["The GPU's numbers: [gpu.md](gpu.md). What was tried to make normlab faster, and what each try gave: "
+              "[performance.md](performance.md).", ""]
     if args.quick:
         return
     out = Path(args.out)
     (out / "benchmarks.json").write_text(json.dumps(result, indent=2))
-    lines = [
-        "# Benchmarks: normlab's loop against the conventional pipeline",
-        "",
-        f"`python benchmarks/bench.py` on {info['date']}: {info['cpu']}, {info['cores']} cores, torch {info['torch']},",
-        f"median of {rounds} alternating rounds of {images:,} training images each (each in its own process).",
-        f"Every row trains the same function (BN + L1, {count_parameters(Net('batch')):,} parameters); normlab's rows "
-        "time the second of two",
-        "epochs (the first pays start-up and compilation), the conventional rows a whole pass of the DataLoader.",
-        "",
-        "| pipeline | images/s | × conventional | seconds per 60k-image epoch | 3 × 20 epochs of training (projected) "
-        "| peak RSS |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for kind, label in PIPELINES.items():
-        s = summary[kind]
-        lines.append(f"| {label} | {s['images_per_s']:,.0f} | {ratios[kind]:.2f} | {60000 / s['images_per_s']:.1f} | "
-                     f"{study_images / s['images_per_s'] / 60:.1f} min | {s['peak_rss_mb']:.0f} MB |")
-    lines += ["", "Ratio of training throughput, normlab against the conventional pipeline: "
-              f"**{ratios['normlab']:.2f}×** for one run; {ratios['normlab_compile']:.2f}× with --compile (after "
-              f"{compile_seconds:.0f} s of compiling per process); **{ratios['normlab_side_by_side']:.2f}×** for "
-              f"{SIDE_BY_SIDE} runs side by side, as a study trains them. The projection counts training only; "
-              "normlab's study also evaluates the 10k test images after every epoch.", "",
-              "What was tried to make normlab's loop faster, and what each try gave: [performance.md](performance.md).",
-              ""]
     (out / "benchmarks.md").write_text("\n".join(lines))
     print(f"wrote {out / 'benchmarks.md'} and {out / 'benchmarks.json'}")
 

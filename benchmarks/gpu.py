@@ -44,36 +44,9 @@ def stage(results: dict[str, Any], out: Path, name: str, measure: Any) -> None:
     print(f"--- {name}: {json.dumps(value)[:2000]}", flush=True)
 
 
-def setup(config: Any, data: Any, device: torch.device) -> tuple[Any, ...]:
-    from normlab.augment import Affine
-    from normlab.train import loss_function, sgd_one_cycle
-
-    torch.manual_seed(config.seed)
-    model = config.model().to(device)
-    optimizer, schedule = sgd_one_cycle(model.parameters(), config)
-    augment = Affine(config.rotate, config.shift, config.scale) if config.augment else None
-    return model, optimizer, schedule, loss_function(model, config, data.info), augment
-
-
-def epochs_runner(config: Any, data: Any, device: torch.device, graph: bool, capture: bool = True) -> Any:
-    """A model and a function that trains one epoch of ``config`` on ``device``, eagerly or as graph replays."""
-    from normlab.graphed import GraphedEpochs
-    from normlab.train import sgd_one_cycle, sgd_step, train_epoch
-
-    images = data.train_images[:config.train_images].to(device)
-    labels = data.train_labels[:config.train_images].to(device)
-    model, optimizer, schedule, losses, augment = setup(config, data, device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    if graph:
-        graphed = GraphedEpochs(model, optimizer, schedule, lambda p: sgd_one_cycle(p, config)[1], losses, config,
-                                images, labels, augment, capture=capture and device.type == "cuda")
-        return model, lambda: graphed.run_epoch(generator)
-    step = sgd_step(losses, optimizer, schedule)
-    return model, lambda: train_epoch(step, images, labels, config.batch_size, range(config.steps_per_epoch),
-                                      augment, generator)
-
-
 def check_graphs(data: Any, device: torch.device, images: int) -> dict[str, Any]:
+    from bench import epochs_runner
+
     """Graph replays against the same step run eagerly, and eager against eager: on a GPU the second pair
     differs too (cuDNN's and atomics' float sums are not ordered), which sets the scale of the first."""
     from normlab.config import TrainConfig
@@ -94,29 +67,6 @@ def check_graphs(data: Any, device: torch.device, images: int) -> dict[str, Any]
         rows[norm] = {"graph_vs_eager_max_weight_difference": difference(models[0], models[1]),
                       "eager_vs_eager_max_weight_difference": difference(models[1], models[2]),
                       "losses_graph_eager_eager": losses}
-    return rows
-
-
-def small_batches(data: Any, device: torch.device, sizes: list[int], steps: int) -> list[dict[str, Any]]:
-    from normlab.config import TrainConfig
-
-    rows = []
-    for norm in ("batch", "group", "layer"):
-        for batch in sizes:
-            config = TrainConfig(norm=norm, epochs=2, batch_size=batch, train_limit=batch * steps,
-                                 lr=0.1 * batch / 128)
-            row: dict[str, Any] = {"norm": norm, "batch_size": batch, "steps": steps}
-            for graph in (False, True):
-                _, run_epoch = epochs_runner(config, data, device, graph)
-                run_epoch()  # warm-up: cuDNN, allocator
-                start = time.perf_counter()
-                run_epoch()
-                seconds = time.perf_counter() - start
-                name = "graph" if graph else "eager"
-                row[f"{name}_ms_per_step"] = seconds / steps * 1000
-                row[f"{name}_images_per_s"] = batch * steps / seconds
-            rows.append(row)
-            print(row, flush=True)
     return rows
 
 
@@ -167,6 +117,8 @@ def main() -> None:
                         help="stages to skip: check study repeat seeds small eager profile")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
+    from bench import small_batches  # benchmarks/ is this script's folder
+
     from normlab.data import load_dataset
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -196,8 +148,8 @@ def main() -> None:
         stage(results, args.out, "study_graph_5_seeds", lambda: timed_study(work, "study_5_seeds", [
             *study_args, "--seeds", "0", "1", "2", "3", "4"]))
     if "small" not in args.skip:
-        stage(results, args.out, "small_batches", lambda: small_batches(data, device, [2, 8, 32, 128], 20 if args.quick
-                                                                        else 400))
+        stage(results, args.out, "small_batches", lambda: small_batches(
+            device, (2, 8, 32, 128), 20 if args.quick else 400, graph=True))
     if "eager" not in args.skip:
         stage(results, args.out, "study_eager_1_at_once", lambda: timed_study(work, "study_eager_1", [
             *study_args, "--jobs", "1", "--no-cuda-graph"]))

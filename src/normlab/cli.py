@@ -174,7 +174,8 @@ def cmd_study(args: argparse.Namespace) -> None:
     try:
         results = run_study(out, args.variants, args.seeds, config_from_args(args), progress=args.progress,
                             jobs=args.jobs, force=args.force, batch_sizes=args.batch_sizes,
-                            lr_scaling=args.lr is None, ghost=args.ghost)
+                            lr_scaling=args.lr is None, ghost=args.ghost, backend=args.backend,
+                            address=args.address)
     except Interrupted as e:
         e.saved = f"finished runs, and the finished epochs of the others, are kept in {out}"
         raise
@@ -240,6 +241,12 @@ def build_parser() -> Parser:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once: processes on a CPU (default: one per core), threads with a CUDA "
                         "stream each on a GPU (default: 3)")
+    p.add_argument("--backend", default="local",
+                   help="where the runs train: local (this machine's cores or GPU) or ray (a Ray cluster; "
+                        "pip install 'normlab[ray]')")
+    p.add_argument("--address", default=None,
+                   help="with --backend ray: the cluster to join, auto (the one started here with `ray start "
+                        "--head`) or HOST:PORT (default: a local Ray instance for this study)")
     p.add_argument("--out", default="runs/study", help="study folder; the same command again resumes it")
     p.add_argument("--force", action="store_true",
                    help="retrain runs in --out made with other settings or whose files are broken (default: off)")

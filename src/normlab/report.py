@@ -136,6 +136,9 @@ def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[
 def how_trained(results: dict[str, Any]) -> str:
     """How the runs shared the machine, which is what their seconds per run mean."""
     jobs, threads = results.get("jobs", 1), results.get("threads")
+    if results.get("backend") == "ray":
+        return (f"Runs trained as Ray tasks of {threads} CPU thread(s) each, as many at a time as the cluster "
+                "had room for: seconds per run are the wall-clock time of runs sharing their nodes.")
     if jobs > 1:
         return (f"Runs trained {jobs} at a time, {threads} CPU thread(s) each: seconds per run are the wall-clock "
                 "time of runs sharing the machine.")

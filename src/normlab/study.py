@@ -15,6 +15,7 @@ side by side (normlab.jobs), each on max(1, cores // jobs) threads, which its co
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from normlab.cluster import ray_session, run_on_ray
 from normlab.config import TARGET_ACC, VARIANTS, TrainConfig, Variant, parse_variant
 from normlab.data import Dataset, load_dataset
 from normlab.errors import UserError
@@ -36,6 +38,7 @@ from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect
 from normlab.train import train
 
 STUDY_MARKER = "study.json"
+BACKENDS = ("local", "ray")  # where a study's runs train: normlab.jobs here, normlab.cluster on Ray
 
 
 @dataclass
@@ -48,7 +51,8 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        return f"{self.variant.name}, batch {self.config.batch_size}, seed {self.seed}"
+        ghost = f" (BN over {self.config.bn_batch})" if self.config.bn_batch else ""
+        return f"{self.variant.name}, batch {self.config.batch_size}{ghost}, seed {self.seed}"
 
     @property
     def ended(self) -> bool:
@@ -67,6 +71,8 @@ def run_study(
     batch_sizes: list[int] | tuple[int, ...] | None = None,
     lr_scaling: bool = True,
     ghost: bool = False,
+    backend: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Train every variant × batch size × seed not yet in ``out``, then write results, graphs, grids and report.
 
@@ -75,7 +81,9 @@ def run_study(
     ``ghost``: the batch sizes are batch norm's images per statistics group (the GroupNorm paper's images per
     GPU), every run stepping SGD on ``base.batch_size`` images at ``base.lr``; a norm without batch
     statistics trains once and stands at every batch size.
-    ``jobs``: runs trained at once: processes on a CPU, threads on a GPU (None: normlab.jobs.default_jobs).
+    ``jobs``: runs trained at once: processes on a CPU, threads on a GPU (None: normlab.jobs.default_jobs); with
+    ``backend`` "ray", tasks in flight on the Ray cluster at ``address`` (None: a local instance; normlab.cluster),
+    each of ``base.threads`` CPUs (None: 1).
     ``force``: retrain runs in ``out`` made with other settings, or whose files cannot be read.
     Nothing is written before every input and every run folder has been checked.
     """
@@ -93,6 +101,10 @@ def run_study(
                         f"{base.batch_size}; give sizes up to it, or raise {{batch_size}}", "batch_sizes", sizes)
     if jobs is not None and jobs < 1:
         raise UserError("must be at least 1", "jobs", jobs)
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend; choose {' or '.join(BACKENDS)}", "backend", backend)
+    if address is not None and backend != "ray":
+        raise UserError("is for {backend} ray only; add {backend} ray or drop it", "address", address)
     out = Path(out)
 
     def run_config(variant: Variant, batch: int, seed: int) -> TrainConfig:
@@ -107,26 +119,32 @@ def run_study(
     data = load_dataset(base.dataset, base.data_dir)
     n_runs = len({run_folder(out, v, c) for (v, _, _), c in configs.items()})
     # Fixed by the whole study, not by what is left to do, so that a resumed study trains like an uninterrupted one.
-    jobs = jobs or default_jobs(device, n_runs)
-    threads = (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
-    prepare_folder(out, STUDY_MARKER, "study")
-    with FolderLock(out):
-        planned: dict[Path, PlannedRun] = {}
-        points = []  # (run, batch size on the study's axis): a run stands at several sizes when ghost BN skips it
-        for (variant, batch, seed), config in configs.items():
-            folder = run_folder(out, variant, config)
-            if folder not in planned:
-                planned[folder] = plan_run(folder, variant, seed, replace(config, threads=threads), force)
-            points.append((planned[folder], batch))
-        plan = list(planned.values())
-        check_conflicts(out, plan, force)
-        settings = {"variants": [v.name for v in parsed], "seeds": list(seeds), "batch_sizes": sizes,
-                    "lr_scaling": lr_scaling and not ghost, "ghost": ghost, "base_config": base.to_dict()}
-        write_atomic(out / STUDY_MARKER, json.dumps(settings, indent=2))
-        train_runs(plan, data, device, jobs, threads, progress, log)
-        study = {**settings, "dataset_title": data.info.title, "jobs": min(jobs, len(plan)), "threads": threads,
-                 "graph_batch": base.batch_size if base.batch_size in sizes else max(sizes)}
-        return collect(out, points, parsed, study, data, device, log)
+    if backend == "ray":
+        threads = base.threads or 1
+    else:
+        jobs = jobs or default_jobs(device, n_runs)
+        threads = (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
+    # An unreachable cluster is found before anything is written.
+    with ray_session(address) if backend == "ray" else contextlib.nullcontext() as ray:
+        prepare_folder(out, STUDY_MARKER, "study")
+        with FolderLock(out):
+            planned: dict[Path, PlannedRun] = {}
+            points = []  # (run, its batch size on the study's axis): with ghost, a run can stand at several
+            for (variant, batch, seed), config in configs.items():
+                folder = run_folder(out, variant, config)
+                if folder not in planned:
+                    planned[folder] = plan_run(folder, variant, seed, replace(config, threads=threads), force)
+                points.append((planned[folder], batch))
+            plan = list(planned.values())
+            check_conflicts(out, plan, force)
+            settings = {"variants": [v.name for v in parsed], "seeds": list(seeds), "batch_sizes": sizes,
+                        "lr_scaling": lr_scaling and not ghost, "ghost": ghost, "base_config": base.to_dict()}
+            write_atomic(out / STUDY_MARKER, json.dumps(settings, indent=2))
+            train_runs(plan, data, device, jobs, threads, progress, log, ray)
+            study = {**settings, "dataset_title": data.info.title, "backend": backend,
+                     "jobs": min(jobs, len(plan)) if jobs else None, "threads": threads,
+                     "graph_batch": base.batch_size if base.batch_size in sizes else max(sizes)}
+            return collect(out, points, parsed, study, data, device, log)
 
 
 def run_folder(out: Path, variant: Variant, config: TrainConfig) -> Path:
@@ -157,15 +175,20 @@ def check_conflicts(out: Path, plan: list[PlannedRun], force: bool) -> None:
                         "add {force} to retrain them with these, or choose another {out}", "out", out)
 
 
-def train_runs(plan: list[PlannedRun], data: Dataset, device: torch.device, jobs: int, threads: int | None,
-               progress: bool, log: Callable[[str], None]) -> None:
-    """Train every run that has not ended: side by side in processes (CPU) or threads (GPU), or one after another
-    in this process."""
+def train_runs(plan: list[PlannedRun], data: Dataset, device: torch.device, jobs: int | None, threads: int | None,
+               progress: bool, log: Callable[[str], None], ray: Any = None) -> None:
+    """Train every run that has not ended: as Ray tasks, side by side in processes (CPU) or threads (GPU), or one
+    after another in this process."""
     for run in plan:
         if run.ended:
             log(f"=== {run.label}: {run.saved.status.value} run found in {run.folder}, reusing it")  # type: ignore[union-attr]
     todo = [Job(run.label, run.config, run.folder, force=run.saved is None or run.saved.status is Status.OTHER)
             for run in plan if not run.ended]
+    if ray is not None:
+        if todo:
+            run_on_ray(ray, todo, data, log, threads or 1, todo[0].config.device, jobs)
+        return
+    assert jobs is not None
     if jobs > 1 and len(todo) > 1 and device.type == "cuda":
         log(f"training {len(todo)} runs on the GPU, {min(jobs, len(todo))} at a time, each on its own CUDA stream")
         run_on_streams(todo, jobs, data, device, log)

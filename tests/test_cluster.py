@@ -1,0 +1,102 @@
+"""The Ray backend on a local Ray instance of this machine (never another address): same runs as the local pool,
+a worker killed mid-run retried, and the errors a user can make."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, quiet, without_seconds
+
+from normlab.config import TrainConfig
+from normlab.errors import UserError
+from normlab.study import run_study
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+BASE = TrainConfig(epochs=2, train_limit=1000, test_limit=500, threads=1)
+TINY = ["--epochs", "2", "--train-limit", "1000", "--test-limit", "500"]
+
+
+def metrics(out: Path, variant: str) -> list[dict[str, float]]:
+    return without_seconds(json.loads((out / variant / "b128" / "seed0" / "metrics.json").read_text()))
+
+
+def test_ray_and_the_local_pool_write_the_same_runs(tmp_path, mnist):
+    lines: list[str] = []
+    on_ray = run_study(tmp_path / "ray", ["bn", "ln"], [0], BASE, progress=False, log=lines.append, backend="ray")
+    local = run_study(tmp_path / "local", ["bn", "ln"], [0], BASE, progress=False, log=quiet, jobs=2)
+    for variant in ("bn", "ln"):
+        assert metrics(tmp_path / "ray", variant) == metrics(tmp_path / "local", variant)
+        assert (tmp_path / "ray" / variant / "b128" / "seed0" / "model.pt").is_file()
+    assert on_ray["backend"] == "ray" and local["backend"] == "local"
+    assert "ray: 2 done, 0 running, 0 waiting" in lines
+    assert any(line.startswith("[ln, batch 128, seed 0]     2 ") for line in lines)  # the epoch lines come back
+    again: list[str] = []
+    run_study(tmp_path / "ray", ["bn", "ln"], [0], BASE, progress=False, log=again.append, backend="ray")
+    assert sum("reusing it" in line for line in again) == 2 and not any(line.startswith("ray:") for line in again)
+
+
+def ray_workers_running(name: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(f"ray::{name}".encode()):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker in /proc")
+def test_a_worker_killed_mid_run_is_retried_and_the_study_completes(tmp_path):
+    out = tmp_path / "s"
+    command = [sys.executable, "-m", "normlab", "study", "--backend", "ray", "--variants", "gn", "ln", "--seeds", "0",
+               "--epochs", "8", "--train-limit", "2000", "--test-limit", "200", "--threads", "1", "--no-progress",
+               "--out", str(out)]
+    study = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, killed = time.time() + 120, None
+    while killed is None and time.time() < deadline and study.poll() is None:
+        workers = ray_workers_running("train_task")
+        if workers:
+            time.sleep(1.0)  # into the run
+            killed = workers[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    output, _ = study.communicate(timeout=300)
+    assert killed is not None, output
+    assert study.returncode == 0, output
+    for variant in ("gn", "ln"):
+        rows = json.loads((out / variant / "b128" / "seed0" / "metrics.json").read_text())
+        assert [r["epoch"] for r in rows] == list(range(1, 9))
+    run_study(tmp_path / "local", ["gn", "ln"], [0], TrainConfig(epochs=8, train_limit=2000, test_limit=200,
+                                                               threads=1), progress=False, log=quiet)
+    for variant in ("gn", "ln"):
+        assert metrics(out, variant) == metrics(tmp_path / "local", variant)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "normlab", "study", *args, *TINY, "--out", str(tmp_path / "s")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    unknown = run("--backend", "spark")
+    assert unknown.returncode == 2 and unknown.stderr.strip().splitlines() == [
+        "normlab: error: --backend spark: unknown backend; choose local or ray"]
+    nobody = run("--backend", "ray", "--address", "127.0.0.1:1")  # this machine, a port where nothing listens
+    assert nobody.returncode == 2 and nobody.stderr.strip().splitlines()[-1].startswith(
+        "normlab: error: --address 127.0.0.1:1: nothing answers there")
+    stray = run("--address", "auto")
+    assert stray.returncode == 2 and "--address auto: is for --backend ray only" in stray.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_missing_ray_is_one_error_with_the_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
+    with pytest.raises(UserError, match=r"ray needs the ray package; install it with pip install 'normlab\[ray\]'"):
+        run_study(tmp_path / "s", ["ln"], [0], BASE, progress=False, log=quiet, backend="ray")
+    assert not (tmp_path / "s").exists()
