@@ -15,7 +15,7 @@ def test_the_two_setup_commands_come_first():
     assert len(lines) <= 250
     first_screen = "\n".join(lines[:40])
     assert "```bash\npip install -e . && normlab study\n```" in first_screen
-    assert '```bash\npip install -e ".[test]" && ruff check . && pytest\n```' in first_screen
+    assert '```bash\npip install -e ".[test,ray]" && ruff check . && pytest\n```' in first_screen
     assert lines.index("## Results") < 60
 
 
@@ -34,6 +34,14 @@ def test_the_results_are_the_committed_study_reports(study):
     assert table in README
     for line in report[report.index("## Findings"):report.index("## Graph 1")].splitlines()[1:]:
         assert line in README
+
+
+@pytest.mark.parametrize("study", ["batch_mnist", "batch_fashion"])
+def test_the_batch_size_tables_are_the_committed_sweeps(study):
+    report = (ROOT / "docs" / study / "report.md").read_text()
+    start = report.index("| test error (%) at images per BN group")
+    table = report[start:report.index("\n\n", start)]
+    assert table in README
 
 
 def test_every_link_into_the_repository_exists():

@@ -59,11 +59,11 @@ def test_batch_sizes_get_a_table_in_the_papers_layout_and_a_finding_each():
     assert header == ["test error (%) at batch size", "128", "2"]
     assert table[0][0] == "gn" and table[1][:2] == ["bn", "0.60 ± 0.05"] and table[1][2].startswith("2.00 ± 0.0")
     text = findings(rows, r)
-    assert any(t.startswith("bn: test error 0.60% at batch size 128, 2.00% at 2; paired over 3 seeds the change is "
-                            "+1.40 points") and t.endswith("the batch size matters.") for t in text)
-    assert any(t.startswith("gn: test error 0.60% at batch size 128, 0.62% at 2") and t.endswith("within noise.")
-               for t in text)
-    assert "Below 99.4% at the last epoch (mean): gn (batch 2), bn (batch 2)." in text
+    assert any(t.startswith("bn: test error 0.60% at batch size 128, 2.00% at batch size 2; paired over 3 seeds the "
+                            "change is +1.40 points") and t.endswith("the batch size matters.") for t in text)
+    assert any(t.startswith("gn: test error 0.60% at batch size 128, 0.62% at batch size 2") and
+               t.endswith("within noise.") for t in text)
+    assert "Below 99.4% at the last epoch (mean): gn (at batch size 2), bn (at batch size 2)." in text
     assert results_table(rows, r)[0][4:6] == ["batch", "lr"]
 
 

@@ -190,5 +190,6 @@ def test_a_ghost_axis_groups_batch_norm_only_and_trains_the_others_once(tmp_path
     assert sorted(p.name for p in out.glob("*/*")) == ["b64", "b64", "b64-bn8"]
     report = (out / "report.md").read_text()
     assert "| test error (%) at images per BN group | 64 | 8 |" in report and "Ghost batch norm" in report
+    assert "ln has no batch statistics: ghost batch norm does not touch it" in report
     alone = train(TrainConfig(**{**BASE.to_dict(), "bn_batch": 8}), data=mnist, progress=False, log=quiet)
     assert without_seconds(alone.metrics) == without_seconds(runs["bn", 8, 0]["metrics"])

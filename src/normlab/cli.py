@@ -239,8 +239,8 @@ def build_parser() -> Parser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed and variant (default: 0)")
     add_train_args(p, study=True)
     p.add_argument("--jobs", type=int, default=None,
-                   help="runs trained at once: processes on a CPU (default: one per core), threads with a CUDA "
-                        "stream each on a GPU (default: 3)")
+                   help="runs trained at once, as threads of one process (default: one per CPU core plus one, "
+                        "so that no core idles; 3 on a GPU, each on its own CUDA stream)")
     p.add_argument("--backend", default="local",
                    help="where the runs train: local (this machine's cores or GPU) or ray (a Ray cluster; "
                         "pip install 'normlab[ray]')")

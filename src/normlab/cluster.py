@@ -45,7 +45,7 @@ def connect(address: str | None) -> Any:
         check_reachable(address)  # ray.init would wait minutes on an address where nothing answers
     try:  # address "local" always starts a new instance: never a cluster found through RAY_ADDRESS
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
+                 logging_level="ERROR")
     except (ConnectionError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot join a Ray cluster there ({first}); start one with `ray start --head` or leave "

@@ -87,7 +87,7 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
         if not ranked:
             continue
         top = ranked[0]
-        at = f" at batch size {batch}" if len(results["batch_sizes"]) > 1 else ""
+        at = f" {size_text(results, batch)}" if len(results["batch_sizes"]) > 1 else ""
         what = f"mean final test accuracy over {top['seeds']} seeds" if top["seeds"] > 1 else "final test accuracy"
         out.append(f"{top['variant']} ends best{at}: {top['final'].mean:.2f}% {what} after {top['epochs']} epochs.")
         out += [comparison(results, top, other) for other in ranked[1:]]
@@ -109,19 +109,30 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
 
 
 def name_of(row: dict[str, Any], results: dict[str, Any]) -> str:
-    return row["variant"] + (f" (batch {row['batch_size']})" if len(results["batch_sizes"]) > 1 else "")
+    return row["variant"] + (f" ({size_text(results, row['batch_size'])})" if len(results["batch_sizes"]) > 1 else "")
+
+
+def size_text(results: dict[str, Any], size: int) -> str:
+    """A point of the batch-size axis in words: the SGD batch, or (ghost) batch norm's group."""
+    return f"at {size} images per BN group" if results.get("ghost") else f"at batch size {size}"
 
 
 def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
     """Per variant: how its test error changes from the largest batch size to the smallest, paired over seeds."""
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
     out = []
+    norms = {r["variant"]: r["norm"] for r in finished_runs(results)}
     for variant in results["variants"]:
+        if results.get("ghost") and norms.get(variant) != "batch":
+            out.append(f"{variant} has no batch statistics: ghost batch norm does not touch it, and its runs stand "
+                       "at every size.")
+            continue
         diff = paired_difference(final_accs(results, variant, large), final_accs(results, variant, small))
         if diff.n == 0:
             continue
         err = {b: 100 - statistics.fmean(final_accs(results, variant, b).values()) for b in (large, small)}
-        sentence = (f"{variant}: test error {err[large]:.2f}% at batch size {large}, {err[small]:.2f}% at {small}")
+        sentence = (f"{variant}: test error {err[large]:.2f}% {size_text(results, large)}, {err[small]:.2f}% "
+                    f"{size_text(results, small)}")
         if diff.n < 2:
             out.append(sentence + " (one seed: no claim).")
         elif diff.excludes_zero():

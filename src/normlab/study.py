@@ -9,8 +9,8 @@ told otherwise the learning rate scales linearly with the batch size, from the b
 batch size (as the GroupNorm paper did). The same command
 again resumes: a run that ended there with these settings is read back, an unfinished one continues from
 its checkpoint, and only the rest is trained. Every run folder is checked before any run trains; one
-that holds work made with other settings is replaced only with ``force``. On the CPU the runs train
-side by side (normlab.jobs), each on max(1, cores // jobs) threads, which its config.json records.
+that holds work made with other settings is replaced only with ``force``. The runs train side by side
+(normlab.jobs), on a CPU each on max(1, cores // jobs) torch threads, which its config.json records.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from normlab.config import TARGET_ACC, VARIANTS, TrainConfig, Variant, parse_var
 from normlab.data import Dataset, load_dataset
 from normlab.errors import UserError
 from normlab.files import FolderLock, check_folder, prepare_folder, write_atomic
-from normlab.jobs import Job, default_jobs, run_on_streams, run_side_by_side
+from normlab.jobs import Job, default_jobs, run_in_threads
 from normlab.machine import cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
 from normlab.plots import batch_size_figure, metric_figure
@@ -81,7 +81,7 @@ def run_study(
     ``ghost``: the batch sizes are batch norm's images per statistics group (the GroupNorm paper's images per
     GPU), every run stepping SGD on ``base.batch_size`` images at ``base.lr``; a norm without batch
     statistics trains once and stands at every batch size.
-    ``jobs``: runs trained at once: processes on a CPU, threads on a GPU (None: normlab.jobs.default_jobs); with
+    ``jobs``: runs trained at once, as threads (None: normlab.jobs.default_jobs); with
     ``backend`` "ray", tasks in flight on the Ray cluster at ``address`` (None: a local instance; normlab.cluster),
     each of ``base.threads`` CPUs (None: 1).
     ``force``: retrain runs in ``out`` made with other settings, or whose files cannot be read.
@@ -177,8 +177,7 @@ def check_conflicts(out: Path, plan: list[PlannedRun], force: bool) -> None:
 
 def train_runs(plan: list[PlannedRun], data: Dataset, device: torch.device, jobs: int | None, threads: int | None,
                progress: bool, log: Callable[[str], None], ray: Any = None) -> None:
-    """Train every run that has not ended: as Ray tasks, side by side in processes (CPU) or threads (GPU), or one
-    after another in this process."""
+    """Train every run that has not ended: as Ray tasks, side by side in threads, or one after another."""
     for run in plan:
         if run.ended:
             log(f"=== {run.label}: {run.saved.status.value} run found in {run.folder}, reusing it")  # type: ignore[union-attr]
@@ -189,13 +188,10 @@ def train_runs(plan: list[PlannedRun], data: Dataset, device: torch.device, jobs
             run_on_ray(ray, todo, data, log, threads or 1, todo[0].config.device, jobs)
         return
     assert jobs is not None
-    if jobs > 1 and len(todo) > 1 and device.type == "cuda":
-        log(f"training {len(todo)} runs on the GPU, {min(jobs, len(todo))} at a time, each on its own CUDA stream")
-        run_on_streams(todo, jobs, data, device, log)
-        return
     if jobs > 1 and len(todo) > 1:
-        log(f"training {len(todo)} runs, {min(jobs, len(todo))} at a time, {threads} thread(s) each")
-        run_side_by_side(todo, jobs, log)
+        where = "each on its own CUDA stream" if device.type == "cuda" else f"{threads} torch thread(s) each"
+        log(f"training {len(todo)} runs, {min(jobs, len(todo))} at a time, {where}")
+        run_in_threads(todo, jobs, data, device, log)
         return
     for job in todo:
         log(f"\n{job.heading}")

@@ -11,6 +11,7 @@ resumes from its last finished epoch and ends exactly as an uninterrupted run do
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ from normlab.augment import Affine
 from normlab.checkpoint import restore_training_state, training_state
 from normlab.config import TrainConfig
 from normlab.data import Dataset, DatasetInfo, load_dataset
+from normlab.errors import Interrupted
 from normlab.graphed import GraphedEpochs, Losses
 from normlab.machine import check_compiler, cpu_cores, environment, resolve_device
 from normlab.model import Net, count_parameters
@@ -51,11 +53,13 @@ class RunResult:
 
 
 def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = None, progress: bool = True,
-          log: Callable[[str], None] = print, force: bool = False, resume: bool = False) -> RunResult:
+          log: Callable[[str], None] = print, force: bool = False, resume: bool = False,
+          stop: threading.Event | None = None) -> RunResult:
     """Train one model as ``config`` says; with ``out``, write its run folder as the epochs finish.
 
     ``resume`` continues the run in ``out`` from its checkpoint (or reads back a run that ended there);
     ``force`` replaces what ``out`` holds. Nothing is written before every input has been checked.
+    ``stop``, once set, raises Interrupted at the next step: how a run in a thread is told of a signal.
     """
     device = resolve_device(config.device)
     if config.compile:
@@ -99,9 +103,11 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
             start, lr = time.perf_counter(), schedule.get_last_lr()[0]
             model.train()
             if graphed is not None:
+                check_stop(stop)
                 train_loss, train_acc, bad_step = graphed.run_epoch(generator)
             else:
-                batches = progress_bar(range(config.steps_per_epoch), f"epoch {epoch}/{config.epochs}", progress)
+                batches = progress_bar(stoppable(range(config.steps_per_epoch), stop), f"epoch {epoch}/{config.epochs}",
+                                       progress)
                 train_loss, train_acc, bad_step = train_epoch(step, train_x, train_y, config.batch_size, batches,
                                                               augment, generator)
             if bad_step is not None:
@@ -213,9 +219,21 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, info: DatasetInfo
     return loss_sum.item() / len(images), (correct.float() / len(images)).item() * 100
 
 
-def progress_bar(steps: range, description: str, show: bool) -> Iterable[int]:
+def check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise Interrupted(signal.SIGTERM)
+
+
+def stoppable(steps: Iterable[int], stop: threading.Event | None) -> Iterable[int]:
+    for step in steps:
+        check_stop(stop)
+        yield step
+
+
+def progress_bar(steps: Iterable[int], description: str, show: bool) -> Iterable[int]:
     if not show:
         return steps
     from tqdm import tqdm
 
-    return tqdm(steps, desc=description, leave=False, unit="batch", file=sys.stderr)
+    return tqdm(steps, desc=description, leave=False, unit="batch", file=sys.stderr,
+                total=len(steps) if hasattr(steps, "__len__") else None)

@@ -1,0 +1,59 @@
+"""How a study's runs should share a CPU: the standard study's 3 runs (shortened) under each scheduler.
+
+    python benchmarks/schedule.py                 # 3 runs × 3 epochs of 60k images, each way once
+    python benchmarks/schedule.py --epochs 1 --train-limit 5000   # a quick check
+
+Ways: 2 threads at a time (one per core; the third run starts when the first ends) and 3 at once (one per
+core plus one, normlab's default), through normlab.jobs.run_in_threads. Every run has one torch thread,
+so each way computes the same metrics; what differs is the wall time. (Processes, normlab's scheduler
+before: 2 at a time 56.7 s, 3 at once 48.2 s, against 43.9 s for 3 threads; docs/performance.md.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--way", choices=["threads2", "threads3"], help="one way only (a child)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    import subprocess
+
+    if args.way is None:
+        for way in ("threads2", "threads3"):
+            command = [sys.executable, __file__, "--way", way, "--epochs", str(args.epochs)]
+            if args.train_limit:
+                command += ["--train-limit", str(args.train_limit)]
+            subprocess.run(command, check=True)
+        return
+
+    import torch
+
+    from normlab.config import VARIANTS, TrainConfig, parse_variant
+    from normlab.data import load_dataset
+    from normlab.jobs import Job, run_in_threads
+
+    data = load_dataset()
+    base = TrainConfig(epochs=args.epochs, train_limit=args.train_limit, threads=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [Job(v, parse_variant(v).config(base, 0), Path(tmp) / v) for v in VARIANTS]
+        start = time.perf_counter()
+        run_in_threads(jobs, int(args.way[-1]), data, torch.device("cpu"), lambda _: None)
+        wall = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{args.way}: {wall:.1f} s for 3 runs × {args.epochs} epochs; peak RSS {rss / 1024:.0f} MB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
