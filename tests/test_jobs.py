@@ -77,3 +77,22 @@ def lock_free_within(folder: Path, seconds: float) -> bool:
             if time.time() > deadline:
                 return False
             time.sleep(0.05)
+
+
+def test_a_crash_in_one_thread_stops_the_others_and_reaches_the_caller(tmp_path, mnist, monkeypatch):
+    """A full disk in one run (an OSError, which the CLI turns into one line) stops every run at its next step."""
+    import normlab.runs
+
+    real = normlab.runs.RunFolder.save_epoch
+
+    def full_disk_for_gn(self, metrics, state):
+        if "gn" in str(self.path):
+            raise OSError(28, "No space left on device", str(self.path))
+        real(self, metrics, state)
+
+    monkeypatch.setattr(normlab.runs.RunFolder, "save_epoch", full_disk_for_gn)
+    jobs = [Job("gn", quick(norm="group", epochs=3), tmp_path / "gn"),
+            Job("ln", quick(norm="layer", epochs=30), tmp_path / "ln")]
+    with pytest.raises(OSError, match="No space left"):
+        run_in_threads(jobs, 2, mnist, torch.device("cpu"), quiet)
+    assert not (tmp_path / "ln" / "model.pt").exists()  # stopped, not trained to the end

@@ -61,7 +61,7 @@ def test_graphs_hold_one_line_per_variant(study, tmp_path):
 
 
 def test_a_run_of_the_study_equals_the_same_run_trained_alone(study, mnist):
-    """Runs trained side by side in other processes are the runs ``train`` gives for their recorded config."""
+    """Runs trained side by side in threads are the runs ``train`` gives for their recorded config."""
     out, results, logs = study
     run = results["runs"][-1]
     config = TrainConfig.load(out / run["variant"] / "b64" / f"seed{run['seed']}" / "config.json")

@@ -59,10 +59,12 @@ def run_in_threads(jobs: list[Job], threads: int, data: Dataset, device: torch.d
     """Train ``jobs`` as threads of this process, at most ``threads`` at once; on a GPU each on its own CUDA
     stream, so that the small kernels of several runs overlap.
 
-    Raises UserError, once every other job has ended, when a job stopped on one. On SIGINT/SIGTERM every
-    run stops at its next step, keeping its last finished epoch, and Interrupted goes on to the caller.
+    Raises UserError, once every other job has ended, when a job stopped on one; any other exception stops
+    every run at its next step and goes on to the caller. On SIGINT/SIGTERM every run stops at its next
+    step, keeping its last finished epoch, and Interrupted goes on to the caller.
     """
     todo, errors, lock, stop = list(jobs), [], threading.Lock(), threading.Event()
+    crashes: list[Exception] = []  # anything else (a full disk, a bug) goes on to the caller as it is
 
     def work() -> None:
         with torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else contextlib.nullcontext():
@@ -79,6 +81,10 @@ def run_in_threads(jobs: list[Job], threads: int, data: Dataset, device: torch.d
                     errors.append(f"{job.label}: {e}")
                 except Interrupted:
                     return
+                except Exception as e:
+                    crashes.append(e)
+                    stop.set()
+                    return
 
     workers = [threading.Thread(target=work, daemon=True) for _ in range(min(threads, len(jobs)))]
     for worker in workers:
@@ -92,5 +98,7 @@ def run_in_threads(jobs: list[Job], threads: int, data: Dataset, device: torch.d
         for worker in workers:
             worker.join()
         raise
+    if crashes:
+        raise crashes[0]
     if errors:
         raise UserError("; ".join(errors))

@@ -76,7 +76,7 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
             model = (folder.finished.model or config.model()).to(device)
             return RunResult(config, model, count_parameters(model), folder.finished.metrics, folder.finished.failure)
 
-        with INIT_LOCK:  # runs in threads (normlab.jobs.run_on_streams) share torch's global RNG
+        with INIT_LOCK:  # runs in threads (normlab.jobs.run_in_threads) share torch's global RNG
             torch.manual_seed(config.seed)  # the weights' initialisation and dropout
             model = config.model().to(device)
         generator = torch.Generator(device=device).manual_seed(config.seed)  # data order and augmentation
