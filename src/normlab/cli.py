@@ -177,7 +177,8 @@ def cmd_study(args: argparse.Namespace) -> None:
                             lr_scaling=args.lr is None, ghost=args.ghost, backend=args.backend,
                             address=args.address)
     except Interrupted as e:
-        e.saved = f"finished runs, and the finished epochs of the others, are kept in {out}"
+        e.saved = (f"finished runs are kept in {out}" if args.backend == "ray" else
+                   f"finished runs, and the finished epochs of the others, are kept in {out}")
         raise
     failed = [f"{r['variant']} seed {r['seed']}" for r in results["runs"] if r["failed"]]
     if failed:

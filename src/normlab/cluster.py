@@ -14,8 +14,10 @@ unfinished one starts again from the last checkpoint the driver holds).
 
 from __future__ import annotations
 
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +115,11 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
     from ray.util.queue import Queue
 
     in_flight: dict[Any, Job] = {}
+    stop: list[int] = []  # signals received: inside Ray's calls an exception from a handler turns into SystemError
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, lambda signum, _: stop.append(signum))
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         messages = Queue(actor_options={"num_cpus": 0})  # the runs' log lines; an actor holding no CPU
         resources = ray.cluster_resources()
@@ -123,7 +130,7 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
         waiting, running, errors, done = list(jobs), set(), [], 0
         log(f"ray: {len(jobs)} runs on {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; each run "
             f"asks for {cpus} CPU(s)" + (f" and 1/{GPU_RUNS_AT_ONCE} GPU" if gpu else ""))
-        while waiting or in_flight:
+        while (waiting or in_flight) and not stop:
             while waiting and (at_once is None or len(in_flight) < at_once):
                 job = waiting.pop(0)
                 in_flight[task.remote(job, files_to_send(job), data_ref, messages)] = job
@@ -150,9 +157,12 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
                 queued = len(jobs) - done - len(errors) - len(running)
                 log(f"ray: {done} done, {len(running)} running, {queued} waiting" +
                     (f", {len(errors)} failed" if errors else ""))
-    except (Interrupted, KeyboardInterrupt):
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stop:  # the runs in flight stop; finished ones are in their folders, and the same command resumes
         for ref in in_flight:
             ray.cancel(ref, force=True)
-        raise
+        raise Interrupted(stop[0])
     if errors:
         raise UserError("; ".join(errors))
