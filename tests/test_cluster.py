@@ -41,6 +41,13 @@ def test_ray_and_the_local_pool_write_the_same_runs(tmp_path, mnist):
     assert sum("reusing it" in line for line in again) == 2 and not any(line.startswith("ray:") for line in again)
 
 
+def ray_study(out: Path, epochs: int) -> list[str]:
+    """The command line of a small study of gn and ln on a local Ray instance."""
+    return [sys.executable, "-m", "normlab", "study", "--backend", "ray", "--variants", "gn", "ln", "--seeds", "0",
+            "--epochs", str(epochs), "--train-limit", "2000", "--test-limit", "200", "--threads", "1", "--no-progress",
+            "--out", str(out)]
+
+
 def ray_workers_running(name: str) -> list[int]:
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -55,9 +62,7 @@ def ray_workers_running(name: str) -> list[int]:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker in /proc")
 def test_a_worker_killed_mid_run_is_retried_and_the_study_completes(tmp_path):
     out = tmp_path / "s"
-    command = [sys.executable, "-m", "normlab", "study", "--backend", "ray", "--variants", "gn", "ln", "--seeds", "0",
-               "--epochs", "8", "--train-limit", "2000", "--test-limit", "200", "--threads", "1", "--no-progress",
-               "--out", str(out)]
+    command = ray_study(out, epochs=8)
     study = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline, killed = time.time() + 120, None
     while killed is None and time.time() < deadline and study.poll() is None:
@@ -81,9 +86,7 @@ def test_a_worker_killed_mid_run_is_retried_and_the_study_completes(tmp_path):
 
 def test_ctrl_c_stops_a_ray_study_cleanly_and_the_same_command_finishes_it(tmp_path):
     out = tmp_path / "s"
-    command = [sys.executable, "-m", "normlab", "study", "--backend", "ray", "--variants", "gn", "ln", "--seeds", "0",
-               "--epochs", "6", "--train-limit", "2000", "--test-limit", "200", "--threads", "1", "--no-progress",
-               "--out", str(out)]
+    command = ray_study(out, epochs=6)
     study = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in study.stdout:  # type: ignore[union-attr]
         if line.startswith("[") and line.split("]")[1].split()[:1] == ["1"]:  # some run finished its first epoch

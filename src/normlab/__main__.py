@@ -1,7 +1,5 @@
 """``python -m normlab`` is the ``normlab`` command."""
 
-import sys
+from normlab.cli import entry
 
-from normlab.cli import main
-
-sys.exit(main())
+entry()

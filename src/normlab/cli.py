@@ -12,8 +12,10 @@ Errors below this module name settings by their config names; here they become f
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -267,6 +269,21 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     return _run(build_parser, argv, None)
+
+
+def entry() -> None:
+    """The ``normlab`` command. A study stopped by a signal leaves no run training (each stopped at its next
+    step), but PyTorch's teardown at exit can still abort (SIGABRT, "terminate called without an active
+    exception") after threads trained in it: such an exit skips the teardown, with its output flushed."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def exercise_main(argv: list[str] | None = None) -> int:
