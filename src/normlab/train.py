@@ -87,11 +87,11 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
         if folder.resume_state is not None:
             result.metrics = restore_training_state(folder.resume_state, model, optimizer, schedule, generator)
             log(f"normlab train: resuming {out} after epoch {len(result.metrics)}")
-        graphed = None
         if device.type == "cuda" and config.cuda_graph and not config.compile:
             graphed = GraphedEpochs(model, optimizer, schedule, lambda params: sgd_one_cycle(params, config)[1],
                                     losses, config, train_x, train_y, augment, capture=True)
-        step = sgd_step(losses, optimizer, schedule)
+        else:
+            graphed, step = None, sgd_step(losses, optimizer, schedule)
         folder.start(result.parameters, environment(device, data.source, info.md5))
         groups = f" groups={config.groups}" if config.norm == "group" else ""
         log(f"normlab train: {info.name} norm={config.norm}{groups} l1={config.l1:g} params={result.parameters} "
@@ -106,8 +106,8 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
                 check_stop(stop)
                 train_loss, train_acc, bad_step = graphed.run_epoch(generator)
             else:
-                batches = progress_bar(stoppable(range(config.steps_per_epoch), stop), f"epoch {epoch}/{config.epochs}",
-                                       progress)
+                batches = stoppable(progress_bar(range(config.steps_per_epoch), f"epoch {epoch}/{config.epochs}",
+                                                 progress), stop)
                 train_loss, train_acc, bad_step = train_epoch(step, train_x, train_y, config.batch_size, batches,
                                                               augment, generator)
             if bad_step is not None:
@@ -230,10 +230,9 @@ def stoppable(steps: Iterable[int], stop: threading.Event | None) -> Iterable[in
         yield step
 
 
-def progress_bar(steps: Iterable[int], description: str, show: bool) -> Iterable[int]:
+def progress_bar(steps: range, description: str, show: bool) -> Iterable[int]:
     if not show:
         return steps
     from tqdm import tqdm
 
-    return tqdm(steps, desc=description, leave=False, unit="batch", file=sys.stderr,
-                total=len(steps) if hasattr(steps, "__len__") else None)
+    return tqdm(steps, desc=description, leave=False, unit="batch", file=sys.stderr)
