@@ -15,6 +15,17 @@ def setup(config, images):
     return model, optimizer, schedule, loss_function(model, config, DATASETS["mnist"])
 
 
+@pytest.fixture
+def two_threads():
+    """torch's thread count decides how sums split into chunks, hence their rounding: fixed, so that the
+    comparison below does not depend on which test ran before."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("two_threads")
 @pytest.mark.parametrize("values", [{"norm": "batch", "l1": 1e-3}, {"norm": "group", "momentum": 0.0},
                                     {"norm": "layer", "weight_decay": 1e-3, "batch_size": 48}])
 def test_the_device_driven_step_trains_as_torch_sgd_and_one_cycle_do(mnist, values):
