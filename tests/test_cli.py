@@ -72,6 +72,24 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--lrs", "0.1", "0.2"], "--lrs 0.1 0.2: choosing among learning rates needs validation images, never the test "
+                              "set: add --val-size N"),
+    (["--lrs", "0", "--val-size", "100"], "--lrs 0.0: 0.0 is not a positive finite number"),
+    (["--lrs", "0.1", "-0.2", "--val-size", "100"], "--lrs 0.1 -0.2: -0.2 is not a positive finite number"),
+    (["--lrs", "0.1", "nan", "--val-size", "100"], "--lrs 0.1 nan: nan is not a positive finite number"),
+    (["--lrs", "0.1", "0.1", "--val-size", "100"], "--lrs 0.1 0.1: a value is given twice; give each once"),
+    (["--lrs", "0.1", "0.2", "--lr", "0.1", "--val-size", "100"], "--lr sets one rate for every run, --lrs several"),
+    (["--tune-seeds", "0"], "--tune-seeds 0: they choose among --lrs"),
+    (["--batch-sizes", "8", "-2"], "--batch-sizes 8 -2: -2 is not a positive whole number"),
+])
+def test_bad_study_axes_are_one_line_exit_2_naming_the_flag_and_write_nothing(tmp_path, capsys, args, message):
+    assert main(["study", "--variants", "gn", "--out", str(tmp_path / "study"), *TINY, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "study").exists()
+
+
 def test_unwritable_or_foreign_out_is_refused_and_left_alone(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("keep me")

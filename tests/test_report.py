@@ -1,7 +1,16 @@
 """The report's tables and findings are computed from the numbers: unit tests on made-up results."""
 
 from normlab.config import TARGET_ACC as TARGETS
-from normlab.report import batch_table, failures, findings, results_table, summarize, to_markdown
+from normlab.report import (
+    batch_table,
+    chosen_lrs,
+    chosen_table,
+    failures,
+    findings,
+    results_table,
+    summarize,
+    to_markdown,
+)
 
 
 def run(variant, seed, acc, batch=128, seconds=100.0, **extra):
@@ -13,9 +22,59 @@ def run(variant, seed, acc, batch=128, seconds=100.0, **extra):
 TARGET_ACC = TARGETS["mnist"]
 
 
-def results(runs, batch_sizes=(128,), dataset="mnist"):
+def results(runs, batch_sizes=(128,), dataset="mnist", **extra):
     return {"variants": sorted({r["variant"] for r in runs}, reverse=True), "seeds": [0, 1, 2],
-            "batch_sizes": list(batch_sizes), "base_config": {"dataset": dataset}, "runs": runs}
+            "batch_sizes": list(batch_sizes), "base_config": {"dataset": dataset, "lr": 0.1, "batch_size": 128},
+            "lr_scaling": True, "runs": runs, **extra}
+
+
+def lr_study(cells, seeds=(0, 1, 2), **extra):
+    """(variant, lr) -> (validation accuracy, test accuracy), each seed a little off the mean."""
+    runs = [run(v, s, test + d, lr=lr, final_val_acc=val + d, test_acc_at_best_val=test + d)
+            for (v, lr), (val, test) in cells.items() for s, d in zip(seeds, (0.0, 0.03, -0.03, 0.01, -0.01),
+                                                                                 strict=False)]
+    return results(runs, lrs=sorted({lr for _, lr in cells}), **extra)
+
+
+def test_the_rate_follows_validation_even_where_the_test_set_disagrees():
+    # On validation gn is best at 0.2 and bn at 0.05; on the test set both are best at 0.4.
+    r = lr_study({("gn", 0.05): (99.1, 99.2), ("gn", 0.2): (99.5, 99.3), ("gn", 0.4): (99.2, 99.6),
+                  ("bn", 0.05): (99.4, 99.0), ("bn", 0.2): (99.3, 99.1), ("bn", 0.4): (99.0, 99.5)})
+    assert chosen_lrs(r) == {("gn", 128): 0.2, ("bn", 128): 0.05}
+    rows = summarize(r)
+    assert [(row["variant"], row["lr"]) for row in rows if row["chosen"]] == [("gn", 0.2), ("bn", 0.05)]
+    header, table = chosen_table(rows, r)
+    assert header[:3] == ["variant", "chosen lr", "val acc (mean ± std)"]
+    assert table == [["gn", "0.2", "99.50% ± 0.03", "99.30% ± 0.03", "99.23 to 99.37", "3"],
+                     ["bn", "0.05", "99.40% ± 0.03", "99.00% ± 0.03", "98.93 to 99.07", "3"]]
+    text = findings(rows, r)
+    assert text[0] == ("Learning rates chosen on validation (best mean validation accuracy at the last epoch): "
+                       "gn 0.2 (99.50%), bn 0.05 (99.40%).")
+    assert not any("all at lr" in t for t in text)  # the base rate 0.1 is not among these: no shared rate
+    assert text[1].startswith("gn ends best: 99.30%")  # at its chosen rate, not at its best test rate (99.60%)
+    assert text[2].startswith("bn ends 0.30 points lower (99.00%); gn − bn paired over 3 seeds: +0.30")
+    assert [row[5] for row in results_table(rows, r)[1]] == ["0.05", "0.2 (chosen)", "0.4", "0.05 (chosen)", "0.2",
+                                                           "0.4"]
+
+
+def test_the_ranking_at_one_shared_rate_is_set_beside_the_ranking_at_the_chosen_rates():
+    r = lr_study({("gn", 0.1): (99.3, 99.45), ("gn", 0.2): (99.5, 99.6), ("ln", 0.1): (99.4, 99.5),
+                  ("ln", 0.2): (99.35, 99.4)})
+    text = findings(summarize(r), r)
+    assert "By mean test accuracy, all at lr 0.1: ln, gn; each at its chosen rate: gn, ln: the ranking changes." in text
+
+
+def test_a_rate_with_a_failed_run_is_never_chosen_and_later_seeds_do_not_choose():
+    failed = {**run("gn", 2, 0.0, lr=0.4), "failed": {"reason": "NaN", "epoch": 1, "step": 3}}
+    runs = [run("gn", s, 99.0, lr=0.1, final_val_acc=99.0, test_acc_at_best_val=99.0) for s in range(3)]
+    runs += [run("gn", s, 99.0, lr=0.4, final_val_acc=99.9, test_acc_at_best_val=99.0) for s in range(2)] + [failed]
+    assert chosen_lrs(results(runs, lrs=[0.1, 0.4])) == {("gn", 128): 0.1}
+    # Seeds 0 and 1 choose 0.4; seed 2, trained at the chosen rate only, does not move the choice.
+    later = [run("gn", 2, 99.0, lr=0.4, final_val_acc=90.0, test_acc_at_best_val=99.0)]
+    tuned = results(runs[:5] + later, lrs=[0.1, 0.4], tune_seeds=[0, 1])
+    assert chosen_lrs(tuned) == {("gn", 128): 0.4}
+    row = next(r for r in summarize(tuned) if r["chosen"])
+    assert row["val"].n == 2 and row["val"].mean == 99.9 and row["final"].n == 3
 
 
 def test_a_difference_is_claimed_only_where_the_paired_seeds_support_it():

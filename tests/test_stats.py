@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from normlab.stats import interval, paired_difference, t_975
+from normlab.stats import choose_on_validation, interval, paired_difference, t_975
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (30, 2.042), (40, 2.021),
@@ -38,3 +38,10 @@ def test_pairing_uses_only_the_seeds_both_have_and_noise_is_no_difference():
     b = {0: 99.4, 1: 99.5, 2: 99.55}
     diff = paired_difference(a, b)
     assert diff.n == 3 and not diff.excludes_zero()
+
+
+def test_the_choice_on_validation_takes_the_best_mean_ties_to_the_smaller_and_never_a_failed_candidate():
+    assert choose_on_validation({0.05: [99.0, 99.2], 0.1: [99.3, 99.1], 0.2: [99.4, 98.9]}) == 0.1
+    assert choose_on_validation({0.2: [99.2, 99.0], 0.1: [99.1, 99.1]}) == 0.1  # equal means: the smaller rate
+    assert choose_on_validation({0.1: [98.0, 98.0], 0.4: [99.9, None]}) == 0.1  # 0.4 diverged on one seed
+    assert choose_on_validation({0.1: [None], 0.4: [None]}) is None

@@ -1,4 +1,5 @@
 import json
+import statistics
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from normlab.study import run_study
 from normlab.train import train
 
 BASE = TrainConfig(epochs=2, train_limit=1000, test_limit=500, batch_size=64)
+VAL = TrainConfig(epochs=1, train_limit=640, test_limit=200, batch_size=64, val_size=300)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +138,17 @@ def test_a_broken_file_in_a_finished_run_is_one_line_or_retrained_with_force(tmp
     ({"seeds": []}, "seeds : give one or more"),
     ({"jobs": 0}, "jobs 0: must be at least 1"),
     ({"batch_sizes": [8, 128], "ghost": True}, "batch_sizes 8 128: with ghost each is batch norm's images per group"),
+    ({"batch_sizes": [8, -2]}, "batch_sizes 8 -2: -2 is not a positive whole number"),
+    ({"lrs": [0.1, 0.2]}, "lrs 0.1 0.2: choosing among learning rates needs validation images, never the test set: "
+                          "add val_size"),
+    ({"lrs": [0.1, 0.0], "base": VAL}, "lrs 0.1 0.0: 0.0 is not a positive finite number"),
+    ({"lrs": [-0.1], "base": VAL}, "lrs -0.1: -0.1 is not a positive finite number"),
+    ({"lrs": [float("nan")], "base": VAL}, "lrs nan: nan is not a positive finite number"),
+    ({"lrs": [0.1, float("inf")], "base": VAL}, "lrs 0.1 inf: inf is not a positive finite number"),
+    ({"lrs": [0.1, 0.1], "base": VAL}, "lrs 0.1 0.1: a value is given twice"),
+    ({"lrs": [0.1, 0.2], "base": VAL, "tune_seeds": [0, 5]}, "tune_seeds 0 5: give one or more different seeds, each "
+                                                             "one of seeds"),
+    ({"tune_seeds": [0]}, "tune_seeds 0: they choose among lrs: give several rates, or drop it"),
 ])
 def test_bad_study_settings_are_refused_before_anything_is_written(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -170,7 +183,7 @@ def test_a_batch_size_axis_trains_each_size_with_the_scaled_lr_and_draws_graph_3
 
 
 def test_the_same_batch_size_twice_is_refused(tmp_path):
-    with pytest.raises(UserError, match="batch_sizes 8 8: give one or more different batch sizes"):
+    with pytest.raises(UserError, match="batch_sizes 8 8: a value is given twice; give each once"):
         run_study(tmp_path / "s", ["gn"], [0], BASE, batch_sizes=[8, 8])
 
 
@@ -193,3 +206,26 @@ def test_a_ghost_axis_groups_batch_norm_only_and_trains_the_others_once(tmp_path
     assert "ln has no batch statistics: ghost batch norm does not touch it" in report
     alone = train(TrainConfig(**{**BASE.to_dict(), "bn_batch": 8}), data=mnist, progress=False, log=quiet)
     assert without_seconds(alone.metrics) == without_seconds(runs["bn", 8, 0]["metrics"])
+
+
+def test_a_learning_rate_axis_reports_each_variant_at_the_rate_its_validation_chooses(tmp_path, mnist):
+    """Seeds 0 and 1 train at every rate and choose; seed 2 trains at each variant's chosen rate only. The choice is
+    checked against the validation accuracies in the run folders themselves."""
+    out = tmp_path / "s"
+    results = run_study(out, ["bn", "gn"], [0, 1, 2], VAL, progress=False, log=quiet, jobs=1, lrs=[0.02, 0.3],
+                        tune_seeds=[0, 1])
+    for variant in ("bn", "gn"):
+        val = {lr: statistics.fmean(json.loads((out / variant / f"b64-lr{lr}" / f"seed{s}" / "metrics.json")
+                                               .read_text())[-1]["val_acc"] for s in (0, 1)) for lr in (0.02, 0.3)}
+        best = max(val, key=lambda lr: (val[lr], -lr))
+        assert {"variant": variant, "batch_size": 64, "lr": best} in results["chosen_lrs"]
+        assert (out / variant / f"b64-lr{best}" / "seed2" / WEIGHTS).is_file()
+        assert not (out / variant / f"b64-lr{min(val, key=lambda lr: (val[lr], -lr))}" / "seed2").exists()
+    assert len(results["runs"]) == 10 and (out / "graph4_val_error_vs_lr.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "## Graph 4: validation error by learning rate" in report and "(chosen)" in report
+    assert "seeds 0, 1, which train at every rate" in report
+    logs = []
+    again = run_study(out, ["bn", "gn"], [0, 1, 2], VAL, progress=False, log=logs.append, jobs=1, lrs=[0.02, 0.3],
+                      tune_seeds=[0, 1])
+    assert sum("reusing" in line for line in logs) == 10 and again["chosen_lrs"] == results["chosen_lrs"]

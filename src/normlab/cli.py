@@ -96,6 +96,13 @@ def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bo
         p.add_argument("--lr", type=float, default=None,
                        help=f"peak learning rate of the one-cycle schedule for every run (default: {d.lr:g} at "
                             "--batch-size, scaled linearly with each run's batch size)")
+        p.add_argument("--lrs", type=float, nargs="+", default=None, metavar="LR",
+                       help="train every variant at each of these peak learning rates (at --batch-size, scaled "
+                            "linearly with --batch-sizes) and report each variant at the one its validation "
+                            "accuracy chooses; needs --val-size; Graph 4 shows the choice (default: one rate)")
+        p.add_argument("--tune-seeds", type=int, nargs="+", default=None, metavar="S",
+                       help="with --lrs: the seeds that choose the rate, trained at every rate; the rest of --seeds "
+                            "train at each variant's chosen rate only (default: all of --seeds)")
     else:
         p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--momentum", type=float, default=d.momentum,
@@ -173,9 +180,12 @@ def cmd_study(args: argparse.Namespace) -> None:
     from normlab.study import run_study
 
     out = Path(args.out)
+    if args.lr is not None and args.lrs is not None:
+        raise UserError("--lr sets one rate for every run, --lrs several to choose among: give one of them")
     try:
         results = run_study(out, args.variants, args.seeds, config_from_args(args), progress=args.progress,
-                            jobs=args.jobs, force=args.force, batch_sizes=args.batch_sizes,
+                            jobs=args.jobs, force=args.force, batch_sizes=args.batch_sizes, lrs=args.lrs,
+                            tune_seeds=args.tune_seeds,
                             lr_scaling=args.lr is None, ghost=args.ghost, backend=args.backend,
                             address=args.address)
     except Interrupted as e:

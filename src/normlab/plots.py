@@ -1,4 +1,5 @@
-"""Graph 1 (test loss), Graph 2 (test accuracy), Graph 3 (error by batch size), the misclassified grids.
+"""Graph 1 (test loss), Graph 2 (test accuracy), Graph 3 (error by batch size), Graph 4 (validation error by
+learning rate), the misclassified grids.
 
 Curves are the mean over seeds with a min–max band; every figure is returned as well as saved, so tests
 can check its contents rather than its pixels.
@@ -92,6 +93,40 @@ def batch_size_figure(errors: dict[str, dict[int, Interval]], path: Path, datase
     ax.set_title(f"Graph 3 — {dataset} test error by batch size (band: 95% CI over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return fig
+
+
+def lr_figure(rows: list[dict[str, Any]], path: Path, dataset: str, sizes: dict[int, str]) -> Figure:
+    """Graph 4: final validation error against learning rate (log axis), one line per variant with its 95 % band,
+    each variant's chosen rate starred; one panel per batch size (``sizes``: batch size -> its words)."""
+    fig, axes = plt.subplots(1, len(sizes), figsize=(7.5 * min(len(sizes), 2), 5), dpi=110, squeeze=False,
+                             sharey=True)
+    for ax, (batch, words) in zip(axes[0], sizes.items(), strict=True):
+        at_batch = [r for r in rows if r["batch_size"] == batch]
+        for color, variant in zip(COLORS, dict.fromkeys(r["variant"] for r in at_batch), strict=False):
+            line = sorted((r for r in at_batch if r["variant"] == variant), key=lambda r: r["lr"])
+            lrs, err = np.array([r["lr"] for r in line]), np.array([100 - r["val"].mean for r in line])
+            ax.plot(lrs, err, color=color, lw=2, marker="o", label=variant)
+            if all(r["val"].n > 1 for r in line):
+                half = np.array([r["val"].half_width for r in line])
+                ax.fill_between(lrs, err - half, err + half, color=color, alpha=0.18, lw=0)
+            for r in line:
+                if r["chosen"]:
+                    ax.scatter([r["lr"]], [100 - r["val"].mean], marker="*", s=220, color=color, edgecolor="black",
+                               zorder=3, label=f"{variant}: chosen lr {r['lr']:g}")
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({r["lr"] for r in at_batch}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.set_xlabel("peak learning rate (one-cycle)")
+        ax.set_title(words if len(sizes) > 1 else "", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("final validation error (%)")
+    fig.suptitle(f"Graph 4 — {dataset} validation error by learning rate (band: 95% CI over seeds; ★ chosen)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,20 +1,24 @@
 """results.json -> report.md and a self-contained report.html; the findings are computed from the numbers.
 
 Every table gives the mean ± std over seeds and a 95 % confidence interval; a finding claims a
-difference only where a paired comparison over seeds supports it (normlab.stats).
+difference only where a paired comparison over seeds supports it (normlab.stats). With several learning
+rates, each variant (at each batch size) is compared at the rate its validation accuracy chooses.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 from normlab.config import TARGET_ACC
 from normlab.files import write_atomic
-from normlab.stats import Interval, interval, paired_difference
+from normlab.stats import Interval, choose_on_validation, interval, paired_difference
+
+LR_GRAPH = "graph4_val_error_vs_lr.png"
 
 # Wu & He, Group Normalization (arXiv 1803.08494), Table 2: ResNet-50 ImageNet top-1 error (%) by images per GPU.
 GN_PAPER = {"images per GPU": (32, 16, 8, 4, 2), "BN": (23.6, 23.7, 24.8, 27.3, 34.7),
@@ -25,33 +29,63 @@ def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in results["runs"] if r.get("failed") is None]
 
 
-def final_accs(results: dict[str, Any], variant: str, batch: int) -> dict[int, float]:
-    """Seed -> final test accuracy of the finished runs of one variant at one batch size."""
+def final_accs(results: dict[str, Any], row: dict[str, Any]) -> dict[int, float]:
+    """Seed -> final test accuracy of the finished runs of one row: a variant at one batch size and rate."""
     return {r["seed"]: r["final_test_acc"] for r in finished_runs(results)
-            if r["variant"] == variant and r["batch_size"] == batch}
+            if (r["variant"], r["batch_size"], r["lr"]) == (row["variant"], row["batch_size"], row["lr"])}
+
+
+def chosen_lrs(results: dict[str, Any]) -> dict[tuple[str, int], float]:
+    """(variant, batch size) -> the learning rate it is reported at: its only one, or the one with the best mean
+    validation accuracy at the last epoch over the tuning seeds (ties to the smaller rate; never one with a
+    failed run)."""
+    candidates: dict[tuple[str, int], dict[float, list[float | None]]] = {}
+    for r in tuning_runs(results, results["runs"]):
+        acc = None if r.get("failed") else r.get("final_val_acc", math.nan)
+        candidates.setdefault((r["variant"], r["batch_size"]), {}).setdefault(r["lr"], []).append(acc)
+    chosen = {}
+    for key, rates in candidates.items():
+        lr = next(iter(rates)) if len(rates) == 1 else choose_on_validation(rates)
+        if lr is not None:
+            chosen[key] = lr
+    return chosen
+
+
+def tuning_runs(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of the seeds that choose the learning rate (every seed, unless the study names some)."""
+    seeds = set(results.get("tune_seeds") or results["seeds"])
+    return [r for r in runs if r["seed"] in seeds]
 
 
 def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per variant and batch size: the final test accuracy over seeds (an Interval), and means of the rest."""
-    rows = []
+    """Per variant, batch size and learning rate: the final test accuracy over seeds (an Interval), means of the
+    rest, and whether the rate is the one the variant is reported at (``chosen``)."""
+    rows, chosen = [], chosen_lrs(results)
     for batch in results["batch_sizes"]:
         for name in results["variants"]:
-            runs = [r for r in finished_runs(results) if r["variant"] == name and r["batch_size"] == batch]
-            if not runs:
-                continue  # every run of it failed: failures() says so
-            row = {
-                "variant": name, "norm": runs[0]["norm"], "regularization": runs[0]["regularization"],
-                "parameters": runs[0]["parameters"], "batch_size": batch, "lr": runs[0]["lr"], "seeds": len(runs),
-                "epochs": runs[0]["epochs"], "final": interval([r["final_test_acc"] for r in runs]),
-                "seconds": statistics.fmean(r["seconds"] for r in runs),
-                "train_loss": statistics.fmean(r["final_train_loss"] for r in runs),
-                "weight_l1": statistics.fmean(r["conv_weight_l1"] for r in runs),
-            }
-            if "final_val_acc" in runs[0]:
-                row["val"] = interval([r["final_val_acc"] for r in runs])
-                row["at_best_val"] = interval([r["test_acc_at_best_val"] for r in runs])
-            rows.append(row)
+            at_point = [r for r in finished_runs(results) if r["variant"] == name and r["batch_size"] == batch]
+            for lr in sorted({r["lr"] for r in at_point}):  # no row where every run failed: failures() says so
+                runs = [r for r in at_point if r["lr"] == lr]
+                row = summary_row(runs, name, batch, lr, chosen.get((name, batch)) == lr)
+                tuning = tuning_runs(results, runs)
+                if tuning and "final_val_acc" in tuning[0]:  # the validation accuracy that chose the rate
+                    row["val"] = interval([r["final_val_acc"] for r in tuning])
+                rows.append(row)
     return rows
+
+
+def summary_row(runs: list[dict[str, Any]], name: str, batch: int, lr: float, chosen: bool) -> dict[str, Any]:
+    row = {
+        "variant": name, "norm": runs[0]["norm"], "regularization": runs[0]["regularization"],
+        "parameters": runs[0]["parameters"], "batch_size": batch, "lr": lr, "chosen": chosen, "seeds": len(runs),
+        "epochs": runs[0]["epochs"], "final": interval([r["final_test_acc"] for r in runs]),
+        "seconds": statistics.fmean(r["seconds"] for r in runs),
+        "train_loss": statistics.fmean(r["final_train_loss"] for r in runs),
+        "weight_l1": statistics.fmean(r["conv_weight_l1"] for r in runs),
+    }
+    if "final_val_acc" in runs[0]:
+        row["at_best_val"] = interval([r["test_acc_at_best_val"] for r in runs])
+    return row
 
 
 def failures(results: dict[str, Any]) -> list[str]:
@@ -68,8 +102,7 @@ def comparison(results: dict[str, Any], better: dict[str, Any], other: dict[str,
     """One sentence: how far ``other`` ends below ``better``, and whether the seeds support a difference."""
     gap = better["final"].mean - other["final"].mean
     sentence = f"{other['variant']} ends {gap:.2f} points lower ({other['final'].mean:.2f}%)"
-    diff = paired_difference(final_accs(results, better["variant"], better["batch_size"]),
-                             final_accs(results, other["variant"], other["batch_size"]))
+    diff = paired_difference(final_accs(results, better), final_accs(results, other))
     if diff.n < 2:
         return sentence + "; one seed in common, so no claim either way."
     verdict = "a difference the seeds support" if diff.excludes_zero() else "within noise: the interval includes 0"
@@ -78,10 +111,12 @@ def comparison(results: dict[str, Any], better: dict[str, Any], other: dict[str,
 
 
 def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
-    """Sentences derived from the numbers, so they change when the numbers do."""
+    """Sentences derived from the numbers, so they change when the numbers do. Variants are compared each at
+    its chosen learning rate."""
+    every_rate, rows = rows, [r for r in rows if r["chosen"]]
     if not rows:
         return ["Every run failed: there is nothing to compare."]
-    out = []
+    out = lr_findings(every_rate, results) if len(results.get("lrs", [])) > 1 else []
     for batch in results["batch_sizes"]:
         ranked = sorted((r for r in rows if r["batch_size"] == batch), key=lambda r: r["final"].mean, reverse=True)
         if not ranked:
@@ -108,6 +143,36 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
     return out
 
 
+def lr_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    """Which rate validation chose for each variant, and whether the ranking at one shared rate survives it."""
+    out = []
+    for batch in results["batch_sizes"]:
+        chosen = [r for r in rows if r["chosen"] and r["batch_size"] == batch]
+        at = f" {size_text(results, batch)}" if len(results["batch_sizes"]) > 1 else ""
+        if chosen:
+            out.append(f"Learning rates chosen on validation{at} (best mean validation accuracy at the last epoch): "
+                       + ", ".join(f"{r['variant']} {r['lr']:g} ({r['val'].mean:.2f}%)" for r in chosen) + ".")
+        shared = shared_lr(results, batch)
+        common = {r["variant"]: r for r in rows if r["batch_size"] == batch and r["lr"] == shared}
+        if shared is None or len(chosen) < 2 or not {r["variant"] for r in chosen} <= common.keys():
+            continue
+        before = [r["variant"] for r in sorted(common.values(), key=lambda r: r["final"].mean, reverse=True)
+                  if r["variant"] in {c["variant"] for c in chosen}]
+        after = [r["variant"] for r in sorted(chosen, key=lambda r: r["final"].mean, reverse=True)]
+        verdict = "the same order" if before == after else f"{', '.join(after)}: the ranking changes"
+        out.append(f"By mean test accuracy{at}, all at lr {shared:g}: {', '.join(before)}; each at its chosen rate: "
+                   f"{verdict}.")
+    return out
+
+
+def shared_lr(results: dict[str, Any], batch: int) -> float | None:
+    """The study's base rate at one batch size, computed as the runs' rates are, if it is one of the study's."""
+    base = results["base_config"]
+    if base.get("lr") not in results.get("lrs", []):
+        return None
+    return base["lr"] * batch / base["batch_size"] if results.get("lr_scaling") else base["lr"]
+
+
 def name_of(row: dict[str, Any], results: dict[str, Any]) -> str:
     return row["variant"] + (f" ({size_text(results, row['batch_size'])})" if len(results["batch_sizes"]) > 1 else "")
 
@@ -120,6 +185,7 @@ def size_text(results: dict[str, Any], size: int) -> str:
 def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
     """Per variant: how its test error changes from the largest batch size to the smallest, paired over seeds."""
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
+    chosen = {(r["variant"], r["batch_size"]): r for r in rows}
     out = []
     norms = {r["variant"]: r["norm"] for r in finished_runs(results)}
     for variant in results["variants"]:
@@ -127,10 +193,13 @@ def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[
             out.append(f"{variant} has no batch statistics: ghost batch norm does not touch it, and its runs stand "
                        "at every size.")
             continue
-        diff = paired_difference(final_accs(results, variant, large), final_accs(results, variant, small))
+        if (variant, large) not in chosen or (variant, small) not in chosen:
+            continue
+        accs = {b: final_accs(results, chosen[variant, b]) for b in (large, small)}
+        diff = paired_difference(accs[large], accs[small])
         if diff.n == 0:
             continue
-        err = {b: 100 - statistics.fmean(final_accs(results, variant, b).values()) for b in (large, small)}
+        err = {b: 100 - statistics.fmean(accs[b].values()) for b in (large, small)}
         sentence = (f"{variant}: test error {err[large]:.2f}% {size_text(results, large)}, {err[small]:.2f}% "
                     f"{size_text(results, small)}")
         if diff.n < 2:
@@ -162,13 +231,16 @@ def ci(i: Interval) -> str:
 
 def results_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     many_batches, val = len(results["batch_sizes"]) > 1, any("val" in r for r in rows)
-    header = ["variant", "norm", "regularization", "params", *(["batch", "lr"] if many_batches else []),
+    many_rates = len(results.get("lrs", [])) > 1
+    header = ["variant", "norm", "regularization", "params",
+              *(["batch", "lr"] if many_batches or many_rates else []),
               "final test acc (mean ± std)", "95% CI",
               *(["final val acc", "test acc at best val epoch"] if val else []),
               "final train loss", "conv weights L1 norm", "seconds per run"]
     table = [[r["variant"], r["norm"], r["regularization"], f"{r['parameters']:,}",
-              *([str(r["batch_size"]), f"{r['lr']:g}"] if many_batches else []),
-              f"{r['final'].mean:.2f}%" + (f" ± {r['final'].std:.2f}" if r["final"].n > 1 else ""), ci(r["final"]),
+              *([str(r["batch_size"]), f"{r['lr']:g}" + (" (chosen)" if many_rates and r["chosen"] else "")]
+                if many_batches or many_rates else []),
+              mean_std(r["final"]), ci(r["final"]),
               *([f"{r['val'].mean:.2f}%", f"{r['at_best_val'].mean:.2f}%"] if val else []),
               f"{r['train_loss']:.4f}", f"{r['weight_l1']:.0f}", f"{r['seconds']:.0f}"] for r in rows]
     return header, table
@@ -177,7 +249,7 @@ def results_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[
 def batch_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Test error (%) by batch size, in the layout of the GroupNorm paper's Table 2: mean ± half the 95% CI."""
     sizes = sorted(results["batch_sizes"], reverse=True)
-    cells = {(r["variant"], r["batch_size"]): r["final"] for r in rows}
+    cells = {(r["variant"], r["batch_size"]): r["final"] for r in rows if r["chosen"]}
     table = []
     for variant in results["variants"]:
         line = [variant]
@@ -187,6 +259,21 @@ def batch_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[li
         table.append(line)
     what = "images per BN group" if results.get("ghost") else "batch size"
     return [f"test error (%) at {what}", *map(str, sizes)], table
+
+
+def chosen_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Each variant at its chosen rate: the validation accuracy that chose it, the test accuracy there."""
+    many_batches = len(results["batch_sizes"]) > 1
+    header = ["variant", *(["batch"] if many_batches else []), "chosen lr", "val acc (mean ± std)",
+              "test acc (mean ± std)", "95% CI", "seeds"]
+    table = [[r["variant"], *([str(r["batch_size"])] if many_batches else []), f"{r['lr']:g}",
+              mean_std(r["val"]), mean_std(r["final"]), ci(r["final"]), str(r["seeds"])]
+             for r in rows if r["chosen"]]
+    return header, table
+
+
+def mean_std(i: Interval) -> str:
+    return f"{i.mean:.2f}%" + (f" ± {i.std:.2f}" if i.n > 1 else "")
 
 
 def paper_table() -> tuple[list[str], list[list[str]]]:
@@ -203,15 +290,29 @@ def batch_axis(results: dict[str, Any]) -> str:
 
 def what_was_run(results: dict[str, Any]) -> str:
     base, run = results["base_config"], results["runs"][0]
-    sizes = results["batch_sizes"]
+    sizes, rates = results["batch_sizes"], results.get("lrs", [])
     batches = f" × batch sizes {', '.join(map(str, sizes))}" if len(sizes) > 1 else ""
+    at_rate = f"at lr {base['lr']:g}" if len(rates) < 2 else "at each learning rate"
     lr = (f" The learning rate scales linearly with the batch size ({base['lr']:g} at {base['batch_size']})."
-          if len(sizes) > 1 and results.get("lr_scaling") else "")
+          if len(sizes) > 1 and results.get("lr_scaling") and len(rates) < 2 else "")
     if results.get("ghost"):
-        lr = (f" Ghost batch norm: every run steps SGD on {base['batch_size']} images at lr {base['lr']:g}; batch "
+        lr = (f" Ghost batch norm: every run steps SGD on {base['batch_size']} images {at_rate}; batch "
               "norm computes its training statistics over groups of the given size within each batch, as BN on "
               "that many images per GPU without synchronisation (the GroupNorm paper's setting); the per-sample "
               "norms do not depend on it and are trained once.")
+    if len(rates) > 1:
+        at = f" at batch {base['batch_size']}, scaled with the batch size" if len(sizes) > 1 and \
+            results.get("lr_scaling") else ""
+        batches += f" × learning rates {', '.join(f'{r:g}' for r in rates)}{at}"
+        tuning, seeds = results.get("tune_seeds") or results["seeds"], results["seeds"]
+        later = [str(s) for s in seeds if s not in tuning]
+        over = "its seeds" if not later else (
+            f"seeds {', '.join(map(str, tuning))}, which train at every rate ("
+            + (f"seed {later[0]} trains" if len(later) == 1 else f"seeds {', '.join(later)} train")
+            + " at the chosen rate only)")
+        lr += (" Each variant is reported at the learning rate with the best mean validation accuracy at the last "
+               f"epoch over {over}; ties go to the smaller rate, and a rate with a failed run is never chosen: the "
+               "test set chooses nothing.")
     val = (f", {base['val_size']:,} training images held out for validation, chosen by the seed"
            if base.get("val_size") else "")
     return (f"{len(results['variants'])} variants{batches} × seeds {', '.join(map(str, results['seeds']))}, "
@@ -230,15 +331,18 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
                    ("p", "For comparison, the GroupNorm paper (Wu & He 2018, Table 2): ResNet-50 on ImageNet, "
                          "top-1 error (%) by images per GPU:"), ("table", paper_table()),
                    ("img", "graph3_error_vs_batch_size.png")]
+    if len(results.get("lrs", [])) > 1:
+        blocks += [("h2", "Graph 4: validation error by learning rate"), ("table", chosen_table(rows, results)),
+                   ("img", LR_GRAPH)]
     blocks += [("h2", "Findings"), ("list", failures(results) + findings(rows, results))]
     if rows:
         blocks += [("h2", "Graph 1: test loss"), ("img", "graph1_test_loss.png"),
                    ("h2", "Graph 2: test accuracy"), ("img", "graph2_test_accuracy.png")]
     blocks += [
         ("h2", "Misclassified test images"),
-        ("p", f"For each variant, the 10 test images its final model (first seed, batch size {results['graph_batch']})"
-              " gets wrong with the highest confidence; indices, labels and confidences are in "
-              "misclassified_<variant>.json."),
+        ("p", f"For each variant, the 10 test images its final model (first seed, batch size {results['graph_batch']}"
+              f"{', its chosen learning rate' if len(results.get('lrs', [])) > 1 else ''}) gets wrong with the "
+              "highest confidence; indices, labels and confidences are in misclassified_<variant>.json."),
     ]
     for name, file in grids.items():
         blocks += [("h3", name), ("img", file)]

@@ -1,4 +1,5 @@
-"""Statistics over seeds: mean, std, a 95 % confidence interval (t-distribution), and paired comparisons.
+"""Statistics over seeds: mean, std, a 95 % confidence interval (t-distribution), paired comparisons, and the
+choice of a setting on validation accuracy.
 
 Runs of two variants with the same seed share their initialisation and data order, so the difference
 seed by seed removes most of what the seed does: a paired comparison sees differences that two separate
@@ -57,3 +58,17 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> Interval:
     """a − b over the seeds both have: the mean difference and its 95 % interval (a paired t-interval)."""
     seeds = sorted(a.keys() & b.keys())
     return interval([a[s] - b[s] for s in seeds])
+
+
+def choose_on_validation(candidates: dict[float, list[float | None]]) -> float | None:
+    """The candidate (a learning rate, say) whose runs have the best mean validation accuracy over their seeds.
+
+    Ties, means within 1e-9, go to the smaller candidate. A candidate with a failed run (None) is never chosen:
+    a rate that diverges on one seed is no recipe. None when every candidate has a failed run.
+    """
+    eligible = {c: statistics.fmean(accs) for c, accs in candidates.items()  # type: ignore[arg-type]
+                if accs and all(a is not None for a in accs)}
+    if not eligible:
+        return None
+    best = max(eligible.values())
+    return min(c for c, mean in eligible.items() if mean >= best - 1e-9)
