@@ -53,7 +53,7 @@ def test_version(capsys):
     (["--norm", "bogus"], "--norm bogus: unknown norm; choose one of"),
     (["--norm", "group", "--groups", "3"], "--groups 3: does not divide"),
     (["--epochs", "0"], "--epochs 0: must be greater than 0"),
-    (["--norm", "bn", "--batch-size", "1"], "--batch-size 1: batch norm needs at least 2"),
+    (["--norm", "bn", "--batch-size", "1"], "--batch-size 1: --norm batch takes statistics over the batch"),
     (["--l1", "-1e-5"], "--l1 -1e-05: must be a finite number, 0 or more"),
     (["--l1", "inf"], "--l1 inf: must be a finite number"),
     (["--weight-decay", "inf"], "--weight-decay inf: must be a finite number"),

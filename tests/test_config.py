@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from normlab.config import GROUPS, L1_LAMBDA, MIN_STEPS, TrainConfig, parse_variant
+from normlab.config import L1_LAMBDA, MIN_STEPS, TrainConfig, parse_variant
 from normlab.errors import UserError
+from normlab.norms import GROUPS
 
 
 def test_defaults_are_the_standard_recipe():
@@ -23,11 +24,12 @@ def test_momentum_swing_keeps_the_momentum_within_0_and_1(momentum, swing):
 
 
 @pytest.mark.parametrize("values, rendered", [
-    ({"norm": "bogus"}, "norm bogus: unknown norm; choose one of: batch, group"),
+    ({"norm": "bogus"}, "norm bogus: unknown norm; choose one of: batch, brn, group"),
     ({"norm": "group", "groups": 3}, "groups 3: does not divide the channel counts [8, 12, 16] of every layer; "
                                      "use one of 1, 2, 4"),
     ({"norm": "group", "groups": 0}, "groups 0: does not divide"),
-    ({"norm": "layer", "groups": 2}, "groups 2: only for norm group, not norm layer; drop it"),
+    ({"norm": "layer", "groups": 2}, "groups 2: only for a norm with channel groups (group, evonorm-s0), not norm "
+                                     "layer; drop it"),
     ({"epochs": 0}, "epochs 0: must be greater than 0"),
     ({"lr": 0.0}, "lr 0.0: must be greater than 0"),
     ({"lr": math.inf}, "lr inf: must be a finite number"),
@@ -35,7 +37,12 @@ def test_momentum_swing_keeps_the_momentum_within_0_and_1(momentum, swing):
     ({"l1": math.inf}, "l1 inf: must be a finite number"),
     ({"weight_decay": math.nan}, "weight_decay nan: must be a finite number"),
     ({"l1": -1e-5}, "l1 -1e-05: must be a finite number, 0 or more"),
-    ({"norm": "batch", "batch_size": 1}, "batch_size 1: batch norm needs at least 2"),
+    ({"norm": "batch", "batch_size": 1}, "batch_size 1: norm batch takes statistics over the batch: it needs"),
+    ({"norm": "evonorm-b0", "batch_size": 1}, "batch_size 1: norm evonorm-b0 takes statistics over the batch"),
+    ({"norm_eps": 0.0}, "norm_eps 0.0: must be a finite number above 0"),
+    ({"norm_momentum": 0.0}, "norm_momentum 0.0: must be above 0 and at most 1"),
+    ({"renorm_r_max": 0.5}, "renorm_r_max 0.5: must be a finite number, 1 or more"),
+    ({"renorm_d_max": -1.0}, "renorm_d_max -1.0: must be a finite number, 0 or more"),
     ({"dropout": 1.0}, "dropout 1.0: must be at least 0 and below 1"),
     ({"momentum": 1.0}, "momentum 1.0: must be at least 0 and below 1"),
     ({"scale": 1.0}, "scale 1.0: must be below 1"),
@@ -48,7 +55,8 @@ def test_momentum_swing_keeps_the_momentum_within_0_and_1(momentum, swing):
     ({"dataset": "cifar"}, "dataset cifar: unknown dataset; choose one of: mnist, fashion-mnist"),
     ({"val_size": -1}, "val_size -1: must be from 0 to 59999"),
     ({"val_size": 60000}, "val_size 60000: must be from 0 to 59999"),
-    ({"norm": "group", "bn_batch": 8}, "bn_batch 8: only for norm batch, not norm group; drop it"),
+    ({"norm": "group", "bn_batch": 8}, "bn_batch 8: only for a norm with batch statistics (batch, brn, evonorm-b0), "
+                                       "not norm group; drop it"),
     ({"bn_batch": 128}, "bn_batch 128: must be from 2 to batch_size - 1 = 127 (at batch_size it is plain"),
     ({"bn_batch": 1}, "bn_batch 1: must be from 2"),
 ])
@@ -81,21 +89,29 @@ def test_config_round_trips_through_json(tmp_path):
     assert TrainConfig.from_dict({**config.to_dict(), "unknown": 1}) == config
 
 
-@pytest.mark.parametrize("text, norm, groups, l1", [
-    ("bn+l1", "batch", None, L1_LAMBDA), ("gn:2", "group", 2, 0.0), ("LN", "layer", None, 0.0),
-    ("instance", "instance", None, 0.0), ("none", "none", None, 0.0),
+def test_renorm_schedule_is_a_range_within_the_run():
+    with pytest.raises(UserError, match=r"renorm_from 0.6 and renorm_to 0.5 must be fractions of the run"):
+        TrainConfig(renorm_from=0.6, renorm_to=0.5)
+
+
+@pytest.mark.parametrize("text, norm, groups, l1, ws", [
+    ("bn+l1", "batch", None, L1_LAMBDA, False), ("gn:2", "group", 2, 0.0, False), ("LN", "layer", None, 0.0, False),
+    ("instance", "instance", None, 0.0, False), ("none", "none", None, 0.0, False),
+    ("gn+ws", "group", None, 0.0, True), ("bn+ws+l1", "batch", None, L1_LAMBDA, True),
+    ("bn+l1+ws", "batch", None, L1_LAMBDA, True), ("evonorm-s0:2", "evonorm-s0", 2, 0.0, False),
+    ("brn", "brn", None, 0.0, False), ("frn+ws", "frn", None, 0.0, True),
 ])
-def test_parse_variant(text, norm, groups, l1):
+def test_parse_variant(text, norm, groups, l1, ws):
     v = parse_variant(text)
-    assert (v.norm, v.groups, v.l1) == (norm, groups, l1)
+    assert (v.norm, v.groups, v.l1, v.weight_std) == (norm, groups, l1, ws)
     config = v.config(TrainConfig(), seed=4)
-    assert (config.norm, config.l1, config.seed) == (norm, l1, 4)
+    assert (config.norm, config.l1, config.weight_std, config.seed) == (norm, l1, ws, 4)
 
 
 @pytest.mark.parametrize("text, message", [
-    ("bogus", "unknown variant 'bogus'"), ("ln:2", "only gn takes a group count"),
-    ("gn:3", "variant 'gn:3': 3 groups does not divide"), ("gn:²", "only gn takes a group count, a number"),
-    ("gn:-1", "only gn takes a group count"),
+    ("bogus", "unknown variant 'bogus'"), ("ln:2", r"only a grouped norm \(group, evonorm-s0\) takes a group"),
+    ("gn:3", "variant 'gn:3': 3 groups does not divide"), ("gn:²", "takes a group count, a number"),
+    ("gn:-1", "only a grouped norm"), ("gn+l2", "unknown variant 'gn\\+l2'"), ("gn+ws+ws", "unknown variant"),
 ])
 def test_bad_variants(text, message):
     with pytest.raises(UserError, match=message):

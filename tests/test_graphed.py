@@ -27,7 +27,9 @@ def two_threads():
 
 @pytest.mark.usefixtures("two_threads")
 @pytest.mark.parametrize("values", [{"norm": "batch", "l1": 1e-3}, {"norm": "group", "momentum": 0.0},
-                                    {"norm": "layer", "weight_decay": 1e-3, "batch_size": 48}])
+                                    {"norm": "layer", "weight_decay": 1e-3, "batch_size": 48},
+                                    {"norm": "brn", "bn_batch": 8, "renorm_from": 0.0, "renorm_to": 0.3},
+                                    {"norm": "evonorm-b0", "weight_std": True}, {"norm": "frn"}])
 def test_the_device_driven_step_trains_as_torch_sgd_and_one_cycle_do(mnist, values):
     """Two epochs (the last batch short) through GraphedEpochs' step, run eagerly on the CPU, against the eager
     loop: same data order, so the weights, momentum buffers and metrics agree to float rounding (which SGD

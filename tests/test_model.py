@@ -4,7 +4,7 @@ from torch import nn
 
 from normlab.config import TrainConfig
 from normlab.model import Net, count_parameters
-from normlab.norms import NORMS
+from normlab.norms import ALIASES, NORMS, StdConv2d
 
 
 @pytest.mark.parametrize("norm", list(NORMS))
@@ -14,7 +14,29 @@ def test_every_norm_is_small_and_classifies(norm):
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
-@pytest.mark.parametrize("norm", ["batch", "group", "layer"])
+@pytest.mark.parametrize("name", [*NORMS, *ALIASES])
+def test_every_name_and_alias_builds_alone_with_the_registry_defaults(name):
+    model = Net(name)
+    assert model.norm == ALIASES.get(name, name) and model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert model.groups == (4 if NORMS[model.norm].grouped else None)
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_each_block_follows_the_registry_entry(norm):
+    """ReLU unless the norm is its own activation; a conv bias only where the norm adds no shift; +ws swaps in the
+    standardized conv and nothing else."""
+    entry, plain, ws = NORMS[norm], Net(norm), Net(norm, weight_std=True)
+    for block, ws_block in zip(plain.features, ws.features, strict=True):
+        if isinstance(block, nn.MaxPool2d):
+            continue
+        conv, act = block[0], block[1]
+        assert isinstance(act, nn.Identity if entry.activation else nn.ReLU)
+        assert (conv.bias is not None) == (not entry.shift)
+        assert type(conv) is nn.Conv2d and type(ws_block[0]) is StdConv2d
+    assert count_parameters(plain) == count_parameters(ws)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "layer", "frn"])
 def test_channels_last_is_a_layout_only(norm):
     """Net keeps channels-last memory for speed; the same weights in NCHW compute the same outputs and gradients."""
     torch.manual_seed(0)
@@ -38,41 +60,8 @@ def test_the_model_is_built_from_its_config():
     assert (model.norm, model.groups) == ("group", 2)
     assert [m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)] == [2] * 5
     assert sum(isinstance(m, nn.Dropout2d) for m in model.modules()) == 5
-    with pytest.raises(ValueError, match="needs groups"):
-        Net("group")
-
-
-def norm_layers(model):
-    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.GroupNorm)]
-
-
-def test_layer_norm_uses_each_sample_over_c_h_w():
-    layer = norm_layers(Net("layer"))[1]
-    assert isinstance(layer, nn.GroupNorm) and layer.num_groups == 1
-    x = torch.randn(4, layer.num_channels, 5, 5) * 3 + torch.arange(4.0).view(4, 1, 1, 1)
-    y = layer(x)
-    assert torch.allclose(y.mean(dim=(1, 2, 3)), torch.zeros(4), atol=1e-5)
-    assert torch.allclose(y.var(dim=(1, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
-    # each channel alone is not normalized: statistics are shared across channels
-    assert not torch.allclose(y.mean(dim=(2, 3)), torch.zeros(4, layer.num_channels), atol=1e-2)
-
-
-def test_group_norm_uses_g_groups_of_channels():
-    layer = norm_layers(Net("group", groups=4))[1]
-    n, c = 3, layer.num_channels
-    x = torch.randn(n, c, 6, 6) + torch.arange(float(c)).view(1, c, 1, 1)
-    y = layer(x).view(n, 4, c // 4, 6, 6)
-    assert torch.allclose(y.mean(dim=(2, 3, 4)), torch.zeros(n, 4), atol=1e-5)
-    assert torch.allclose(y.var(dim=(2, 3, 4), unbiased=False), torch.ones(n, 4), atol=1e-3)
-
-
-def test_batch_norm_batch_stats_in_training_running_stats_in_eval():
-    layer = norm_layers(Net("batch"))[0]
-    x = torch.randn(16, layer.num_features, 4, 4) * 2 + 5
-    layer.train()
-    y = layer(x)
-    assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(layer.num_features), atol=1e-5)
-    assert torch.allclose(layer.running_mean, 0.1 * x.mean(dim=(0, 2, 3)), atol=1e-5)  # momentum 0.1 from 0
-    layer.eval()
-    expected = (x - layer.running_mean.view(1, -1, 1, 1)) / torch.sqrt(layer.running_var.view(1, -1, 1, 1) + 1e-5)
-    assert torch.allclose(layer(x), expected, atol=1e-5)
+    bn = TrainConfig(norm="bn", norm_eps=1e-3, norm_momentum=0.01, bn_batch=4).model()
+    assert {(m.eps, m.momentum, m.images) for m in bn.modules() if isinstance(m, nn.BatchNorm2d)} == {(1e-3, 0.01, 4)}
+    config = TrainConfig(norm="brn", epochs=2, renorm_from=0.1, renorm_to=0.5, renorm_r_max=2.0)
+    layer = next(m for m in config.model().modules() if hasattr(m, "clips"))
+    assert (layer.s.relax_from, layer.s.relax_to, layer.s.r_max) == (round(0.1 * config.steps), config.steps // 2, 2.0)

@@ -16,7 +16,8 @@ from normlab.report import (
 def run(variant, seed, acc, batch=128, seconds=100.0, **extra):
     return {"variant": variant, "seed": seed, "final_test_acc": acc, "batch_size": batch, "lr": 0.1 * batch / 128,
             "norm": variant, "regularization": "no L1", "parameters": 7578, "epochs": 20, "seconds": seconds,
-            "final_train_loss": 0.01, "conv_weight_l1": 1000.0, "failed": None, **extra}
+            "final_train_loss": 0.01, "conv_weight_l1": 1000.0, "failed": None, "batch_stats": variant == "bn",
+            **extra}
 
 
 TARGET_ACC = TARGETS["mnist"]

@@ -133,7 +133,10 @@ def test_a_broken_file_in_a_finished_run_is_one_line_or_retrained_with_force(tmp
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"variants": ["gn", "gn"]}, "variants gn gn: a variant is named twice"),
+    ({"variants": ["gn", "gn"]}, "variants gn gn: gn and gn name the same model; give it once"),
+    ({"variants": ["bn", "batch"]}, "variants bn batch: bn and batch name the same model"),
+    ({"variants": ["gn:4", "gn"]}, "variants gn:4 gn: gn:4 and gn name the same model"),
+    ({"variants": ["bn+ws+l1", "bn+l1+ws"]}, "bn\\+ws\\+l1 and bn\\+l1\\+ws name the same model"),
     ({"seeds": [1, 1]}, "seeds 1 1: give one or more different seeds"),
     ({"seeds": []}, "seeds : give one or more"),
     ({"jobs": 0}, "jobs 0: must be at least 1"),

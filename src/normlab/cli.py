@@ -52,13 +52,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    from normlab.config import GROUPS, TrainConfig
-    from normlab.norms import ALIASES, NORMS
+    from normlab.config import TrainConfig, names_where
+    from normlab.norms import ALIASES, GROUPS, NORMS
 
     p.add_argument("--norm", default=TrainConfig().norm,
                    help=f"normalization: {', '.join(NORMS)} or an alias ({', '.join(ALIASES)})")
     p.add_argument("--groups", type=int, default=None,
-                   help=f"GroupNorm's group count, for --norm group only (default: {GROUPS})")
+                   help=f"channel groups, for a grouped --norm only ({names_where('grouped')}; default: {GROUPS})")
+    p.add_argument("--weight-std", action="store_true",
+                   help="Weight Standardization of every conv, with any --norm (a study variant's +ws; default: off)")
 
 
 def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bool = False) -> None:
@@ -80,6 +82,18 @@ def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bo
                             "of each batch (default: the whole batch)")
         p.add_argument("--l1-norm-params", action="store_true",
                        help="put the L1 penalty on the norms' γ, β too (default: conv weights only)")
+    p.add_argument("--norm-eps", type=float, default=None,
+                   help="the norm's ε (default: the norm's own, 1e-5; frn 1e-6)")
+    p.add_argument("--norm-momentum", type=float, default=d.norm_momentum,
+                   help="momentum of the running averages of a norm with batch statistics")
+    p.add_argument("--renorm-r-max", type=float, default=d.renorm_r_max,
+                   help="brn (Batch Renorm): the clip of r = σ_B/σ once relaxed")
+    p.add_argument("--renorm-d-max", type=float, default=d.renorm_d_max,
+                   help="brn: the clip of d = (μ_B − μ)/σ once relaxed")
+    p.add_argument("--renorm-from", type=float, default=d.renorm_from,
+                   help="brn: plain batch norm for this fraction of the steps, then the clips widen linearly")
+    p.add_argument("--renorm-to", type=float, default=d.renorm_to,
+                   help="brn: the fraction of the steps at which the clips reach --renorm-r-max, --renorm-d-max")
     p.add_argument("--dropout", type=float, default=d.dropout, help="Dropout2d after each conv block")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD's L2 weight decay")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training images")
@@ -208,7 +222,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from normlab.config import TrainConfig
     from normlab.summary import format_summary
 
-    print(format_summary(TrainConfig(norm=args.norm, groups=args.groups).model()))
+    print(format_summary(TrainConfig(norm=args.norm, groups=args.groups, weight_std=args.weight_std).model()))
 
 
 def cmd_exercise(args: argparse.Namespace) -> None:
@@ -218,8 +232,11 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     from normlab.misclassified import save_misclassified
 
     variant = parse_variant(args.norm)
+    if variant.groups is not None and args.groups is not None and variant.groups != args.groups:
+        raise UserError(f"--norm {args.norm} has {variant.groups} groups, --groups says {args.groups}: give one")
     args.norm, args.l1 = variant.norm, variant.l1 if args.l1 is None else args.l1
     args.groups = variant.groups if args.groups is None else args.groups
+    args.weight_std = args.weight_std or variant.weight_std
     config = config_from_args(args)
     out = Path(args.out or f"runs/main/{variant.folder}_seed{config.seed}")
     data = load_dataset(config.dataset, config.data_dir)
@@ -234,7 +251,7 @@ def cmd_exercise(args: argparse.Namespace) -> None:
 def exercise_parser() -> Parser:
     p = Parser(prog="main.py", description="Train one model of the normalization study, as in the exercise. "
                "--norm takes bn+l1 (batch norm with the study's L1 penalty), bn, group, layer, "
-               "any other norm or alias, or gn:G for G groups.")
+               "any other norm or alias, gn:G for G groups, +ws for Weight Standardization.")
     add_train_args(p, exercise=True)
     add_out_flags(p, "runs/main/<norm>_seed<seed>")
     return p
@@ -248,7 +265,8 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("study", help="every variant × seed, then graphs, grids and a report")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                   help=f"bn+l1, bn, gn, ln, in, none; gn:G for G groups (default: {' '.join(VARIANTS)})")
+                   help="a norm (bn, brn, gn, ln, in, frn, evonorm-s0, evonorm-b0, none), :G for G groups (gn:2), "
+                        f"+ws for Weight Standardization, +l1 for the L1 penalty (default: {' '.join(VARIANTS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed and variant (default: 0)")
     add_train_args(p, study=True)
     p.add_argument("--jobs", type=int, default=None,

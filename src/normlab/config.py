@@ -14,12 +14,11 @@ from typing import Any
 from normlab.data import DATASETS, TRAIN_IMAGES
 from normlab.errors import UserError
 from normlab.model import LAYOUT, Net
-from normlab.norms import ALIASES, NORMS
+from normlab.norms import CONV_MODIFIERS, GROUPS, NORMS, NormSettings, canonical_norm
 
 # ---------------------------------------------------------------------------- the standard study
 VARIANTS = ("bn+l1", "gn", "ln")  # the three models of the exercise
 L1_LAMBDA = 1e-5                  # λ of every "+l1" variant
-GROUPS = 4                        # GroupNorm's group count unless a run says otherwise
 TARGET_ACC = {"mnist": 99.4}      # test accuracy (%) the report and Graph 2 measure against, by dataset
 N_MISCLASSIFIED = 10              # images in each misclassified grid (5 rows × 2 columns)
 MIN_STEPS = 10                    # fewer SGD steps in a run barely leave one-cycle's warm-up
@@ -29,10 +28,17 @@ MIN_STEPS = 10                    # fewer SGD steps in a run barely leave one-cy
 class TrainConfig:
     """One run: model, regularization, schedule, augmentation, data and where it runs."""
 
-    norm: str = "batch"           # batch | group | layer | instance | none (aliases bn, gn, ln, in)
-    groups: int | None = None     # GroupNorm's group count; None: GROUPS for "group", nothing for the others
-    bn_batch: int | None = None   # batch norm's statistics over groups of this many images of each SGD batch
-                                  # (ghost batch norm: the GroupNorm paper's images per GPU); None: the whole batch
+    norm: str = "batch"           # a name of normlab.norms.NORMS (or an alias: bn, gn, ln, in)
+    groups: int | None = None     # channel groups of a grouped norm (gn, evonorm-s0); None: GROUPS, or none
+    bn_batch: int | None = None   # a batch-statistics norm's statistics over groups of this many images of each
+                                  # SGD batch (ghost batch norm: the GroupNorm paper's images per GPU); None: all
+    weight_std: bool = False      # Weight Standardization of every block's conv (a variant's +ws)
+    norm_eps: float | None = None  # the norm's ε; None: its registry default (1e-5; FRN 1e-6)
+    norm_momentum: float = 0.1    # running averages of batch statistics: running += momentum · (batch − running)
+    renorm_r_max: float = 3.0     # Batch Renorm's clips of r and d once relaxed (its paper's final values)
+    renorm_d_max: float = 5.0
+    renorm_from: float = 0.05     # Batch Renorm is plain BN for this fraction of the run's steps, then its clips
+    renorm_to: float = 0.25       # widen linearly, reaching r_max and d_max at this fraction
     dropout: float = 0.0          # Dropout2d after every conv block
     l1: float = 0.0               # λ of the L1 penalty λ·Σ|w| on conv weights
     l1_norm_params: bool = False  # also put the L1 penalty on the norms' γ and β
@@ -60,24 +66,27 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Check every value and normalise names, so a bad value fails before any work is done."""
         self.norm = canonical_norm(self.norm)
+        entry = NORMS[self.norm]
         if self.dataset not in DATASETS:
             raise UserError(f"unknown dataset; choose one of: {', '.join(DATASETS)}", "dataset", self.dataset)
         if not 0 <= self.val_size <= TRAIN_IMAGES - 1:
             raise UserError(f"must be from 0 to {TRAIN_IMAGES - 1} (the training set has {TRAIN_IMAGES:,} images)",
                             "val_size", self.val_size)
-        if self.norm == "group":
+        if entry.grouped:
             self.groups = GROUPS if self.groups is None else self.groups
             check_groups(self.groups)
         elif self.groups is not None:
-            raise UserError(f"only for {{norm}} group, not {{norm}} {self.norm}; drop it", "groups", self.groups)
+            raise UserError(f"only for a norm with channel groups ({names_where('grouped')}), not {{norm}} "
+                            f"{self.norm}; drop it", "groups", self.groups)
         if self.bn_batch is not None:
-            if self.norm != "batch":
-                raise UserError(f"only for {{norm}} batch, not {{norm}} {self.norm}; drop it", "bn_batch",
-                                self.bn_batch)
+            if not entry.batch_stats:
+                raise UserError(f"only for a norm with batch statistics ({names_where('batch_stats')}), not {{norm}} "
+                                f"{self.norm}; drop it", "bn_batch", self.bn_batch)
             if not 2 <= self.bn_batch < self.batch_size:
                 raise UserError(f"must be from 2 to {{batch_size}} - 1 = {self.batch_size - 1} (at {{batch_size}} "
                                 "it is plain batch norm: drop it)", "bn_batch", self.bn_batch)
-        for name in ("dropout", "l1", "weight_decay", "lr", "momentum", "momentum_swing", "rotate", "shift", "scale"):
+        for name in ("dropout", "l1", "weight_decay", "lr", "momentum", "momentum_swing", "rotate", "shift", "scale",
+                     "renorm_d_max"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise UserError("must be a finite number, 0 or more", name, value)
@@ -86,8 +95,18 @@ class TrainConfig:
                 raise UserError("must be greater than 0", name, getattr(self, name))
         if self.lr == 0:
             raise UserError("must be greater than 0", "lr", self.lr)
-        if self.norm == "batch" and self.batch_size < 2:
-            raise UserError("batch norm needs at least 2 images per batch", "batch_size", self.batch_size)
+        if entry.batch_stats and self.batch_size < 2:
+            raise UserError(f"{{norm}} {self.norm} takes statistics over the batch: it needs at least 2 images per "
+                            "batch", "batch_size", self.batch_size)
+        if self.norm_eps is not None and not (math.isfinite(self.norm_eps) and self.norm_eps > 0):
+            raise UserError("must be a finite number above 0", "norm_eps", self.norm_eps)
+        if not (math.isfinite(self.norm_momentum) and 0 < self.norm_momentum <= 1):
+            raise UserError("must be above 0 and at most 1", "norm_momentum", self.norm_momentum)
+        if not (math.isfinite(self.renorm_r_max) and self.renorm_r_max >= 1):
+            raise UserError("must be a finite number, 1 or more (1: no correction)", "renorm_r_max", self.renorm_r_max)
+        if not (0 <= self.renorm_from <= self.renorm_to <= 1):
+            raise UserError(f"{{renorm_from}} {self.renorm_from} and {{renorm_to}} {self.renorm_to} must be fractions "
+                            "of the run with 0 <= from <= to <= 1")
         for name in ("dropout", "momentum"):
             if getattr(self, name) >= 1:
                 raise UserError("must be at least 0 and below 1", name, getattr(self, name))
@@ -125,8 +144,14 @@ class TrainConfig:
         """The momentum swing, narrowed so that the momentum stays within [0, 1)."""
         return min(self.momentum_swing, self.momentum, (1 - self.momentum) / 2)
 
+    def norm_settings(self) -> NormSettings:
+        return NormSettings(groups=self.groups or GROUPS, bn_batch=self.bn_batch, eps=self.norm_eps,
+                            momentum=self.norm_momentum, r_max=self.renorm_r_max, d_max=self.renorm_d_max,
+                            relax_from=round(self.renorm_from * self.steps),
+                            relax_to=round(self.renorm_to * self.steps))
+
     def model(self) -> Net:
-        return Net(self.norm, self.groups, self.dropout, self.bn_batch)
+        return Net(self.norm, self.groups, self.dropout, self.bn_batch, self.weight_std, self.norm_settings())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,13 +166,9 @@ class TrainConfig:
         return cls.from_dict(json.loads(path.read_text())["config"])
 
 
-def canonical_norm(name: str) -> str:
-    """The registry name for ``name`` or an alias; a clear error listing the valid names otherwise."""
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in NORMS:
-        valid = ", ".join([*NORMS, *(f"{a} (={n})" for a, n in ALIASES.items())])
-        raise UserError(f"unknown norm; choose one of: {valid}", "norm", name)
-    return key
+def names_where(attribute: str) -> str:
+    """The registry's norms that have ``attribute`` (grouped, batch_stats, ...), for error messages."""
+    return ", ".join(name for name, entry in NORMS.items() if getattr(entry, attribute))
 
 
 def check_groups(groups: int) -> None:
@@ -161,12 +182,13 @@ def check_groups(groups: int) -> None:
 
 @dataclass(frozen=True)
 class Variant:
-    """One model of a study: a norm, its group count, and the L1 penalty."""
+    """One model of a study: a norm, its group count, Weight Standardization or not, and the L1 penalty."""
 
     name: str
     norm: str
     groups: int | None
     l1: float
+    weight_std: bool = False
 
     @property
     def folder(self) -> str:
@@ -177,26 +199,32 @@ class Variant:
         return f"L1 λ={self.l1:g}" if self.l1 else "no L1"
 
     def config(self, base: TrainConfig, seed: int) -> TrainConfig:
-        return replace(base, norm=self.norm, groups=self.groups, l1=self.l1, seed=seed)
+        return replace(base, norm=self.norm, groups=self.groups, l1=self.l1, weight_std=self.weight_std, seed=seed)
 
 
 def parse_variant(text: str) -> Variant:
-    """``bn+l1``, ``bn``, ``gn``, ``ln``, ``in``, ``none`` (or full norm names), ``gn:2`` for 2 groups."""
-    base, _, groups_text = text.lower().partition(":")
-    l1 = L1_LAMBDA if base.endswith("+l1") else 0.0
-    base = base.removesuffix("+l1")
+    """A norm name or alias (``bn``, ``gn``, ``brn``, ``frn``, ...), then ``:G`` for G channel groups (``gn:2``),
+    ``+ws`` for Weight Standardization and ``+l1`` for the L1 penalty, in any order (``gn:2+ws``, ``bn+ws+l1``)."""
+    base, *suffixes = text.lower().split("+")
+    unknown = [s for s in suffixes if s not in ("l1", *CONV_MODIFIERS)]
+    base, _, groups_text = base.partition(":")
     try:
         norm = canonical_norm(base)
+        if unknown or len(set(suffixes)) != len(suffixes):
+            raise UserError("")
     except UserError:
-        raise UserError(f"unknown variant {text!r}; use a norm (bn, gn, ln, in, none), add +l1 for the L1 penalty "
-                        "(bn+l1), :G for a group count (gn:2)") from None
+        raise UserError(f"unknown variant {text!r}; use a norm ({', '.join(NORMS)}; aliases bn, gn, ln, in), "
+                        "then :G for a group count (gn:2), +ws for Weight Standardization, +l1 for the L1 penalty "
+                        "(bn+ws+l1)") from None
+    l1 = L1_LAMBDA if "l1" in suffixes else 0.0
     groups = None
     if groups_text:
-        if norm != "group" or not (groups_text.isascii() and groups_text.isdecimal()):
-            raise UserError(f"variant {text!r}: only gn takes a group count, a number as in gn:2")
+        if not NORMS[norm].grouped or not (groups_text.isascii() and groups_text.isdecimal()):
+            raise UserError(f"variant {text!r}: only a grouped norm ({names_where('grouped')}) takes a group count, "
+                            "a number as in gn:2")
         groups = int(groups_text)
         try:
             check_groups(groups)
         except UserError as e:
             raise UserError(f"variant {text!r}: {groups} groups {e.message}") from None
-    return Variant(text.lower(), norm, groups, l1)
+    return Variant(text.lower(), norm, groups, l1, "ws" in suffixes)

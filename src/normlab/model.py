@@ -1,21 +1,25 @@
 """The one model of the study: a small MNIST CNN whose normalization is an argument.
 
-    >>> Net(norm="group", groups=4)     # or "batch", "layer", "instance", "none"
+    >>> Net("gn")                       # any name or alias of normlab.norms.NORMS, with its defaults
+    >>> Net("group", groups=2, weight_std=True)
 
 Shape (every norm; 3×3 convs without padding, receptive field in brackets):
     28 conv 1→8 [3] → 26 maxpool [4] → 13 conv 8→12 [8] → 11 conv 12→16 [12] → 9 conv 16→16 [16]
     → 7 conv 16→16 [20] → 5 global average pool → 1×1 16→10.
-Each conv is followed by ReLU → norm → dropout; channel counts are multiples of 4 so that the
-default GroupNorm has 4 groups everywhere. About 7.6k parameters, 0.46M multiply-adds per image.
-The model trusts its arguments: TrainConfig checks them (norm name, group count, dropout).
+Each conv is followed by ReLU → norm → dropout (no ReLU where the norm is its own activation: FRN,
+EvoNorm); channel counts are multiples of 4 so that a grouped norm has 4 groups everywhere. About
+7.6k parameters, 0.46M multiply-adds per image. The model trusts its arguments: TrainConfig checks
+them (group count, dropout).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
-from normlab.norms import NORMS
+from normlab.norms import NORMS, NormSettings, StdConv2d, canonical_norm
 
 # (name, in_channels, out_channels, kernel): the conv blocks in order; "pool" marks the 2×2 max-pool.
 LAYOUT: list[tuple[str, int, int, int] | str] = [
@@ -30,35 +34,43 @@ NUM_CLASSES = 10
 
 
 class ConvBlock(nn.Sequential):
-    """conv (bias only without a norm, whose shift does that job) → ReLU → norm → dropout."""
+    """conv → ReLU → norm → dropout. The conv has no bias where the norm adds a learned shift (the exercise's
+    model; the shift comes after the ReLU, so it is a choice, not an equivalence) and standardizes its weights
+    with ``weight_std``; the ReLU is an Identity where the norm is its own activation."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, norm: str, groups: int, dropout: float,
-                 bn_batch: int | None) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int, norm: str, settings: NormSettings, dropout: float,
+                 weight_std: bool) -> None:
+        entry = NORMS[norm]
+        conv = StdConv2d if weight_std else nn.Conv2d
         super().__init__(
-            nn.Conv2d(cin, cout, kernel, bias=norm == "none"),
-            nn.ReLU(inplace=True),
-            NORMS[norm](cout, groups, bn_batch),
+            conv(cin, cout, kernel, bias=not entry.shift),
+            nn.Identity() if entry.activation else nn.ReLU(inplace=True),
+            entry.build(cout, settings),
             nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
         )
 
 
 class Net(nn.Module):
-    """The study's CNN with ``norm`` (a registry name) after every conv; ``groups`` is for group norm only,
-    ``bn_batch`` (ghost batch norm's images per statistics group) for batch norm only."""
+    """The study's CNN with ``norm`` (a registry name or alias) after every conv. ``groups`` is for grouped norms
+    (default 4), ``bn_batch`` (ghost images per statistics group) for batch-statistics norms; ``settings``
+    carries the rest of a norm's hyperparameters (ε, momentum, Batch Renorm's clips), the registry's defaults
+    when omitted."""
 
     def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0,
-                 bn_batch: int | None = None) -> None:
+                 bn_batch: int | None = None, weight_std: bool = False, settings: NormSettings | None = None) -> None:
         super().__init__()
-        if norm == "group" and groups is None:
-            raise ValueError("Net('group') needs groups; TrainConfig(norm='group').groups holds the default")
-        self.norm, self.groups = norm, groups
+        self.norm = canonical_norm(norm)
+        settings = settings or NormSettings()
+        settings = replace(settings, groups=groups or settings.groups, bn_batch=bn_batch or settings.bn_batch)
+        self.groups = settings.groups if NORMS[self.norm].grouped else None
+        self.weight_std = weight_std
         self.features = nn.Sequential()
         for layer in LAYOUT:
             if layer == "pool":
                 self.features.add_module("pool", nn.MaxPool2d(2))
             else:
                 name, cin, cout, kernel = layer
-                self.features.add_module(name, ConvBlock(cin, cout, kernel, norm, groups or 1, dropout, bn_batch))
+                self.features.add_module(name, ConvBlock(cin, cout, kernel, self.norm, settings, dropout, weight_std))
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Conv2d(LAYOUT[-1][2], NUM_CLASSES, 1)  # type: ignore[index]
         # channels_last is a memory layout only, the same function either way; on a 2-core CPU it makes the

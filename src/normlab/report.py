@@ -187,9 +187,9 @@ def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
     chosen = {(r["variant"], r["batch_size"]): r for r in rows}
     out = []
-    norms = {r["variant"]: r["norm"] for r in finished_runs(results)}
+    batch_stats = {r["variant"]: r["batch_stats"] for r in finished_runs(results)}
     for variant in results["variants"]:
-        if results.get("ghost") and norms.get(variant) != "batch":
+        if results.get("ghost") and not batch_stats.get(variant, True):
             out.append(f"{variant} has no batch statistics: ghost batch norm does not touch it, and its runs stand "
                        "at every size.")
             continue

@@ -41,7 +41,8 @@ NOT_HASHED = ("device", "threads", "data_dir")  # where or how fast a run goes, 
 # Settings added after run folders were first written, at the values that compute what runs did before they
 # existed: left out of the hash at those values, so those folders stay valid for the same command.
 ADDED_LATER = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale": 0.05, "dataset": "mnist", "val_size": 0,
-               "cuda_graph": True, "bn_batch": None}
+               "cuda_graph": True, "bn_batch": None, "weight_std": False, "norm_eps": None, "norm_momentum": 0.1,
+               "renorm_r_max": 3.0, "renorm_d_max": 5.0, "renorm_from": 0.05, "renorm_to": 0.25}
 
 
 def config_hash(config: TrainConfig) -> str:

@@ -36,6 +36,7 @@ from normlab.files import FolderLock, check_folder, prepare_folder, write_atomic
 from normlab.jobs import Job, default_jobs, run_in_threads
 from normlab.machine import cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
+from normlab.norms import NORMS
 from normlab.plots import batch_size_figure, lr_figure, metric_figure
 from normlab.report import LR_GRAPH, batch_axis, chosen_lrs, size_text, summarize, write_report
 from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect
@@ -89,7 +90,8 @@ class Point:
             "variant": variant.name, "seed": self.run.seed, "batch_size": self.batch, "lr": config.lr,
             "sgd_batch_size": config.batch_size, "bn_batch": config.bn_batch,
             "folder": str(self.run.folder.relative_to(out)),
-            "norm": variant.norm, "groups": config.groups, "l1": variant.l1, "regularization": variant.regularization,
+            "norm": variant.norm, "groups": config.groups, "weight_std": config.weight_std,
+            "batch_stats": NORMS[variant.norm].batch_stats, "l1": variant.l1, "regularization": variant.regularization,
             "parameters": saved.parameters, "epochs": len(metrics), "test_images": test_images,
             "failed": saved.failure,
         }
@@ -143,8 +145,11 @@ def run_study(
     Nothing is written before every input and every run folder has been checked.
     """
     parsed = [parse_variant(v) for v in variants]
-    if len({v.folder for v in parsed}) != len(parsed):
-        raise UserError("a variant is named twice", "variants", list(variants))
+    models = [TrainConfig(norm=v.norm, groups=v.groups, l1=v.l1, weight_std=v.weight_std) for v in parsed]
+    same = [(a.name, b.name) for i, a in enumerate(parsed) for b, m in zip(parsed[i + 1:], models[i + 1:], strict=True)
+            if m == models[i]]
+    if same:
+        raise UserError(f"{same[0][0]} and {same[0][1]} name the same model; give it once", "variants", list(variants))
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError("give one or more different seeds", "seeds", list(seeds))
     base = base or TrainConfig()
@@ -172,7 +177,7 @@ def run_study(
 
     def run_config(variant: Variant, batch: int, lr: float, seed: int) -> TrainConfig:
         if ghost:
-            ghosted = variant.norm == "batch" and batch < base.batch_size
+            ghosted = NORMS[variant.norm].batch_stats and batch < base.batch_size
             return variant.config(replace(base, bn_batch=batch if ghosted else None, lr=lr), seed)
         scaled = lr * batch / base.batch_size if lr_scaling else lr
         return variant.config(replace(base, batch_size=batch, lr=scaled), seed)

@@ -44,7 +44,8 @@ def layer_table(model: Net) -> list[dict[str, object]]:
 
 def format_summary(model: Net) -> str:
     rows = layer_table(model)
-    lines = [f"Net(norm={model.norm!r}{f', groups={model.groups}' if model.norm == 'group' else ''})",
+    lines = [f"Net(norm={model.norm!r}{f', groups={model.groups}' if model.groups is not None else ''}"
+             f"{', weight_std=True' if model.weight_std else ''})",
              f"{'layer':<8} {'output (C, H, W)':<17} {'RF':>3} {'params':>7} {'mult-adds':>10}"]
     for r in rows:
         lines.append(f"{r['layer']:<8} {r['output']!s:<17} {r['rf']:>3} {r['params']:>7,} {r['macs']:>10,}")

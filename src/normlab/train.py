@@ -93,7 +93,8 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
         else:
             graphed, step = None, sgd_step(losses, optimizer, schedule)
         folder.start(result.parameters, environment(device, data.source, info.md5))
-        groups = f" groups={config.groups}" if config.norm == "group" else ""
+        groups = f" groups={config.groups}" if config.groups is not None else ""
+        groups += " +ws" if config.weight_std else ""
         log(f"normlab train: {info.name} norm={config.norm}{groups} l1={config.l1:g} params={result.parameters} "
             f"batch={config.batch_size} lr={config.lr:g} train={len(train_x)} val={len(val_x)} test={len(test_x)} "
             f"device={device} threads={torch.get_num_threads()} data={data.source}")
