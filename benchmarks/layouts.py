@@ -29,10 +29,11 @@ from torch import Tensor, nn
 import normlab.config
 import normlab.train
 from normlab.augment import Affine
-from normlab.config import GROUPS, TrainConfig, canonical_norm
+from normlab.config import TrainConfig
 from normlab.data import load_dataset
 from normlab.machine import cpu_cores
 from normlab.model import ConvBlock, Net, count_parameters
+from normlab.norms import NormSettings, canonical_norm
 
 Layer = tuple[int, int, int] | str  # (in, out, kernel) or "pool"
 A0: list[Layer] = [(1, 8, 3), (8, 16, 3), "pool", (16, 8, 1), (8, 16, 3), (16, 16, 3), (16, 16, 3)]
@@ -53,10 +54,12 @@ LAYOUTS: dict[str, tuple[list[Layer], bool]] = {
 class Candidate(nn.Module):
     layout = "C"
 
-    def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0,
+                 bn_batch: int | None = None, weight_std: bool = False, settings: NormSettings | None = None) -> None:
         super().__init__()
         norm, layers, fc = canonical_norm(norm), *LAYOUTS[self.layout]
-        blocks = [nn.MaxPool2d(2) if layer == "pool" else ConvBlock(*layer, norm, groups or GROUPS, dropout)
+        settings = settings or NormSettings(groups=groups or NormSettings().groups, bn_batch=bn_batch)
+        blocks = [nn.MaxPool2d(2) if layer == "pool" else ConvBlock(*layer, norm, settings, dropout, weight_std)
                   for layer in layers]
         self.features = nn.Sequential(*blocks)
         with torch.no_grad():
