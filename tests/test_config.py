@@ -59,6 +59,8 @@ def test_momentum_swing_keeps_the_momentum_within_0_and_1(momentum, swing):
                                        "not norm group; drop it"),
     ({"bn_batch": 128}, "bn_batch 128: must be from 2 to batch_size - 1 = 127 (at batch_size it is plain"),
     ({"bn_batch": 1}, "bn_batch 1: must be from 2"),
+    ({"freeze_bn_epochs": 20}, "freeze_bn_epochs 20: must be from 0 to epochs - 1 = 19"),
+    ({"norm": "gn", "freeze_bn_epochs": 1}, "freeze_bn_epochs 1: only for a norm with batch statistics"),
 ])
 def test_a_bad_value_is_one_error_naming_the_setting(values, rendered):
     with pytest.raises(UserError) as e:

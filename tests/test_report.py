@@ -1,16 +1,9 @@
 """The report's tables and findings are computed from the numbers: unit tests on made-up results."""
 
 from normlab.config import TARGET_ACC as TARGETS
-from normlab.report import (
-    batch_table,
-    chosen_lrs,
-    chosen_table,
-    failures,
-    findings,
-    results_table,
-    summarize,
-    to_markdown,
-)
+from normlab.findings import failures, findings
+from normlab.report import batch_table, chosen_table, results_table, to_markdown
+from normlab.results import chosen_lrs, summarize
 
 
 def run(variant, seed, acc, batch=128, seconds=100.0, **extra):

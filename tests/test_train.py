@@ -8,7 +8,8 @@ from conftest import quick, quiet, without_seconds
 
 from normlab.config import TrainConfig
 from normlab.data import DATASETS
-from normlab.train import evaluate, l1_parameters, loss_function, sgd_one_cycle, sgd_step, train
+from normlab.predict import evaluate
+from normlab.train import l1_parameters, loss_function, sgd_one_cycle, sgd_step, train
 
 
 def test_same_seed_same_metrics_and_weights(mnist):

@@ -94,6 +94,9 @@ def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bo
                    help="brn: plain batch norm for this fraction of the steps, then the clips widen linearly")
     p.add_argument("--renorm-to", type=float, default=d.renorm_to,
                    help="brn: the fraction of the steps at which the clips reach --renorm-r-max, --renorm-d-max")
+    p.add_argument("--freeze-bn-epochs", type=int, default=d.freeze_bn_epochs, metavar="K",
+                   help="FrozenBN: the last K epochs normalize with the running averages instead of batch "
+                        "statistics (a norm with batch statistics only)")
     p.add_argument("--dropout", type=float, default=d.dropout, help="Dropout2d after each conv block")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD's L2 weight decay")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training images")

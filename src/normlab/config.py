@@ -39,6 +39,7 @@ class TrainConfig:
     renorm_d_max: float = 5.0
     renorm_from: float = 0.05     # Batch Renorm is plain BN for this fraction of the run's steps, then its clips
     renorm_to: float = 0.25       # widen linearly, reaching r_max and d_max at this fraction
+    freeze_bn_epochs: int = 0     # FrozenBN: the last this many epochs normalize with the running averages
     dropout: float = 0.0          # Dropout2d after every conv block
     l1: float = 0.0               # λ of the L1 penalty λ·Σ|w| on conv weights
     l1_norm_params: bool = False  # also put the L1 penalty on the norms' γ and β
@@ -104,6 +105,12 @@ class TrainConfig:
             raise UserError("must be above 0 and at most 1", "norm_momentum", self.norm_momentum)
         if not (math.isfinite(self.renorm_r_max) and self.renorm_r_max >= 1):
             raise UserError("must be a finite number, 1 or more (1: no correction)", "renorm_r_max", self.renorm_r_max)
+        if self.freeze_bn_epochs and not entry.batch_stats:
+            raise UserError(f"only for a norm with batch statistics ({names_where('batch_stats')}), not {{norm}} "
+                            f"{self.norm}; drop it", "freeze_bn_epochs", self.freeze_bn_epochs)
+        if not 0 <= self.freeze_bn_epochs < self.epochs:
+            raise UserError(f"must be from 0 to {{epochs}} - 1 = {self.epochs - 1}", "freeze_bn_epochs",
+                            self.freeze_bn_epochs)
         if not (0 <= self.renorm_from <= self.renorm_to <= 1):
             raise UserError(f"{{renorm_from}} {self.renorm_from} and {{renorm_to}} {self.renorm_to} must be fractions "
                             "of the run with 0 <= from <= to <= 1")

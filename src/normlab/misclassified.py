@@ -13,7 +13,7 @@ from normlab.config import N_MISCLASSIFIED
 from normlab.data import Dataset
 from normlab.files import write_atomic
 from normlab.plots import misclassified_figure
-from normlab.train import EVAL_BATCH, model_input
+from normlab.predict import predict
 
 
 @torch.inference_mode()
@@ -23,8 +23,7 @@ def most_confidently_wrong(model: nn.Module, data: Dataset, device: torch.device
     of ties, and the model's test accuracy in %."""
     model.eval()
     images, labels = data.test_images.to(device), data.test_labels.to(device)
-    probs = torch.cat([model(model_input(images[i:i + EVAL_BATCH], data.info)).float().softmax(1)
-                       for i in range(0, len(images), EVAL_BATCH)])
+    probs = predict(model, images, data.info).softmax(1)
     confidence, predicted = probs.max(1)
     acc = (predicted == labels).float().mean().item() * 100
     wrong = (predicted != labels).nonzero().flatten()

@@ -76,12 +76,12 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     paper's BN with a few images per GPU and no synchronisation between GPUs, at any SGD batch size. The
     running averages move towards the mean of the groups' statistics; evaluation is plain batch norm."""
 
-    def __init__(self, channels: int, images: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(self, channels: int, images: int | None, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
         super().__init__(channels, eps=eps, momentum=momentum)
         self.images = images
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or len(x) <= self.images:
+        if not self.training or self.images is None or len(x) <= self.images:
             return super().forward(x)
         n, c, h, w = x.shape
         k, rest = divmod(n, self.images)
@@ -265,6 +265,13 @@ NORMS: dict[str, Norm] = {
     "none": Norm(lambda c, s, eps: nn.Identity(), 0.0, shift=False),
 }
 BATCH_STAT_LAYERS = (nn.BatchNorm2d, BatchRenorm2d, EvoNormB0)  # the layers of the entries with batch_stats
+
+
+def batch_stat_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of ``model`` that normalize with batch statistics in training and keep running averages."""
+    return [m for m in model.modules() if isinstance(m, BATCH_STAT_LAYERS)]
+
+
 ALIASES = {"bn": "batch", "gn": "group", "ln": "layer", "in": "instance"}
 CONV_MODIFIERS = ("ws",)  # Weight Standardization, written norm+ws: StdConv2d in place of every block's conv
 

@@ -1,216 +1,26 @@
-"""results.json -> report.md and a self-contained report.html; the findings are computed from the numbers.
+"""results.json -> report.md and a self-contained report.html: the tables, the graphs and the findings.
 
-Every table gives the mean ± std over seeds and a 95 % confidence interval; a finding claims a
-difference only where a paired comparison over seeds supports it (normlab.stats). With several learning
-rates, each variant (at each batch size) is compared at the rate its validation accuracy chooses.
+Every table gives the mean ± std over seeds and a 95 % confidence interval, from normlab.results' rows;
+the sentences come from normlab.findings.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import math
-import statistics
 from pathlib import Path
 from typing import Any
 
-from normlab.config import TARGET_ACC
 from normlab.files import write_atomic
-from normlab.stats import Interval, choose_on_validation, interval, paired_difference
+from normlab.findings import failures, findings
+from normlab.results import evaluation_rows, summarize
+from normlab.stats import Interval
 
 LR_GRAPH = "graph4_val_error_vs_lr.png"
 
 # Wu & He, Group Normalization (arXiv 1803.08494), Table 2: ResNet-50 ImageNet top-1 error (%) by images per GPU.
 GN_PAPER = {"images per GPU": (32, 16, 8, 4, 2), "BN": (23.6, 23.7, 24.8, 27.3, 34.7),
             "GN": (24.1, 24.2, 24.0, 24.2, 24.1)}
-
-
-def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in results["runs"] if r.get("failed") is None]
-
-
-def final_accs(results: dict[str, Any], row: dict[str, Any]) -> dict[int, float]:
-    """Seed -> final test accuracy of the finished runs of one row: a variant at one batch size and rate."""
-    return {r["seed"]: r["final_test_acc"] for r in finished_runs(results)
-            if (r["variant"], r["batch_size"], r["lr"]) == (row["variant"], row["batch_size"], row["lr"])}
-
-
-def chosen_lrs(results: dict[str, Any]) -> dict[tuple[str, int], float]:
-    """(variant, batch size) -> the learning rate it is reported at: its only one, or the one with the best mean
-    validation accuracy at the last epoch over the tuning seeds (ties to the smaller rate; never one with a
-    failed run)."""
-    candidates: dict[tuple[str, int], dict[float, list[float | None]]] = {}
-    for r in tuning_runs(results, results["runs"]):
-        acc = None if r.get("failed") else r.get("final_val_acc", math.nan)
-        candidates.setdefault((r["variant"], r["batch_size"]), {}).setdefault(r["lr"], []).append(acc)
-    chosen = {}
-    for key, rates in candidates.items():
-        lr = next(iter(rates)) if len(rates) == 1 else choose_on_validation(rates)
-        if lr is not None:
-            chosen[key] = lr
-    return chosen
-
-
-def tuning_runs(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs of the seeds that choose the learning rate (every seed, unless the study names some)."""
-    seeds = set(results.get("tune_seeds") or results["seeds"])
-    return [r for r in runs if r["seed"] in seeds]
-
-
-def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per variant, batch size and learning rate: the final test accuracy over seeds (an Interval), means of the
-    rest, and whether the rate is the one the variant is reported at (``chosen``)."""
-    rows, chosen = [], chosen_lrs(results)
-    for batch in results["batch_sizes"]:
-        for name in results["variants"]:
-            at_point = [r for r in finished_runs(results) if r["variant"] == name and r["batch_size"] == batch]
-            for lr in sorted({r["lr"] for r in at_point}):  # no row where every run failed: failures() says so
-                runs = [r for r in at_point if r["lr"] == lr]
-                row = summary_row(runs, name, batch, lr, chosen.get((name, batch)) == lr)
-                tuning = tuning_runs(results, runs)
-                if tuning and "final_val_acc" in tuning[0]:  # the validation accuracy that chose the rate
-                    row["val"] = interval([r["final_val_acc"] for r in tuning])
-                rows.append(row)
-    return rows
-
-
-def summary_row(runs: list[dict[str, Any]], name: str, batch: int, lr: float, chosen: bool) -> dict[str, Any]:
-    row = {
-        "variant": name, "norm": runs[0]["norm"], "regularization": runs[0]["regularization"],
-        "parameters": runs[0]["parameters"], "batch_size": batch, "lr": lr, "chosen": chosen, "seeds": len(runs),
-        "epochs": runs[0]["epochs"], "final": interval([r["final_test_acc"] for r in runs]),
-        "seconds": statistics.fmean(r["seconds"] for r in runs),
-        "train_loss": statistics.fmean(r["final_train_loss"] for r in runs),
-        "weight_l1": statistics.fmean(r["conv_weight_l1"] for r in runs),
-    }
-    if "final_val_acc" in runs[0]:
-        row["at_best_val"] = interval([r["test_acc_at_best_val"] for r in runs])
-    return row
-
-
-def failures(results: dict[str, Any]) -> list[str]:
-    return [f"{name_of(r, results)} seed {r['seed']} FAILED: {r['failed']['reason']} at epoch "
-            f"{r['failed']['epoch']}, step {r['failed']['step']}; it is left out of the tables, graphs and grids."
-            for r in results["runs"] if r.get("failed")]
-
-
-def points(x: float) -> str:
-    return f"{x:+.2f}"
-
-
-def comparison(results: dict[str, Any], better: dict[str, Any], other: dict[str, Any]) -> str:
-    """One sentence: how far ``other`` ends below ``better``, and whether the seeds support a difference."""
-    gap = better["final"].mean - other["final"].mean
-    sentence = f"{other['variant']} ends {gap:.2f} points lower ({other['final'].mean:.2f}%)"
-    diff = paired_difference(final_accs(results, better), final_accs(results, other))
-    if diff.n < 2:
-        return sentence + "; one seed in common, so no claim either way."
-    verdict = "a difference the seeds support" if diff.excludes_zero() else "within noise: the interval includes 0"
-    return (sentence + f"; {better['variant']} − {other['variant']} paired over {diff.n} seeds: {points(diff.mean)} "
-            f"points, 95% CI {points(diff.low)} to {points(diff.high)}, {verdict}.")
-
-
-def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
-    """Sentences derived from the numbers, so they change when the numbers do. Variants are compared each at
-    its chosen learning rate."""
-    every_rate, rows = rows, [r for r in rows if r["chosen"]]
-    if not rows:
-        return ["Every run failed: there is nothing to compare."]
-    out = lr_findings(every_rate, results) if len(results.get("lrs", [])) > 1 else []
-    for batch in results["batch_sizes"]:
-        ranked = sorted((r for r in rows if r["batch_size"] == batch), key=lambda r: r["final"].mean, reverse=True)
-        if not ranked:
-            continue
-        top = ranked[0]
-        at = f" {size_text(results, batch)}" if len(results["batch_sizes"]) > 1 else ""
-        what = f"mean final test accuracy over {top['seeds']} seeds" if top["seeds"] > 1 else "final test accuracy"
-        out.append(f"{top['variant']} ends best{at}: {top['final'].mean:.2f}% {what} after {top['epochs']} epochs.")
-        out += [comparison(results, top, other) for other in ranked[1:]]
-    if len(results["batch_sizes"]) > 1:
-        out += batch_findings(rows, results)
-    target = TARGET_ACC.get(results["base_config"]["dataset"])
-    reached = [name_of(r, results) for r in rows if target is not None and r["final"].mean >= target]
-    missed = [name_of(r, results) for r in rows if target is not None and r["final"].mean < target]
-    if reached:
-        out.append(f"At or above {target}% at the last epoch (mean): {', '.join(reached)}.")
-    if missed:
-        out.append(f"Below {target}% at the last epoch (mean): {', '.join(missed)}.")
-    fastest = min(rows, key=lambda r: r["seconds"])
-    slowest = max(rows, key=lambda r: r["seconds"])
-    if slowest["seconds"] > fastest["seconds"]:
-        out.append(f"Training time per run ranges from {fastest['seconds']:.0f} s, {name_of(fastest, results)}, "
-                   f"to {slowest['seconds']:.0f} s, {name_of(slowest, results)}.")
-    return out
-
-
-def lr_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
-    """Which rate validation chose for each variant, and whether the ranking at one shared rate survives it."""
-    out = []
-    for batch in results["batch_sizes"]:
-        chosen = [r for r in rows if r["chosen"] and r["batch_size"] == batch]
-        at = f" {size_text(results, batch)}" if len(results["batch_sizes"]) > 1 else ""
-        if chosen:
-            out.append(f"Learning rates chosen on validation{at} (best mean validation accuracy at the last epoch): "
-                       + ", ".join(f"{r['variant']} {r['lr']:g} ({r['val'].mean:.2f}%)" for r in chosen) + ".")
-        shared = shared_lr(results, batch)
-        common = {r["variant"]: r for r in rows if r["batch_size"] == batch and r["lr"] == shared}
-        if shared is None or len(chosen) < 2 or not {r["variant"] for r in chosen} <= common.keys():
-            continue
-        before = [r["variant"] for r in sorted(common.values(), key=lambda r: r["final"].mean, reverse=True)
-                  if r["variant"] in {c["variant"] for c in chosen}]
-        after = [r["variant"] for r in sorted(chosen, key=lambda r: r["final"].mean, reverse=True)]
-        verdict = "the same order" if before == after else f"{', '.join(after)}: the ranking changes"
-        out.append(f"By mean test accuracy{at}, all at lr {shared:g}: {', '.join(before)}; each at its chosen rate: "
-                   f"{verdict}.")
-    return out
-
-
-def shared_lr(results: dict[str, Any], batch: int) -> float | None:
-    """The study's base rate at one batch size, computed as the runs' rates are, if it is one of the study's."""
-    base = results["base_config"]
-    if base.get("lr") not in results.get("lrs", []):
-        return None
-    return base["lr"] * batch / base["batch_size"] if results.get("lr_scaling") else base["lr"]
-
-
-def name_of(row: dict[str, Any], results: dict[str, Any]) -> str:
-    return row["variant"] + (f" ({size_text(results, row['batch_size'])})" if len(results["batch_sizes"]) > 1 else "")
-
-
-def size_text(results: dict[str, Any], size: int) -> str:
-    """A point of the batch-size axis in words: the SGD batch, or (ghost) batch norm's group."""
-    return f"at {size} images per BN group" if results.get("ghost") else f"at batch size {size}"
-
-
-def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
-    """Per variant: how its test error changes from the largest batch size to the smallest, paired over seeds."""
-    large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
-    chosen = {(r["variant"], r["batch_size"]): r for r in rows}
-    out = []
-    batch_stats = {r["variant"]: r["batch_stats"] for r in finished_runs(results)}
-    for variant in results["variants"]:
-        if results.get("ghost") and not batch_stats.get(variant, True):
-            out.append(f"{variant} has no batch statistics: ghost batch norm does not touch it, and its runs stand "
-                       "at every size.")
-            continue
-        if (variant, large) not in chosen or (variant, small) not in chosen:
-            continue
-        accs = {b: final_accs(results, chosen[variant, b]) for b in (large, small)}
-        diff = paired_difference(accs[large], accs[small])
-        if diff.n == 0:
-            continue
-        err = {b: 100 - statistics.fmean(accs[b].values()) for b in (large, small)}
-        sentence = (f"{variant}: test error {err[large]:.2f}% {size_text(results, large)}, {err[small]:.2f}% "
-                    f"{size_text(results, small)}")
-        if diff.n < 2:
-            out.append(sentence + " (one seed: no claim).")
-        elif diff.excludes_zero():
-            out.append(sentence + f"; paired over {diff.n} seeds the change is {points(diff.mean)} points of error "
-                       f"(95% CI {points(diff.low)} to {points(diff.high)}): the batch size matters.")
-        else:
-            out.append(sentence + f"; paired over {diff.n} seeds, {points(diff.mean)} points (95% CI "
-                       f"{points(diff.low)} to {points(diff.high)}): within noise.")
-    return out
 
 
 def how_trained(results: dict[str, Any]) -> str:
@@ -276,6 +86,19 @@ def mean_std(i: Interval) -> str:
     return f"{i.mean:.2f}%" + (f" ± {i.std:.2f}" if i.n > 1 else "")
 
 
+def evaluation_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """BN's evaluation statistics side by side: the test accuracy each gives, and its paired gain over the
+    moving averages (mean, 95 % CI)."""
+    def gain(i: Interval) -> str:
+        return f"{i.mean:+.2f}" + (f" ({i.low:+.2f} to {i.high:+.2f})" if i.n > 1 else "")
+
+    what = "images per BN group" if results.get("ghost") else "batch"
+    header = ["variant", what, "moving averages", "PreciseBN", "test batch statistics", "PreciseBN − moving",
+              "batch statistics − moving"]
+    return header, [[r["variant"], str(r["batch_size"]), mean_std(r["moving"]), mean_std(r["precise"]),
+                     mean_std(r["batch"]), gain(r["precise_gain"]), gain(r["batch_gain"])] for r in rows]
+
+
 def paper_table() -> tuple[list[str], list[list[str]]]:
     sizes, *rows = GN_PAPER.items()
     return [sizes[0], *map(str, sizes[1])], [[name, *map(str, values)] for name, values in rows]
@@ -334,6 +157,16 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
     if len(results.get("lrs", [])) > 1:
         blocks += [("h2", "Graph 4: validation error by learning rate"), ("table", chosen_table(rows, results)),
                    ("img", LR_GRAPH)]
+    evaluations = evaluation_rows(results)
+    if evaluations:
+        first = evaluations[0]
+        blocks += [("h2", "Evaluation statistics of the norms with batch statistics"),
+                   ("p", "Test accuracy (%, mean ± std over seeds) of each final model evaluated with the running "
+                         "averages training kept (the run's test accuracy, PyTorch's eval mode), with PreciseBN's "
+                         f"population statistics recomputed with the final weights over {first['precise_images']:,} "
+                         "training images, and with the test images' own batch statistics in consecutive groups of "
+                         "the run's training group size; the gains are paired over seeds (95% CI)."),
+                   ("table", evaluation_table(evaluations, results))]
     blocks += [("h2", "Findings"), ("list", failures(results) + findings(rows, results))]
     if rows:
         blocks += [("h2", "Graph 1: test loss"), ("img", "graph1_test_loss.png"),
@@ -394,3 +227,4 @@ def write_report(out: Path, results: dict[str, Any], grids: dict[str, str]) -> N
     blocks = _blocks(results, grids)
     write_atomic(out / "report.md", to_markdown(blocks))
     write_atomic(out / "report.html", to_html(blocks, out))
+

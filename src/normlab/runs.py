@@ -4,6 +4,7 @@
     <run>/metrics.csv     one row per finished epoch (also metrics.json)
     <run>/checkpoint.pt   while the run is unfinished: its state after the last finished epoch
     <run>/model.pt        the final weights, a state dict (once finished)
+    <run>/evaluation.json a norm with batch statistics: test accuracy under three evaluation statistics
     <run>/failed.json     where the loss became non-finite (a failed run)
 
 Every file is written atomically; every file read back is checked, and a broken one is a one-line error
@@ -35,14 +36,15 @@ from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atom
 from normlab.model import LAYOUT
 
 CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
-CHECKPOINT, WEIGHTS, FAILED = "checkpoint.pt", "model.pt", "failed.json"
-RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED)
+CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
+RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED, EVALUATION)
 NOT_HASHED = ("device", "threads", "data_dir")  # where or how fast a run goes, not what it computes
 # Settings added after run folders were first written, at the values that compute what runs did before they
 # existed: left out of the hash at those values, so those folders stay valid for the same command.
 ADDED_LATER = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale": 0.05, "dataset": "mnist", "val_size": 0,
                "cuda_graph": True, "bn_batch": None, "weight_std": False, "norm_eps": None, "norm_momentum": 0.1,
-               "renorm_r_max": 3.0, "renorm_d_max": 5.0, "renorm_from": 0.05, "renorm_to": 0.25}
+               "renorm_r_max": 3.0, "renorm_d_max": 5.0, "renorm_from": 0.05, "renorm_to": 0.25,
+               "freeze_bn_epochs": 0}
 
 
 def config_hash(config: TrainConfig) -> str:
@@ -71,6 +73,7 @@ class SavedRun:
     parameters: int | None = None
     differences: str = ""    # for OTHER: how its settings differ from the config asked for
     model: nn.Module | None = None  # for FINISHED: its final weights, loaded (on the CPU)
+    evaluation: dict[str, float] | None = None  # for FINISHED, with batch statistics: normlab.evalstats
 
 
 def metric_columns(config: TrainConfig) -> list[tuple[str, int, str]]:
@@ -148,10 +151,28 @@ def inspect(run_dir: Path, config: TrainConfig) -> SavedRun:
     if (run_dir / WEIGHTS).is_file() and (run_dir / METRICS_JSON).is_file():
         metrics = read_metrics(run_dir, config)
         if len(metrics) == config.epochs:
-            return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(run_dir, config))
+            return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(run_dir, config),
+                            evaluation=read_evaluation(run_dir))
     if (run_dir / CHECKPOINT).is_file():
         return SavedRun(Status.PARTIAL, parameters=parameters)
     return SavedRun(Status.NEW)
+
+
+def read_evaluation(run_dir: Path) -> dict[str, float] | None:
+    """evaluation.json, when the run has one: finite accuracies from 0 to 100 under each evaluation statistics."""
+    path = run_dir / EVALUATION
+    if not path.is_file():
+        return None
+    values = _read_json(path)
+    keys = ("moving", "precise", "batch")
+    if not isinstance(values, dict) or not all(isinstance(values.get(k), int | float) and math.isfinite(values[k])
+                                               and 0 <= values[k] <= 100 for k in keys):
+        raise _broken(path, f"does not hold the test accuracies {', '.join(keys)} from 0 to 100")
+    return values
+
+
+def save_evaluation(run_dir: Path, evaluation: dict[str, float]) -> None:
+    write_atomic(run_dir / EVALUATION, json.dumps(evaluation, indent=2))
 
 
 def is_finished(run_dir: Path, config: TrainConfig) -> bool:
@@ -193,7 +214,10 @@ class RunFolder:
         write_atomic(self.path / FAILED, json.dumps(failure, indent=2))
         (self.path / CHECKPOINT).unlink(missing_ok=True)
 
-    def finish(self, model: nn.Module) -> None:
+    def finish(self, model: nn.Module, evaluation: dict[str, float] | None = None) -> None:
+        """The evaluation first, the weights last: they mark the run finished."""
+        if evaluation is not None:
+            save_evaluation(self.path, evaluation)
         replace_atomic(self.path / WEIGHTS, lambda f: torch.save(model.state_dict(), f))
         (self.path / CHECKPOINT).unlink(missing_ok=True)
 
@@ -217,7 +241,7 @@ class Unsaved(RunFolder):
     def fail(self, metrics: list[dict[str, float]], failure: dict[str, Any]) -> None:
         pass
 
-    def finish(self, model: nn.Module) -> None:
+    def finish(self, model: nn.Module, evaluation: dict[str, float] | None = None) -> None:
         pass
 
 

@@ -32,14 +32,16 @@ from normlab.cluster import ray_session, run_on_ray
 from normlab.config import TARGET_ACC, VARIANTS, TrainConfig, Variant, parse_variant
 from normlab.data import Dataset, load_dataset
 from normlab.errors import UserError
+from normlab.evalstats import evaluation_statistics
 from normlab.files import FolderLock, check_folder, prepare_folder, write_atomic
 from normlab.jobs import Job, default_jobs, run_in_threads
 from normlab.machine import cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
 from normlab.norms import NORMS
 from normlab.plots import batch_size_figure, lr_figure, metric_figure
-from normlab.report import LR_GRAPH, batch_axis, chosen_lrs, size_text, summarize, write_report
-from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect
+from normlab.report import LR_GRAPH, batch_axis, write_report
+from normlab.results import chosen_lrs, size_text, summarize
+from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect, save_evaluation
 from normlab.train import train
 
 STUDY_MARKER = "study.json"
@@ -100,7 +102,7 @@ class Point:
                 "final_test_acc": metrics[-1]["test_acc"], "final_test_loss": metrics[-1]["test_loss"],
                 "final_train_loss": metrics[-1]["train_loss"], "seconds": sum(m["seconds"] for m in metrics),
                 "conv_weight_l1": conv_weight_l1(saved.model),  # type: ignore[arg-type]  # finished: has a model
-                "weights": str((self.run.folder / WEIGHTS).relative_to(out)),
+                "weights": str((self.run.folder / WEIGHTS).relative_to(out)), "evaluation": saved.evaluation,
             })
             if config.val_size:  # the epoch a user would pick, picked on validation, and its test accuracy
                 best = max(range(len(metrics)), key=lambda i: metrics[i]["val_acc"])
@@ -296,6 +298,15 @@ def conv_weight_l1(model: torch.nn.Module) -> float:
     return float(sum(m.weight.detach().abs().sum() for m in model.modules() if isinstance(m, torch.nn.Conv2d)))
 
 
+def add_evaluation(run: PlannedRun, data: Dataset, device: torch.device) -> None:
+    """A finished run with batch statistics that predates normlab.evalstats gets its evaluation.json now."""
+    saved = run.read_back()
+    if saved.failure is None and saved.evaluation is None and NORMS[run.config.norm].batch_stats:
+        model = saved.model.to(device)  # type: ignore[union-attr]  # a finished run has its model
+        saved.evaluation = evaluation_statistics(model, run.config, data, device)
+        save_evaluation(run.folder, saved.evaluation)
+
+
 def unique(points: list[Point]) -> list[PlannedRun]:
     return list({id(p.run): p.run for p in points}.values())
 
@@ -304,6 +315,8 @@ def collect(out: Path, points: list[Point], parsed: list[Variant], study: dict[s
             data: Dataset, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
     """Read every run back and write results.json, the graphs, the grids and the report."""
     test_data = data.limit(None, study["base_config"]["test_limit"])
+    for run in unique(points):
+        add_evaluation(run, data, device)
     runs = [p.record(out, len(test_data.test_labels)) for p in points]
     models = {r["folder"]: p.run.read_back().model for p, r in zip(points, runs, strict=True) if r["failed"] is None}
     results = {**study, "runs": runs}

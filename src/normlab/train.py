@@ -29,12 +29,14 @@ from normlab.checkpoint import restore_training_state, training_state
 from normlab.config import TrainConfig
 from normlab.data import Dataset, DatasetInfo, load_dataset
 from normlab.errors import Interrupted
+from normlab.evalstats import evaluation_statistics
 from normlab.graphed import GraphedEpochs, Losses
 from normlab.machine import check_compiler, cpu_cores, environment, resolve_device
 from normlab.model import Net, count_parameters
+from normlab.norms import NORMS, batch_stat_layers
+from normlab.predict import evaluate, normalize
 from normlab.runs import metric_columns, open_run
 
-EVAL_BATCH = 1000
 INIT_LOCK = threading.Lock()
 Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -46,6 +48,7 @@ class RunResult:
     parameters: int
     metrics: list[dict[str, float]] = field(default_factory=list)
     failed: dict[str, Any] | None = None  # where the loss became non-finite, when it did
+    evaluation: dict[str, float] | None = None  # with batch statistics: normlab.evalstats
 
     @property
     def final_test_acc(self) -> float:
@@ -74,7 +77,8 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
         if folder.finished is not None:
             log(f"normlab train: {out} already holds this run, {folder.finished.status.value}; nothing to do")
             model = (folder.finished.model or config.model()).to(device)
-            return RunResult(config, model, count_parameters(model), folder.finished.metrics, folder.finished.failure)
+            return RunResult(config, model, count_parameters(model), folder.finished.metrics, folder.finished.failure,
+                             folder.finished.evaluation)
 
         with INIT_LOCK:  # runs in threads (normlab.jobs.run_in_threads) share torch's global RNG
             torch.manual_seed(config.seed)  # the weights' initialisation and dropout
@@ -87,11 +91,9 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
         if folder.resume_state is not None:
             result.metrics = restore_training_state(folder.resume_state, model, optimizer, schedule, generator)
             log(f"normlab train: resuming {out} after epoch {len(result.metrics)}")
-        if device.type == "cuda" and config.cuda_graph and not config.compile:
-            graphed = GraphedEpochs(model, optimizer, schedule, lambda params: sgd_one_cycle(params, config)[1],
-                                    losses, config, train_x, train_y, augment, capture=True)
-        else:
-            graphed, step = None, sgd_step(losses, optimizer, schedule)
+        graphs: dict[bool, GraphedEpochs] = {}  # on a GPU: the captured step, with BN training or frozen
+        use_graphs = device.type == "cuda" and config.cuda_graph and not config.compile
+        step = None if use_graphs else sgd_step(losses, optimizer, schedule)
         folder.start(result.parameters, environment(device, data.source, info.md5))
         groups = f" groups={config.groups}" if config.groups is not None else ""
         groups += " +ws" if config.weight_std else ""
@@ -103,9 +105,16 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
         for epoch in range(len(result.metrics) + 1, config.epochs + 1):
             start, lr = time.perf_counter(), schedule.get_last_lr()[0]
             model.train()
-            if graphed is not None:
+            frozen = epoch > config.epochs - config.freeze_bn_epochs  # FrozenBN: the running averages normalize
+            for layer in batch_stat_layers(model) if frozen else []:
+                layer.eval()
+            if use_graphs:
                 check_stop(stop)
-                train_loss, train_acc, bad_step = graphed.run_epoch(generator)
+                if frozen not in graphs:  # a graph replays the modes it was captured in
+                    graphs[frozen] = GraphedEpochs(model, optimizer, schedule,
+                                                   lambda params: sgd_one_cycle(params, config)[1], losses, config,
+                                                   train_x, train_y, augment, capture=True)
+                train_loss, train_acc, bad_step = graphs[frozen].run_epoch(generator)
             else:
                 batches = stoppable(progress_bar(range(config.steps_per_epoch), f"epoch {epoch}/{config.epochs}",
                                                  progress), stop)
@@ -125,7 +134,9 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
             log(" ".join(format(row[name], f">{width}{spec}") for name, width, spec in metric_columns(config)))
             folder.save_epoch(result.metrics, training_state(model, optimizer, schedule, generator, result.metrics,
                                                              folder.hash))
-        folder.finish(model)
+        if NORMS[config.norm].batch_stats:
+            result.evaluation = evaluation_statistics(model, config, data, device)
+        folder.finish(model, result.evaluation)
     return result
 
 
@@ -196,28 +207,6 @@ def train_epoch(step: Step, images: Tensor, labels: Tensor, batch_size: int, bat
         correct += (logits.argmax(1) == y).sum()
     bad = int(bad_step.item())
     return loss_sum.item() / len(images), correct.item() * 100 / len(images), bad + 1 if bad >= 0 else None
-
-
-def normalize(images: Tensor, info: DatasetInfo) -> Tensor:
-    return (images - info.mean) / info.std
-
-
-def model_input(images: Tensor, info: DatasetInfo) -> Tensor:
-    """uint8 images N×28×28 -> the normalized float batch N×1×28×28 the model takes."""
-    return normalize(images.unsqueeze(1).float() / 255, info)
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, info: DatasetInfo) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in % over the given uint8 images, in eval mode."""
-    model.eval()
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.int64)
-    for i in range(0, len(images), EVAL_BATCH):
-        logits = model(model_input(images[i:i + EVAL_BATCH], info)).float()
-        loss_sum += F.cross_entropy(logits, labels[i:i + EVAL_BATCH], reduction="sum")
-        correct += (logits.argmax(1) == labels[i:i + EVAL_BATCH]).sum()
-    return loss_sum.item() / len(images), (correct.float() / len(images)).item() * 100
 
 
 def check_stop(stop: threading.Event | None) -> None:

@@ -1,0 +1,98 @@
+"""results.json -> the rows every table, graph and finding reads: per variant, batch size and learning rate,
+the final test accuracy over seeds, and the learning rate each variant is reported at (chosen on validation).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from normlab.stats import choose_on_validation, interval, paired_difference
+
+
+def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in results["runs"] if r.get("failed") is None]
+
+
+def final_accs(results: dict[str, Any], row: dict[str, Any]) -> dict[int, float]:
+    """Seed -> final test accuracy of the finished runs of one row: a variant at one batch size and rate."""
+    return {r["seed"]: r["final_test_acc"] for r in finished_runs(results)
+            if (r["variant"], r["batch_size"], r["lr"]) == (row["variant"], row["batch_size"], row["lr"])}
+
+
+def chosen_lrs(results: dict[str, Any]) -> dict[tuple[str, int], float]:
+    """(variant, batch size) -> the learning rate it is reported at: its only one, or the one with the best mean
+    validation accuracy at the last epoch over the tuning seeds (ties to the smaller rate; never one with a
+    failed run)."""
+    candidates: dict[tuple[str, int], dict[float, list[float | None]]] = {}
+    for r in tuning_runs(results, results["runs"]):
+        acc = None if r.get("failed") else r.get("final_val_acc", math.nan)
+        candidates.setdefault((r["variant"], r["batch_size"]), {}).setdefault(r["lr"], []).append(acc)
+    chosen = {}
+    for key, rates in candidates.items():
+        lr = next(iter(rates)) if len(rates) == 1 else choose_on_validation(rates)
+        if lr is not None:
+            chosen[key] = lr
+    return chosen
+
+
+def tuning_runs(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of the seeds that choose the learning rate (every seed, unless the study names some)."""
+    seeds = set(results.get("tune_seeds") or results["seeds"])
+    return [r for r in runs if r["seed"] in seeds]
+
+
+def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per variant, batch size and learning rate: the final test accuracy over seeds (an Interval), means of the
+    rest, and whether the rate is the one the variant is reported at (``chosen``)."""
+    rows, chosen = [], chosen_lrs(results)
+    for batch in results["batch_sizes"]:
+        for name in results["variants"]:
+            at_point = [r for r in finished_runs(results) if r["variant"] == name and r["batch_size"] == batch]
+            for lr in sorted({r["lr"] for r in at_point}):  # no row where every run failed: failures() says so
+                runs = [r for r in at_point if r["lr"] == lr]
+                row = summary_row(runs, name, batch, lr, chosen.get((name, batch)) == lr)
+                tuning = tuning_runs(results, runs)
+                if tuning and "final_val_acc" in tuning[0]:  # the validation accuracy that chose the rate
+                    row["val"] = interval([r["final_val_acc"] for r in tuning])
+                rows.append(row)
+    return rows
+
+
+def summary_row(runs: list[dict[str, Any]], name: str, batch: int, lr: float, chosen: bool) -> dict[str, Any]:
+    row = {
+        "variant": name, "norm": runs[0]["norm"], "regularization": runs[0]["regularization"],
+        "parameters": runs[0]["parameters"], "batch_size": batch, "lr": lr, "chosen": chosen, "seeds": len(runs),
+        "epochs": runs[0]["epochs"], "final": interval([r["final_test_acc"] for r in runs]),
+        "seconds": statistics.fmean(r["seconds"] for r in runs),
+        "train_loss": statistics.fmean(r["final_train_loss"] for r in runs),
+        "weight_l1": statistics.fmean(r["conv_weight_l1"] for r in runs),
+    }
+    if "final_val_acc" in runs[0]:
+        row["at_best_val"] = interval([r["test_acc_at_best_val"] for r in runs])
+    return row
+
+
+def size_text(results: dict[str, Any], size: int) -> str:
+    """A point of the batch-size axis in words: the SGD batch, or (ghost) batch norm's group."""
+    return f"at {size} images per BN group" if results.get("ghost") else f"at batch size {size}"
+
+
+def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per variant with batch statistics and batch size, at its chosen rate: the test accuracy under each
+    evaluation statistics (normlab.evalstats) and each one's paired difference from the moving averages."""
+    chosen, rows = chosen_lrs(results), []
+    for batch in results["batch_sizes"]:
+        for name in results["variants"]:
+            runs = [r for r in finished_runs(results) if r["variant"] == name and r["batch_size"] == batch
+                    and r["lr"] == chosen.get((name, batch)) and r.get("evaluation")]
+            if not runs:
+                continue
+            by_seed = {way: {r["seed"]: r["evaluation"][way] for r in runs} for way in ("moving", "precise", "batch")}
+            rows.append({"variant": name, "batch_size": batch, "group": runs[0]["evaluation"]["group"],
+                         "precise_images": runs[0]["evaluation"]["precise_images"],
+                         **{way: interval(list(accs.values())) for way, accs in by_seed.items()},
+                         **{f"{way}_gain": paired_difference(by_seed[way], by_seed["moving"])
+                            for way in ("precise", "batch")}})
+    return rows
