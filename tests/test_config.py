@@ -31,7 +31,8 @@ def test_momentum_swing_keeps_the_momentum_within_0_and_1(momentum, swing):
     ({"norm": "layer", "groups": 2}, "groups 2: only for a norm with channel groups (group, evonorm-s0), not norm "
                                      "layer; drop it"),
     ({"epochs": 0}, "epochs 0: must be greater than 0"),
-    ({"lr": 0.0}, "lr 0.0: must be greater than 0"),
+    ({"lr": 0.0}, "lr 0.0: must be a finite number above 0"),
+    ({"lr": -0.1}, "lr -0.1: must be a finite number above 0"),
     ({"lr": math.inf}, "lr inf: must be a finite number"),
     ({"lr": 1e400}, "lr inf: must be a finite number"),
     ({"l1": math.inf}, "l1 inf: must be a finite number"),
@@ -78,6 +79,8 @@ def test_a_run_too_short_to_train_is_refused_with_the_way_out():
     assert f"are 1 SGD step(s), too few to train (one-cycle needs at least {MIN_STEPS})" in text
     assert "raise --epochs or --train-limit, or lower --batch-size" in text
     assert TrainConfig(epochs=1, train_limit=100, batch_size=10).steps == MIN_STEPS
+    with pytest.raises(UserError, match="raise epochs or train_limit, or lower batch_size or val_size"):
+        TrainConfig(epochs=1, val_size=59990)  # 10 images left to train on
 
 
 def test_validation_images_come_out_of_the_training_images():

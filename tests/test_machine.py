@@ -18,5 +18,6 @@ def test_cuda_without_a_gpu_is_a_user_error():
 
 def test_cores_and_environment():
     assert cpu_cores() >= 1
-    env = environment(torch.device("cpu"), "cache:x", {"a": "b"})
+    env = environment(torch.device("cpu"), "cache:x", {"a": "b"}, {"backend": "local", "runs_at_once": 3})
     assert env["torch"] == torch.__version__ and env["data_md5"] == {"a": "b"} and env["device"] == "cpu"
+    assert env["sharing"] == {"backend": "local", "runs_at_once": 3}

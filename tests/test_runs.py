@@ -10,12 +10,14 @@ from normlab.errors import UserError
 from normlab.runs import (
     CHECKPOINT,
     CONFIG,
+    METRICS_CSV,
     METRICS_JSON,
     WEIGHTS,
     Status,
     config_hash,
     inspect,
     is_finished,
+    metrics_csv,
     open_run,
     read_metrics,
 )
@@ -107,6 +109,36 @@ def test_a_metrics_row_that_is_not_a_finite_number_is_refused(finished, tmp_path
     (run / METRICS_JSON).write_text(json.dumps(rows))
     with pytest.raises(UserError, match="row 2 lacks test_acc"):
         read_metrics(run, CONFIG_A)
+
+
+def edited_metrics(run, change):
+    rows = json.loads((run / METRICS_JSON).read_text())
+    change(rows)
+    (run / METRICS_JSON).write_text(json.dumps(rows))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda rows: rows.pop(), "metrics.json: holds 1 of the finished run's 2 epochs"),
+    (lambda rows: rows.clear(), "metrics.json: holds 0 of the finished run's 2 epochs"),
+    (lambda rows: rows[0].update(test_acc=150.0), "metrics.json: row 1 holds an impossible test_acc"),
+    (lambda rows: rows[1].update(train_loss=-0.5), "metrics.json: row 2 holds an impossible train_loss"),
+    (lambda rows: rows[1].update(test_acc=rows[1]["test_acc"] + 1), "metrics.csv: does not hold the rows of "
+                                                                      "metrics.json"),
+    (None, "metrics.json: is missing from a finished run"),
+])
+def test_every_file_of_a_finished_run_is_checked_by_one_rule(finished, tmp_path, change, message):
+    """A finished run (its weights are written last) whose metrics lost rows, vanished, hold impossible values or
+    disagree with metrics.csv is a one-line error naming the file, never retrained without a word."""
+    run = copy_of(finished, tmp_path)
+    if change is None:
+        (run / METRICS_JSON).unlink()
+    else:
+        edited_metrics(run, change)
+        if "csv" not in message:
+            (run / METRICS_CSV).write_text(metrics_csv(json.loads((run / METRICS_JSON).read_text()), CONFIG_A))
+    with pytest.raises(UserError) as e:
+        inspect(run, CONFIG_A)
+    assert message in str(e.value) and "add force to retrain this run" in str(e.value)
 
 
 def test_a_broken_checkpoint_is_one_line_and_force_starts_over(finished, tmp_path, mnist):

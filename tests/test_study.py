@@ -152,6 +152,8 @@ def test_a_broken_file_in_a_finished_run_is_one_line_or_retrained_with_force(tmp
     ({"lrs": [0.1, 0.2], "base": VAL, "tune_seeds": [0, 5]}, "tune_seeds 0 5: give one or more different seeds, each "
                                                              "one of seeds"),
     ({"tune_seeds": [0]}, "tune_seeds 0: they choose among lrs: give several rates, or drop it"),
+    ({"ghost": True}, "ghost makes batch_sizes batch norm's images per group: give batch_sizes, or drop it"),
+    ({"base": TrainConfig(threads=999)}, "threads 999: more than the"),
 ])
 def test_bad_study_settings_are_refused_before_anything_is_written(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -232,3 +234,11 @@ def test_a_learning_rate_axis_reports_each_variant_at_the_rate_its_validation_ch
     again = run_study(out, ["bn", "gn"], [0, 1, 2], VAL, progress=False, log=logs.append, jobs=1, lrs=[0.02, 0.3],
                       tune_seeds=[0, 1])
     assert sum("reusing" in line for line in logs) == 10 and again["chosen_lrs"] == results["chosen_lrs"]
+
+
+def test_how_the_runs_trained_is_what_their_folders_recorded_not_what_a_rerun_would_do(tmp_path, mnist):
+    first = run_study(tmp_path, ["gn", "ln"], [0], BASE, progress=False, log=quiet, jobs=1)
+    assert {tuple(r["trained"].items()) for r in first["runs"]} == {(("threads", cpu_cores()), ("backend", "local"),
+                                                                      ("runs_at_once", 1))}
+    run_study(tmp_path, ["gn", "ln"], [0], BASE, progress=False, log=quiet, jobs=2)  # everything reused
+    assert f"Runs trained one at a time, on {cpu_cores()} CPU thread(s)." in (tmp_path / "report.md").read_text()

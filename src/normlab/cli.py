@@ -353,7 +353,8 @@ def _run(make_parser: Callable[[], Parser], argv: list[str] | None,
         return stopped.code
     except OSError as e:  # a full disk, a folder removed under us: the files written before stay intact
         where = f" ({e.filename})" if e.filename else ""
-        print(f"normlab: error: {e.strerror or e}{where}; fix that and run the same command again "
-              "(add --resume to continue a run)", file=sys.stderr)
+        resume = "" if argv[:1] == ["study"] else " (add --resume to continue a run)"
+        print(f"normlab: error: {e.strerror or e}{where}; fix that and run the same command again{resume}",
+              file=sys.stderr)
         return 2
     return 0

@@ -83,8 +83,8 @@ def train_task(job: Job, files: dict[str, bytes], data: Dataset, messages: Any) 
         folder.mkdir()
         for name, content in files.items():
             (folder / name).write_bytes(content)
-        train(job.config, out=folder, data=data, progress=False, resume=True,
-              log=lambda line: messages.put((job.label, line)))
+        train(job.config, out=folder, data=data, progress=False, resume=True, log=lambda line: messages.put(
+            (job.label, line)), sharing={"backend": "ray", "runs_at_once": None})
         return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
 
 

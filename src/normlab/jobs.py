@@ -65,6 +65,12 @@ def run_in_threads(jobs: list[Job], threads: int, data: Dataset, device: torch.d
     """
     todo, errors, lock, stop = list(jobs), [], threading.Lock(), threading.Event()
     crashes: list[Exception] = []  # anything else (a full disk, a bug) goes on to the caller as it is
+    say_lock = threading.Lock()
+    sharing = {"backend": "local", "runs_at_once": min(threads, len(jobs))}
+
+    def say(line: str) -> None:  # print writes a line and its newline apart: one thread's line at a time
+        with say_lock:
+            log(line)
 
     def work() -> None:
         with torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else contextlib.nullcontext():
@@ -73,10 +79,10 @@ def run_in_threads(jobs: list[Job], threads: int, data: Dataset, device: torch.d
                     if not todo:
                         return
                     job = todo.pop(0)
-                log(job.heading)
+                say(job.heading)
                 try:
                     train(job.config, out=job.out, data=data, progress=False, stop=stop, force=job.force,
-                          resume=True, log=lambda line, label=job.label: log(f"[{label}] {line}"))
+                          resume=True, log=lambda line, label=job.label: say(f"[{label}] {line}"), sharing=sharing)
                 except UserError as e:
                     errors.append(f"{job.label}: {e}")
                 except Interrupted:

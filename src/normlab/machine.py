@@ -31,6 +31,13 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def check_threads(threads: int | None) -> None:
+    """More torch threads than cores only make every step wait (an epoch took 250x longer at 64 on 2 cores)."""
+    if threads is not None and threads > cpu_cores():
+        raise UserError(f"more than the {cpu_cores()} CPU core(s) this process may use; give at most "
+                        f"{cpu_cores()}, or drop it for one per core", "threads", threads)
+
+
 def check_compiler(device: torch.device) -> None:
     """torch.compile builds C++ for the CPU: without a compiler it would fail deep inside the first step."""
     if device.type != "cpu":
@@ -44,11 +51,13 @@ def check_compiler(device: torch.device) -> None:
                         "(e.g. apt install g++) or drop {compile}") from None
 
 
-def environment(device: torch.device, data_source: str, data_md5: dict[str, str]) -> dict[str, Any]:
-    """What a run folder records about where it ran."""
+def environment(device: torch.device, data_source: str, data_md5: dict[str, str],
+                sharing: dict[str, Any]) -> dict[str, Any]:
+    """What a run folder records about where it ran, and how it shared the machine (``sharing``: backend,
+    runs at once), which is what its seconds mean."""
     return {
         "normlab": __version__, "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
-        "threads": torch.get_num_threads(), "data_source": data_source, "data_md5": data_md5,
+        "threads": torch.get_num_threads(), "sharing": sharing, "data_source": data_source, "data_md5": data_md5,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }

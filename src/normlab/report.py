@@ -24,15 +24,21 @@ GN_PAPER = {"images per GPU": (32, 16, 8, 4, 2), "BN": (23.6, 23.7, 24.8, 27.3, 
 
 
 def how_trained(results: dict[str, Any]) -> str:
-    """How the runs shared the machine, which is what their seconds per run mean."""
-    jobs, threads = results.get("jobs", 1), results.get("threads")
-    if results.get("backend") == "ray":
+    """How the runs shared the machine, which is what their seconds per run mean: as each run's config.json
+    recorded it when it trained, not as this invocation would have trained it."""
+    ways = {(t.get("backend"), t.get("runs_at_once"), t.get("threads"))
+            for t in (r.get("trained") or {} for r in results["runs"])}
+    if len(ways) != 1 or next(iter(ways))[0] is None:
+        return ("Runs trained in different ways or before normlab recorded how (each run's config.json says): "
+                "seconds per run are wall-clock times, of runs that may have shared the machine.")
+    backend, at_once, threads = next(iter(ways))
+    if backend == "ray":
         return (f"Runs trained as Ray tasks of {threads} CPU thread(s) each, as many at a time as the cluster "
                 "had room for: seconds per run are the wall-clock time of runs sharing their nodes.")
-    if jobs > 1:
-        return (f"Runs trained {jobs} at a time, {threads} CPU thread(s) each: seconds per run are the wall-clock "
-                "time of runs sharing the machine.")
-    return f"Runs trained one at a time{f', on {threads} CPU thread(s)' if threads else ''}."
+    if at_once > 1:
+        return (f"Runs trained {at_once} at a time, {threads} CPU thread(s) each: seconds per run are the "
+                "wall-clock time of runs sharing the machine.")
+    return f"Runs trained one at a time, on {threads} CPU thread(s)."
 
 
 def ci(i: Interval) -> str:

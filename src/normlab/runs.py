@@ -74,6 +74,7 @@ class SavedRun:
     differences: str = ""    # for OTHER: how its settings differ from the config asked for
     model: nn.Module | None = None  # for FINISHED: its final weights, loaded (on the CPU)
     evaluation: dict[str, float] | None = None  # for FINISHED, with batch statistics: normlab.evalstats
+    environment: dict[str, Any] = field(default_factory=dict)  # where and how it trained (config.json)
 
 
 def metric_columns(config: TrainConfig) -> list[tuple[str, int, str]]:
@@ -107,7 +108,22 @@ def read_metrics(run_dir: Path, config: TrainConfig) -> list[dict[str, float]]:
             raise _broken(path, f"row {i} lacks {', '.join(missing) or 'its epoch number'}")
         if not all(math.isfinite(row[c]) for c in names):
             raise _broken(path, f"row {i} holds a value that is not a finite number")
+        impossible = [c for c in names if row[c] < 0 or (c.endswith("_acc") and row[c] > 100)]
+        if impossible:
+            raise _broken(path, f"row {i} holds an impossible {', '.join(impossible)} (below 0, or an accuracy "
+                                "above 100)")
     return rows
+
+
+def check_metrics_csv(run_dir: Path, metrics: list[dict[str, float]], config: TrainConfig) -> None:
+    """metrics.csv must say what metrics.json says: the same rows, to the last digit."""
+    path = run_dir / METRICS_CSV
+    try:
+        same = path.read_text() == metrics_csv(metrics, config)
+    except (OSError, UnicodeDecodeError) as e:
+        raise _broken(path, f"cannot be read ({type(e).__name__})") from None
+    if not same:
+        raise _broken(path, f"does not hold the rows of {METRICS_JSON}")
 
 
 def load_weights(run_dir: Path, config: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
@@ -147,12 +163,16 @@ def inspect(run_dir: Path, config: TrainConfig) -> SavedRun:
         if not isinstance(failure, dict) or not {"epoch", "step", "reason"} <= failure.keys():
             raise _broken(run_dir / FAILED, "does not say where the run failed")
         metrics = read_metrics(run_dir, config) if (run_dir / METRICS_JSON).is_file() else []
-        return SavedRun(Status.FAILED, metrics, failure, parameters)
-    if (run_dir / WEIGHTS).is_file() and (run_dir / METRICS_JSON).is_file():
+        return SavedRun(Status.FAILED, metrics, failure, parameters, environment=saved.get("environment") or {})
+    if (run_dir / WEIGHTS).is_file():  # the weights are written last: the run finished, its files must agree
+        if not (run_dir / METRICS_JSON).is_file():
+            raise _broken(run_dir / METRICS_JSON, "is missing from a finished run")
         metrics = read_metrics(run_dir, config)
-        if len(metrics) == config.epochs:
-            return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(run_dir, config),
-                            evaluation=read_evaluation(run_dir))
+        if len(metrics) != config.epochs:
+            raise _broken(run_dir / METRICS_JSON, f"holds {len(metrics)} of the finished run's {config.epochs} epochs")
+        check_metrics_csv(run_dir, metrics, config)
+        return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(run_dir, config),
+                        evaluation=read_evaluation(run_dir), environment=saved.get("environment") or {})
     if (run_dir / CHECKPOINT).is_file():
         return SavedRun(Status.PARTIAL, parameters=parameters)
     return SavedRun(Status.NEW)

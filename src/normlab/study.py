@@ -35,7 +35,7 @@ from normlab.errors import UserError
 from normlab.evalstats import evaluation_statistics
 from normlab.files import FolderLock, check_folder, prepare_folder, write_atomic
 from normlab.jobs import Job, default_jobs, run_in_threads
-from normlab.machine import cpu_cores, resolve_device
+from normlab.machine import check_threads, cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
 from normlab.norms import NORMS
 from normlab.plots import batch_size_figure, lr_figure, metric_figure
@@ -95,7 +95,8 @@ class Point:
             "norm": variant.norm, "groups": config.groups, "weight_std": config.weight_std,
             "batch_stats": NORMS[variant.norm].batch_stats, "l1": variant.l1, "regularization": variant.regularization,
             "parameters": saved.parameters, "epochs": len(metrics), "test_images": test_images,
-            "failed": saved.failure,
+            "failed": saved.failure, "trained": {"threads": saved.environment.get("threads"),
+                                                  **(saved.environment.get("sharing") or {})},
         }
         if saved.failure is None:
             run.update({
@@ -166,6 +167,10 @@ def run_study(
         if not tune_seeds or len(set(tune_seeds)) != len(tune_seeds) or not set(tune_seeds) <= set(seeds):
             raise UserError("give one or more different seeds, each one of {seeds}", "tune_seeds", tune_seeds)
     tuning = list(tune_seeds) if tune_seeds is not None else list(seeds)
+    if ghost and not batch_sizes:
+        raise UserError("{ghost} makes {batch_sizes} batch norm's images per group: give {batch_sizes}, or drop it")
+    if backend == "local":  # a Ray worker checks its own cores
+        check_threads(base.threads)
     if ghost and max(sizes) > base.batch_size:
         raise UserError(f"with {{ghost}} each is batch norm's images per group within an SGD batch of {{batch_size}} "
                         f"{base.batch_size}; give sizes up to it, or raise {{batch_size}}", "batch_sizes", sizes)

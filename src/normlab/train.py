@@ -31,7 +31,7 @@ from normlab.data import Dataset, DatasetInfo, load_dataset
 from normlab.errors import Interrupted
 from normlab.evalstats import evaluation_statistics
 from normlab.graphed import GraphedEpochs, Losses
-from normlab.machine import check_compiler, cpu_cores, environment, resolve_device
+from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
 from normlab.model import Net, count_parameters
 from normlab.norms import NORMS, batch_stat_layers
 from normlab.predict import evaluate, normalize
@@ -57,16 +57,18 @@ class RunResult:
 
 def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = None, progress: bool = True,
           log: Callable[[str], None] = print, force: bool = False, resume: bool = False,
-          stop: threading.Event | None = None) -> RunResult:
+          stop: threading.Event | None = None, sharing: dict[str, Any] | None = None) -> RunResult:
     """Train one model as ``config`` says; with ``out``, write its run folder as the epochs finish.
 
     ``resume`` continues the run in ``out`` from its checkpoint (or reads back a run that ended there);
     ``force`` replaces what ``out`` holds. Nothing is written before every input has been checked.
     ``stop``, once set, raises Interrupted at the next step: how a run in a thread is told of a signal.
+    ``sharing`` (recorded in config.json): how the run shares the machine, {"backend", "runs_at_once"}.
     """
     device = resolve_device(config.device)
     if config.compile:
         check_compiler(device)
+    check_threads(config.threads)
     torch.set_num_threads(config.threads or cpu_cores())
     data = data or load_dataset(config.dataset, config.data_dir)
     rest, val_x, val_y = data.split(config.val_size, config.seed)
@@ -94,7 +96,8 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
         graphs: dict[bool, GraphedEpochs] = {}  # on a GPU: the captured step, with BN training or frozen
         use_graphs = device.type == "cuda" and config.cuda_graph and not config.compile
         step = None if use_graphs else sgd_step(losses, optimizer, schedule)
-        folder.start(result.parameters, environment(device, data.source, info.md5))
+        folder.start(result.parameters, environment(device, data.source, info.md5,
+                                                    sharing or {"backend": "local", "runs_at_once": 1}))
         groups = f" groups={config.groups}" if config.groups is not None else ""
         groups += " +ws" if config.weight_std else ""
         log(f"normlab train: {info.name} norm={config.norm}{groups} l1={config.l1:g} params={result.parameters} "
