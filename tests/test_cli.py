@@ -136,9 +136,11 @@ def test_a_study_whose_runs_failed_exits_1_and_still_writes_its_report(tmp_path,
     """Issue 15, 7: a study whose every run failed exited 0."""
     out = tmp_path / "study"
     assert main(["study", "--variants", "bn", "gn", "--lr", "1e12", "--jobs", "1", *TINY, "--out", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert "2 of 2 runs failed (bn seed 0, gn seed 0)" in err
+    captured = capsys.readouterr()
+    assert "2 of 2 runs failed (bn seed 0, gn seed 0)" in captured.err
     assert "bn seed 0 FAILED" in (out / "report.md").read_text()
+    closing = [line for line in captured.out.splitlines() if line.startswith("study written to")]
+    assert closing == [f"study written to {out}: report.html, report.md, results.json"]  # no graph was drawn
 
 
 def test_module_entry_point_exit_code_and_no_traceback(tmp_path):

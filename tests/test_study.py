@@ -242,3 +242,24 @@ def test_how_the_runs_trained_is_what_their_folders_recorded_not_what_a_rerun_wo
                                                                       ("runs_at_once", 1))}
     run_study(tmp_path, ["gn", "ln"], [0], BASE, progress=False, log=quiet, jobs=2)  # everything reused
     assert f"Runs trained one at a time, on {cpu_cores()} CPU thread(s)." in (tmp_path / "report.md").read_text()
+
+
+def test_a_study_folder_never_holds_a_report_of_other_runs(tmp_path, mnist):
+    """Its outputs go the moment a run must train (so a stop or a failure leaves none that lies), and a narrower
+    study leaves no grid of a variant it does not report, while it names the run folders it left alone."""
+    out = tmp_path / "s"
+    run_study(out, ["gn", "ln"], [0], BASE, progress=False, log=quiet, jobs=1)
+    assert (out / "misclassified_ln.png").is_file() and (out / "report.md").is_file()
+    logs = []
+    narrower = run_study(out, ["gn"], [0], BASE, progress=False, log=logs.append, jobs=1)
+    assert [r["variant"] for r in narrower["runs"]] == ["gn"]
+    assert not (out / "misclassified_ln.png").exists() and not (out / "misclassified_ln.json").exists()
+    assert any("1 run folder(s) in" in line and "ln/b64/seed0" in line for line in logs)
+    assert "misclassified_ln" not in logs[-1] and "misclassified_gn.png" in logs[-1]
+    run = out / "gn" / "b64" / "seed0"
+    (run / WEIGHTS).unlink()
+    (run / "checkpoint.pt").write_bytes(b"garbage")  # the run must train, and cannot
+    with pytest.raises(UserError, match=r"checkpoint.pt: not a readable checkpoint"):
+        run_study(out, ["gn"], [0], BASE, progress=False, log=quiet, jobs=1)
+    assert not any((out / name).exists() for name in ("results.json", "report.md", "report.html",
+                                                        "misclassified_gn.png", "graph1_test_loss.png"))

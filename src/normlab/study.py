@@ -45,6 +45,7 @@ from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect, save_evalua
 from normlab.train import train
 
 STUDY_MARKER = "study.json"
+OUTPUTS = ("results.json", "report.md", "report.html", "graph*.png", "misclassified_*.png", "misclassified_*.json")
 BACKENDS = ("local", "ray")  # where a study's runs train: normlab.jobs here, normlab.cluster on Ray
 
 
@@ -219,6 +220,9 @@ def run_study(
                         "lrs": rates, "tune_seeds": tuning, "lr_scaling": lr_scaling and not ghost, "ghost": ghost,
                         "base_config": base.to_dict()}
             write_atomic(out / STUDY_MARKER, json.dumps(settings, indent=2))
+            if not all(p.run.ended for p in points):  # until every run has ended, no report describes other runs
+                for path in study_outputs(out):
+                    path.unlink()
             tune = [p for p in points if p.run.seed in tuning]
             train_runs(unique(tune), data, device, jobs, threads, progress, log, ray)
             if len(tuning) < len(seeds):  # the other seeds at each variant's chosen rate only
@@ -312,6 +316,11 @@ def add_evaluation(run: PlannedRun, data: Dataset, device: torch.device) -> None
         save_evaluation(run.folder, saved.evaluation)
 
 
+def study_outputs(out: Path) -> set[Path]:
+    """What collect writes into a study folder (results, report, graphs, grids), as the folder holds it now."""
+    return {path for pattern in OUTPUTS for path in out.glob(pattern)}
+
+
 def unique(points: list[Point]) -> list[PlannedRun]:
     return list({id(p.run): p.run for p in points}.values())
 
@@ -355,5 +364,17 @@ def collect(out: Path, points: list[Point], parsed: list[Variant], study: dict[s
                                                          "weights": first["weights"]})
     write_atomic(out / "results.json", json.dumps(results, indent=2))
     write_report(out, results, grids)
-    log(f"\nstudy written to {out}: results.json, graphs, misclassified_*.png, report.md, report.html")
+    written = {out / "results.json", out / "report.md", out / "report.html", *(out / g for g in grids.values()),
+               *(out / g.replace(".png", ".json") for g in grids.values()),
+               *(out / g for g in ("graph1_test_loss.png", "graph2_test_accuracy.png") if by_variant),
+               *([out / "graph3_error_vs_batch_size.png"] if len(study["batch_sizes"]) > 1 else []),
+               *([out / LR_GRAPH] if len(study["lrs"]) > 1 else [])}
+    for stale in study_outputs(out) - written:  # an earlier, other study's graph or grid
+        stale.unlink()
+    others = sorted(str(p.parent.relative_to(out)) for p in out.glob(f"*/*/seed*/{CONFIG}")
+                    if p.parent not in {point.run.folder for point in points})
+    if others:
+        log(f"{len(others)} run folder(s) in {out} are not part of this study, nor of its report: "
+            f"{', '.join(others[:4])}{' and more' if len(others) > 4 else ''}")
+    log(f"\nstudy written to {out}: {', '.join(sorted(p.name for p in written))}")
     return results
