@@ -133,7 +133,7 @@ def test_a_run_that_fails_exits_1(tmp_path, capsys, mnist):
 
 
 def test_a_study_whose_runs_failed_exits_1_and_still_writes_its_report(tmp_path, capsys, mnist):
-    """Issue 15, 7: a study whose every run failed exited 0."""
+    """A study whose every run failed is a failure (exit 1), and its report says which runs failed."""
     out = tmp_path / "study"
     assert main(["study", "--variants", "bn", "gn", "--lr", "1e12", "--jobs", "1", *TINY, "--out", str(out)]) == 1
     captured = capsys.readouterr()
@@ -155,7 +155,7 @@ def test_module_entry_point_exit_code_and_no_traceback(tmp_path):
 
 @pytest.mark.parametrize("delay", [0.3, 1.0])
 def test_an_early_ctrl_c_is_one_line_and_claims_nothing(tmp_path, delay):
-    """Issue 15, 8: Ctrl-C during start-up printed a KeyboardInterrupt traceback and a checkpoint never written."""
+    """Ctrl-C during start-up is one line, claims no checkpoint, and shows no KeyboardInterrupt traceback."""
     proc = subprocess.Popen([sys.executable, "-m", "normlab", "train", "--epochs", "1", "--no-progress", "--out",
                              str(tmp_path / "run")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

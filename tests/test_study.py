@@ -82,7 +82,7 @@ def test_finished_runs_are_reused_and_a_new_seed_adds_runs(study):
 
 
 def test_a_study_with_other_settings_never_replaces_finished_runs_unasked(tmp_path, mnist):
-    """Issue 15, 1: `study --epochs 2` then `study --epochs 3` into the same folder retrained both runs silently."""
+    """`study --epochs 2` then `study --epochs 3` into the same folder is refused, naming what differs."""
     out = tmp_path / "s"
     two = TrainConfig(epochs=2, train_limit=500, test_limit=100, batch_size=50)
     run_study(out, ["gn", "ln"], [0], two, progress=False, log=quiet, jobs=1)
@@ -100,7 +100,7 @@ def test_a_study_with_other_settings_never_replaces_finished_runs_unasked(tmp_pa
 
 
 def test_every_run_folder_is_checked_before_any_run_trains(tmp_path, mnist):
-    """Issue 15, 6: a user's file in a run folder was refused only after the other runs had trained."""
+    """A user's file in a run folder is refused before any run trains."""
     out = tmp_path / "s"
     (out / "ln" / "b64" / "seed0").mkdir(parents=True)
     (out / "study.json").write_text("{}")
@@ -111,7 +111,7 @@ def test_every_run_folder_is_checked_before_any_run_trains(tmp_path, mnist):
 
 
 def test_a_bad_input_writes_nothing_into_a_new_or_existing_study(tmp_path, study):
-    """Issue 15, 6: study.json was written (or rewritten) before the data and device were checked."""
+    """study.json is written only after the data and the device have been checked."""
     out, _, _ = study
     before = (out / "study.json").read_bytes()
     for folder in (out, tmp_path / "new"):

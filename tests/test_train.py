@@ -124,3 +124,8 @@ def test_fashion_mnist_trains_through_the_same_loop(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["config"]["dataset"] == "fashion-mnist"
     assert saved["environment"]["data_md5"]["t10k-labels-idx1-ubyte"] == "15d484375f8d13e6eb1aabb0c3f46965"
+
+
+def test_the_run_folder_may_be_given_as_a_string(tmp_path, mnist):
+    result = train(quick(norm="gn"), out=str(tmp_path / "run"), data=mnist, progress=False, log=lambda *_: None)
+    assert result.failed is None and (tmp_path / "run" / "model.pt").is_file()

@@ -1,10 +1,9 @@
 """A study's runs side by side: threads of one process, each run on its own CUDA stream on a GPU.
 
 A 7.6k-parameter model keeps one thread busy far better than several, so on a CPU the runs train side
-by side on one torch thread each, one more run than cores so that no core idles while a run finishes:
-3 runs of the standard study (3 epochs each) took 43.9 s as 3 threads, 48.2 s as 3 processes and
-56.7 s as 2 processes on 2 cores (``python benchmarks/schedule.py``). On a GPU, processes take turns
-on the device, while threads on their own CUDA streams overlap their kernels (docs/gpu.md). Each run
+by side on one torch thread each, one more run than cores so that no core idles while a run finishes
+(measured against processes by ``python benchmarks/schedule.py``: docs/performance.md). On a GPU,
+processes take turns on the device, while threads on their own CUDA streams overlap their kernels. Each run
 is an ordinary ``normlab.train.train`` call writing its own run folder; on a signal every run stops at
 its next step, and a killed process takes its threads with it; either way each run keeps the
 checkpoint of its last finished epoch.

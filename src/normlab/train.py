@@ -65,6 +65,7 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
     ``stop``, once set, raises Interrupted at the next step: how a run in a thread is told of a signal.
     ``sharing`` (recorded in config.json): how the run shares the machine, {"backend", "runs_at_once"}.
     """
+    out = Path(out) if out is not None else None
     device = resolve_device(config.device)
     if config.compile:
         check_compiler(device)
