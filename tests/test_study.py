@@ -263,3 +263,16 @@ def test_a_study_folder_never_holds_a_report_of_other_runs(tmp_path, mnist):
         run_study(out, ["gn"], [0], BASE, progress=False, log=quiet, jobs=1)
     assert not any((out / name).exists() for name in ("results.json", "report.md", "report.html",
                                                         "misclassified_gn.png", "graph1_test_loss.png"))
+
+
+def test_a_study_folder_that_lost_its_study_json_says_how_to_reuse_its_runs(tmp_path, mnist):
+    run_study(tmp_path, ["gn"], [0], BASE, progress=False, log=quiet)
+    (tmp_path / "study.json").unlink()
+    with pytest.raises(UserError) as e:
+        run_study(tmp_path, ["gn"], [0], BASE, progress=False, log=quiet)
+    assert "holds normlab run folders but no study.json (removed?)" in str(e.value)
+    assert f"writing {{}} into {tmp_path / 'study.json'}" in str(e.value)
+    (tmp_path / "study.json").write_text("{}")
+    logs = []
+    run_study(tmp_path, ["gn"], [0], BASE, progress=False, log=logs.append)
+    assert any("reusing it" in line for line in logs)

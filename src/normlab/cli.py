@@ -206,8 +206,9 @@ def cmd_study(args: argparse.Namespace) -> None:
                             lr_scaling=args.lr is None, ghost=args.ghost, backend=args.backend,
                             address=args.address)
     except Interrupted as e:
-        e.saved = (f"finished runs are kept in {out}" if args.backend == "ray" else
-                   f"finished runs, and the finished epochs of the others, are kept in {out}")
+        if any(out.glob("*/*/seed*/metrics.json")):  # else no epoch of any run had finished: nothing to claim
+            e.saved = (f"finished runs are kept in {out}" if args.backend == "ray" else
+                       f"finished runs, and the finished epochs of the others, are kept in {out}")
         raise
     failed = [f"{r['variant']} seed {r['seed']}" for r in results["runs"] if r["failed"]]
     if failed:

@@ -204,6 +204,10 @@ def run_study(
         jobs = jobs or default_jobs(device, n_runs)
         threads = (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
     # An unreachable cluster is found before anything is written.
+    if not (out / STUDY_MARKER).is_file() and any(out.glob(f"*/*/seed*/{CONFIG}")):
+        raise UserError(f"holds normlab run folders but no {STUDY_MARKER} (removed?); each run is checked against "
+                        f"its own settings, so writing {{}} into {out / STUDY_MARKER} lets a study reuse them; or "
+                        "choose a new or empty {out}", "out", out)
     with ray_session(address) if backend == "ray" else contextlib.nullcontext() as ray:
         prepare_folder(out, STUDY_MARKER, "study")
         with FolderLock(out):
