@@ -14,6 +14,7 @@ from conftest import ROOT, quiet, without_seconds
 
 from normlab.config import TrainConfig
 from normlab.errors import UserError
+from normlab.machine import command_line
 from normlab.study import run_study
 
 ray = pytest.importorskip("ray")
@@ -36,6 +37,10 @@ def test_ray_and_the_local_pool_write_the_same_runs(tmp_path, mnist):
     assert on_ray["backend"] == "ray" and local["backend"] == "local"
     assert "ray: 2 done, 0 running, 0 waiting" in lines
     assert any(line.startswith("[ln, batch 128, seed 0]     2 ") for line in lines)  # the epoch lines come back
+    assert not any("normlab-" in line for line in lines)  # they name the study's run folder, not the scratch one
+    recorded = json.loads((tmp_path / "ray" / "ln" / "b128" / "seed0" / "config.json").read_text())["environment"]
+    assert recorded["sharing"] == {"backend": "ray", "runs_at_once": None}
+    assert recorded["command"] == command_line()  # the driver's, not Ray's worker's
     again: list[str] = []
     run_study(tmp_path / "ray", ["bn", "ln"], [0], BASE, progress=False, log=again.append, backend="ray")
     assert sum("reusing it" in line for line in again) == 2 and not any(line.startswith("ray:") for line in again)

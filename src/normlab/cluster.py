@@ -28,6 +28,7 @@ from normlab.data import Dataset
 from normlab.errors import Interrupted, UserError
 from normlab.files import FolderLock, replace_atomic
 from normlab.jobs import GPU_RUNS_AT_ONCE, Job
+from normlab.machine import command_line
 from normlab.runs import CHECKPOINT, WEIGHTS
 from normlab.train import train
 
@@ -76,15 +77,17 @@ def ray_session(address: str | None) -> Iterator[Any]:
         ray.shutdown()
 
 
-def train_task(job: Job, files: dict[str, bytes], data: Dataset, messages: Any) -> dict[str, bytes]:
-    """On a worker: continue the run from ``files`` (none: from the start) in a scratch folder; its files back."""
+def train_task(job: Job, files: dict[str, bytes], data: Dataset, messages: Any, command: str) -> dict[str, bytes]:
+    """On a worker: continue the run from ``files`` (none: from the start) in a scratch folder; its files back.
+    Its config.json records the driver's ``command``, and its log lines name the study's run folder."""
     with tempfile.TemporaryDirectory(prefix="normlab-") as scratch:
         folder = Path(scratch) / "run"
         folder.mkdir()
         for name, content in files.items():
             (folder / name).write_bytes(content)
-        train(job.config, out=folder, data=data, progress=False, resume=True, log=lambda line: messages.put(
-            (job.label, line)), sharing={"backend": "ray", "runs_at_once": None})
+        train(job.config, out=folder, data=data, progress=False, resume=True,
+              log=lambda line: messages.put((job.label, line.replace(str(folder), str(job.out)))),
+              sharing={"backend": "ray", "runs_at_once": None, "command": command})
         return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
 
 
@@ -133,7 +136,7 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
         while (waiting or in_flight) and not stop:
             while waiting and (at_once is None or len(in_flight) < at_once):
                 job = waiting.pop(0)
-                in_flight[task.remote(job, files_to_send(job), data_ref, messages)] = job
+                in_flight[task.remote(job, files_to_send(job), data_ref, messages, command_line())] = job
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
             before = len(running)
             while True:

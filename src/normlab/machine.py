@@ -31,6 +31,11 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def command_line() -> str:
+    """This process's command, as a user typed it."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
 def check_threads(threads: int | None) -> None:
     """More torch threads than cores only make every step wait (an epoch took 250x longer at 64 on 2 cores)."""
     if threads is not None and threads > cpu_cores():
@@ -54,10 +59,11 @@ def check_compiler(device: torch.device) -> None:
 def environment(device: torch.device, data_source: str, data_md5: dict[str, str],
                 sharing: dict[str, Any]) -> dict[str, Any]:
     """What a run folder records about where it ran, and how it shared the machine (``sharing``: backend,
-    runs at once), which is what its seconds mean."""
+    runs at once), which is what its seconds mean; ``sharing`` may name the command (a Ray driver's)."""
     return {
         "normlab": __version__, "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
-        "threads": torch.get_num_threads(), "sharing": sharing, "data_source": data_source, "data_md5": data_md5,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "threads": torch.get_num_threads(), "sharing": {k: v for k, v in sharing.items() if k != "command"},
+        "data_source": data_source, "data_md5": data_md5,
+        "command": sharing.get("command") or command_line(),
     }
