@@ -50,3 +50,12 @@ def test_every_link_into_the_repository_exists():
 
     for target in re.findall(r"\]\(((?:docs|notebooks)/[^)#]+)\)", README):
         assert (ROOT / target).exists(), target
+
+
+def test_the_tuned_study_is_the_committed_report():
+    """Graph 4's chosen-rate table and every finding of docs/tuned_mnist are the README's."""
+    report = (ROOT / "docs" / "tuned_mnist" / "report.md").read_text()
+    start = report.index("| variant | chosen lr |")
+    assert report[start:report.index("\n\n", start)] in README
+    for line in report[report.index("## Findings"):report.index("## Graph 1")].splitlines()[1:]:
+        assert line in README

@@ -140,3 +140,13 @@ def test_failed_runs_are_named_and_left_out():
 def test_markdown_blocks():
     md = to_markdown([("h1", "T"), ("p", "text"), ("list", ["a"]), ("table", (["x", "y"], [["1", "2"]]))])
     assert md == "# T\n\ntext\n\n- a\n\n| x | y |\n| --- | --- |\n| 1 | 2 |\n"
+
+
+def test_the_shared_rate_ranking_compares_the_seeds_that_every_rate_has():
+    r = lr_study({("gn", 0.1): (99.3, 99.45), ("gn", 0.2): (99.5, 99.6), ("ln", 0.1): (99.4, 99.5),
+                  ("ln", 0.2): (99.35, 99.4)}, seeds=(0, 1))
+    r["runs"].append(run("gn", 2, 90.0, lr=0.2, final_val_acc=90.0, test_acc_at_best_val=90.0))  # chosen rate only
+    r.update(seeds=[0, 1, 2], tune_seeds=[0, 1])
+    text = findings(summarize(r), r)
+    assert ("By mean test accuracy over seeds 0, 1, all at lr 0.1: ln, gn; each at its chosen rate: gn, ln: the "
+            "ranking changes.") in text

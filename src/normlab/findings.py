@@ -83,13 +83,20 @@ def lr_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str
         common = {r["variant"]: r for r in rows if r["batch_size"] == batch and r["lr"] == shared}
         if shared is None or len(chosen) < 2 or not {r["variant"] for r in chosen} <= common.keys():
             continue
-        before = [r["variant"] for r in sorted(common.values(), key=lambda r: r["final"].mean, reverse=True)
-                  if r["variant"] in {c["variant"] for c in chosen}]
-        after = [r["variant"] for r in sorted(chosen, key=lambda r: r["final"].mean, reverse=True)]
+        seeds = sorted(set(results.get("tune_seeds") or results["seeds"]))  # the seeds every rate has
+        before = ranked(results, [common[r["variant"]] for r in chosen], seeds)
+        after = ranked(results, chosen, seeds)
         verdict = "the same order" if before == after else f"{', '.join(after)}: the ranking changes"
-        out.append(f"By mean test accuracy{at}, all at lr {shared:g}: {', '.join(before)}; each at its chosen rate: "
-                   f"{verdict}.")
+        over = f" over seeds {', '.join(map(str, seeds))}" if len(seeds) < len(results["seeds"]) else ""
+        out.append(f"By mean test accuracy{over}{at}, all at lr {shared:g}: {', '.join(before)}; each at its chosen "
+                   f"rate: {verdict}.")
     return out
+
+
+def ranked(results: dict[str, Any], rows: list[dict[str, Any]], seeds: list[int]) -> list[str]:
+    """The rows' variants by mean final test accuracy over ``seeds``, best first."""
+    means = {r["variant"]: statistics.fmean(a for s, a in final_accs(results, r).items() if s in seeds) for r in rows}
+    return sorted(means, key=means.__getitem__, reverse=True)
 
 
 def shared_lr(results: dict[str, Any], batch: int) -> float | None:
