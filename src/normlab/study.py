@@ -8,7 +8,7 @@
 Each run goes to ``<out>/<variant>/b<batch size>[-lr<rate>]/seed<k>/`` exactly as ``normlab train`` writes it
 (the rate in the name when the study has a learning-rate axis). Unless told otherwise the learning rate
 scales linearly with the batch size, from the base config's lr at its batch size (as the GroupNorm paper
-did). With several learning rates each variant's is chosen on validation accuracy (normlab.report), never
+did). With several learning rates each variant's is chosen on validation accuracy (normlab.results), never
 on the test set. The same command
 again resumes: a run that ended there with these settings is read back, an unfinished one continues from
 its checkpoint, and only the rest is trained. Every run folder is checked before any run trains; one
@@ -56,7 +56,6 @@ class PlannedRun:
     config: TrainConfig
     folder: Path
     saved: SavedRun | None  # None: cannot be read, and is retrained (with force)
-
     lr_axis: bool = False   # the study has several learning rates: the label names the run's
 
     @property
@@ -137,10 +136,9 @@ def run_study(
     (None: ``base.lr`` alone); with more than one, ``base.val_size`` must hold images out, and each variant
     (at each batch size) is reported at the rate its validation accuracy chooses. ``tune_seeds``: the seeds that
     choose it, trained at every rate; the other seeds train at the chosen rate only (None: every seed chooses).
-    ``lr_scaling``: each batch
-    size B trains at ``lr · B / base.batch_size``; else every run at ``lr``.
+    ``lr_scaling``: each batch size B trains at ``lr · B / base.batch_size``; else every run at ``lr``.
     ``ghost``: the batch sizes are batch norm's images per statistics group (the GroupNorm paper's images per
-    GPU), every run stepping SGD on ``base.batch_size`` images at ``base.lr``; a norm without batch
+    GPU), every run stepping SGD on ``base.batch_size`` images at its unscaled rate; a norm without batch
     statistics trains once and stands at every batch size.
     ``jobs``: runs trained at once, as threads (None: normlab.jobs.default_jobs); with
     ``backend`` "ray", tasks in flight on the Ray cluster at ``address`` (None: a local instance; normlab.cluster),
