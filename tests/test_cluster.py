@@ -99,7 +99,10 @@ def test_ctrl_c_stops_a_ray_study_cleanly_and_the_same_command_finishes_it(tmp_p
     study.send_signal(signal.SIGINT)
     _, err = study.communicate(timeout=120)
     assert study.returncode == 130, err
-    assert "Traceback" not in err and "stopped by SIGINT; finished runs are kept in" in err
+    # A Ray run's files reach the study folder when it finishes: the line claims kept runs only if one did.
+    kept = any(out.glob("*/*/seed*/metrics.json"))
+    said = "finished runs are kept in" if kept else "nothing was saved"
+    assert "Traceback" not in err and f"stopped by SIGINT; {said}" in err
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     for variant in ("gn", "ln"):
