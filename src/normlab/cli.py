@@ -263,14 +263,15 @@ def exercise_parser() -> Parser:
 
 def build_parser() -> Parser:
     from normlab.config import VARIANTS
+    from normlab.norms import ALIASES, NORMS
 
     parser = Parser(prog="normlab", description="Normalization & regularization study of a small MNIST CNN.")
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("study", help="every variant × seed, then graphs, grids and a report")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                   help="a norm (bn, brn, gn, ln, in, frn, evonorm-s0, evonorm-b0, none), :G for G groups (gn:2), "
-                        f"+ws for Weight Standardization, +l1 for the L1 penalty (default: {' '.join(VARIANTS)})")
+                   help=f"a norm ({', '.join(NORMS)}; aliases {', '.join(ALIASES)}), :G for G groups (gn:2), +ws "
+                        f"for Weight Standardization, +l1 for the L1 penalty (default: {' '.join(VARIANTS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed and variant (default: 0)")
     add_train_args(p, study=True)
     p.add_argument("--jobs", type=int, default=None,
