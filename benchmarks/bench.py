@@ -88,8 +88,7 @@ def conventional(n_images: int, workers: int, channels_last: bool, train_model: 
     import torch
     import torch.nn.functional as F
 
-    from normlab.model import Net
-    from normlab.train import l1_parameters
+    from normlab.model import Net, l1_parameters
 
     loader = conventional_loader(n_images, workers)
     torch.manual_seed(0)
@@ -161,37 +160,20 @@ def study_ratio(quick: bool, workers: int) -> dict[str, Any]:
             "study_wall_seconds": wall, "ratio": conventional_seconds / wall}
 
 
-def setup(config: Any, data: Any, device: Any) -> tuple[Any, ...]:
-    import torch
-
-    from normlab.augment import Affine
-    from normlab.train import loss_function, sgd_one_cycle
-
-    torch.manual_seed(config.seed)
-    model = config.model().to(device)
-    optimizer, schedule = sgd_one_cycle(model.parameters(), config)
-    augment = Affine(config.rotate, config.shift, config.scale) if config.augment else None
-    return model, optimizer, schedule, loss_function(model, config, data.info), augment
-
-
 def epochs_runner(config: Any, data: Any, device: Any, graph: bool, capture: bool = True) -> Any:
     """A model and a function that trains one epoch of ``config`` on ``device``, eagerly or as graph replays."""
-    import torch
-
     from normlab.graphed import GraphedEpochs
-    from normlab.train import sgd_one_cycle, sgd_step, train_epoch
+    from normlab.train import setup, sgd_one_cycle, train_epoch
 
     images = data.train_images[:config.train_images].to(device)
     labels = data.train_labels[:config.train_images].to(device)
-    model, optimizer, schedule, losses, augment = setup(config, data, device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    model, optimizer, schedule, generator, augment = setup(config, device)
     if graph:
-        graphed = GraphedEpochs(model, optimizer, schedule, lambda p: sgd_one_cycle(p, config)[1], losses, config,
+        graphed = GraphedEpochs(model, optimizer, schedule, lambda p: sgd_one_cycle(p, config)[1], config, data.info,
                                 images, labels, augment, capture=capture and device.type == "cuda")
         return model, lambda: graphed.run_epoch(generator)
-    step = sgd_step(losses, optimizer, schedule)
-    return model, lambda: train_epoch(step, images, labels, config.batch_size, range(config.steps_per_epoch),
-                                      augment, generator)
+    return model, lambda: train_epoch(model, optimizer, schedule, config, data.info, images, labels, generator,
+                                      augment, range(config.steps_per_epoch))
 
 
 def small_batches(device: Any, sizes: tuple[int, ...], steps: int, graph: bool) -> list[dict[str, Any]]:

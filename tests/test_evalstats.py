@@ -1,16 +1,15 @@
 import json
-import threading
 
 import pytest
 import torch
 from conftest import quick, quiet
 from torch import nn
 
-from normlab.errors import Interrupted
+from normlab.errors import Interrupted, StopFlag
 from normlab.evalstats import batch_statistics_accuracy, evaluation_statistics, precise_model, with_batch_statistics
 from normlab.model import Net
 from normlab.norms import batch_stat_layers
-from normlab.predict import model_input
+from normlab.predict import evaluate, model_input
 from normlab.runs import CHECKPOINT, EVALUATION, WEIGHTS
 from normlab.study import run_study
 from normlab.train import train
@@ -64,9 +63,10 @@ def test_the_test_images_own_statistics_in_groups_and_a_lone_last_image(mnist, b
 def test_a_run_with_batch_statistics_saves_its_three_evaluations(mnist, bn_run):
     out, result = bn_run
     saved = json.loads((out / EVALUATION).read_text())
-    assert saved == result.evaluation and saved["moving"] == pytest.approx(result.final_test_acc)
+    images, labels = mnist.test_images[:600], mnist.test_labels[:600]
+    assert saved == result.evaluation and saved["moving"] == evaluate(result.model, images, labels, mnist.info)[1]
     assert saved["group"] == 64 and saved["precise_images"] == 1472 and 0 <= saved["batch"] <= 100
-    assert saved == evaluation_statistics(result.model, result.config, mnist, torch.device("cpu"))
+    assert saved == evaluation_statistics(result.model, result.config, mnist, torch.device("cpu"), saved["moving"])
     gn = train(quick(norm="gn"), out=out.parent / "gn", data=mnist, progress=False, log=quiet)
     assert gn.evaluation is None and not (out.parent / "gn" / EVALUATION).exists()
 
@@ -85,12 +85,12 @@ def test_frozen_bn_epochs_leave_the_running_averages_as_they_were(tmp_path, mnis
     """Stopped after epoch 1 of 2 with --freeze-bn-epochs 1, the checkpoint's running averages are the final
     model's: the frozen epoch normalized with them and did not move them (while the weights trained on)."""
     config = quick(norm="bn", epochs=2, freeze_bn_epochs=1, train_limit=2000, lr=0.02)
-    out, stop = tmp_path / "run", threading.Event()
+    out, stop = tmp_path / "run", StopFlag()
     with pytest.raises(Interrupted):
         train(config, out=out, data=mnist, progress=False, stop=stop,
               log=lambda line: stop.set() if line.lstrip().startswith("1 ") else None)
     after_first = torch.load(out / CHECKPOINT, weights_only=False)["model"]
-    assert train(config, out=out, data=mnist, progress=False, log=quiet, resume=True).failed is None
+    assert train(config, out=out, data=mnist, progress=False, log=quiet, resume=True).failure is None
     final = torch.load(out / WEIGHTS, weights_only=True)
     stats = [k for k in final if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(final[k], after_first[k]) for k in stats)

@@ -3,16 +3,10 @@ import torch
 from conftest import quick
 
 from normlab.augment import Affine
-from normlab.data import DATASETS
 from normlab.graphed import GraphedEpochs, one_cycle_values
-from normlab.train import loss_function, sgd_one_cycle, sgd_step, train_epoch
+from normlab.train import setup, sgd_one_cycle, train_epoch
 
-
-def setup(config, images):
-    torch.manual_seed(config.seed)
-    model = config.model()
-    optimizer, schedule = sgd_one_cycle(model.parameters(), config)
-    return model, optimizer, schedule, loss_function(model, config, DATASETS["mnist"])
+CPU = torch.device("cpu")
 
 
 @pytest.fixture
@@ -36,15 +30,13 @@ def test_the_device_driven_step_trains_as_torch_sgd_and_one_cycle_do(mnist, valu
     grows over the steps: torch's fused multiply-adds round differently from our multiply, then add)."""
     config = quick(epochs=2, augment=False, train_limit=600, lr=0.02, **values)
     images, labels = mnist.train_images[:600], mnist.train_labels[:600]
-    model, optimizer, schedule, losses = setup(config, images)
-    step, generator = sgd_step(losses, optimizer, schedule), torch.Generator().manual_seed(0)
-    eager = [train_epoch(step, images, labels, config.batch_size, range(config.steps_per_epoch), None, generator)
-             for _ in range(2)]
+    model, optimizer, schedule, generator, _ = setup(config, CPU)
+    eager = [train_epoch(model, optimizer, schedule, config, mnist.info, images, labels, generator, None,
+                         range(config.steps_per_epoch)) for _ in range(2)]
 
-    model2, optimizer2, schedule2, losses2 = setup(config, images)
-    graphed = GraphedEpochs(model2, optimizer2, schedule2, lambda p: sgd_one_cycle(p, config)[1], losses2, config,
+    model2, optimizer2, schedule2, generator, _ = setup(config, CPU)
+    graphed = GraphedEpochs(model2, optimizer2, schedule2, lambda p: sgd_one_cycle(p, config)[1], config, mnist.info,
                             images, labels, None, capture=False)
-    generator = torch.Generator().manual_seed(0)
     ours = [graphed.run_epoch(generator) for _ in range(2)]
 
     for (loss, acc, bad), (loss2, acc2, bad2) in zip(eager, ours, strict=True):
@@ -69,8 +61,8 @@ def test_schedule_values_are_one_cycles():
 def test_a_non_finite_loss_names_its_step(mnist):
     config = quick(lr=1e30, augment=False)
     images, labels = mnist.train_images[:1000], mnist.train_labels[:1000]
-    model, optimizer, schedule, losses = setup(config, images)
-    graphed = GraphedEpochs(model, optimizer, schedule, lambda p: sgd_one_cycle(p, config)[1], losses, config,
+    model, optimizer, schedule, _, _ = setup(config, CPU)
+    graphed = GraphedEpochs(model, optimizer, schedule, lambda p: sgd_one_cycle(p, config)[1], config, mnist.info,
                             images, labels, Affine(7, 1, 0.05), capture=False)
     _, _, bad = graphed.run_epoch(torch.Generator().manual_seed(0))
     assert bad is not None and 1 < bad <= config.steps_per_epoch

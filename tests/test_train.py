@@ -8,8 +8,9 @@ from conftest import quick, quiet, without_seconds
 
 from normlab.config import TrainConfig
 from normlab.data import DATASETS
-from normlab.predict import evaluate
-from normlab.train import l1_parameters, loss_function, sgd_one_cycle, sgd_step, train
+from normlab.model import l1_parameters
+from normlab.predict import evaluate, model_input
+from normlab.train import setup, sgd_one_cycle, train, train_epoch
 
 
 def test_same_seed_same_metrics_and_weights(mnist):
@@ -39,19 +40,20 @@ def test_l1_penalty_covers_conv_weights_only_unless_asked():
 
 
 def test_the_step_adds_l1_to_the_gradient_of_the_cross_entropy():
-    """The L1 term adds λ·sign(w) to the gradient of each penalized weight, and nothing to the others."""
+    """The L1 term adds λ·sign(w) to the gradient of each penalized weight, and nothing to the others; the epoch's
+    loss is the cross-entropy alone."""
     torch.manual_seed(0)
-    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
-    grads = {}
+    images, labels = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (16,))
+    info, grads = DATASETS["mnist"], {}
     for l1 in (0.0, 0.5):
-        config = TrainConfig(norm="layer", l1=l1, lr=1e-9, momentum=0.0)
-        torch.manual_seed(1)
-        model = config.model()
-        optimizer, schedule = sgd_one_cycle(model.parameters(), config)
-        logits, loss = sgd_step(loss_function(model, config, DATASETS["mnist"]), optimizer, schedule)(x, y)
-        assert loss == pytest.approx(F.cross_entropy(logits, y).item())
+        config = TrainConfig(norm="layer", l1=l1, lr=1e-9, momentum=0.0, augment=False)
+        model, optimizer, schedule, generator, _ = setup(config, torch.device("cpu"))
+        with torch.no_grad():
+            expected = F.cross_entropy(model(model_input(images, info)), labels).item()
+        epoch = train_epoch(model, optimizer, schedule, config, info, images, labels, generator, None, range(1))
+        assert epoch.loss == pytest.approx(expected, rel=1e-5) and epoch.bad_step is None
         grads[l1] = {name: p.grad.clone() for name, p in model.named_parameters()}
-    torch.manual_seed(1)
+    torch.manual_seed(config.seed)
     initial = dict(config.model().named_parameters())
     for name, grad in grads[0.5].items():
         weight = initial[name]
@@ -97,7 +99,7 @@ def test_evaluate_is_the_mean_cross_entropy_and_accuracy(mnist):
 
 def test_a_non_finite_loss_fails_the_run_at_its_first_bad_step(mnist):
     result = train(quick(lr=1e12), data=mnist, progress=False, log=quiet)
-    assert result.failed is not None and result.failed["epoch"] == 1 and result.failed["step"] >= 1
+    assert result.failure is not None and result.failure["epoch"] == 1 and result.failure["step"] >= 1
     assert result.metrics == []
 
 
@@ -128,4 +130,4 @@ def test_fashion_mnist_trains_through_the_same_loop(tmp_path):
 
 def test_the_run_folder_may_be_given_as_a_string(tmp_path, mnist):
     result = train(quick(norm="gn"), out=str(tmp_path / "run"), data=mnist, progress=False, log=lambda *_: None)
-    assert result.failed is None and (tmp_path / "run" / "model.pt").is_file()
+    assert result.failure is None and (tmp_path / "run" / "model.pt").is_file()

@@ -179,9 +179,9 @@ def train_one(config: Any, out: Path, args: argparse.Namespace, data: Any = None
         if (out / CHECKPOINT).is_file():
             e.saved = f"epochs 1-{len(read_metrics(out, config))} of {config.epochs} are kept in {out}"
         raise
-    if result.failed is not None:
-        raise RunFailed(f"run failed at epoch {result.failed['epoch']}, step {result.failed['step']}: "
-                        f"{result.failed['reason']}; try a lower --lr (details in {out}/failed.json)")
+    if result.failure is not None:
+        raise RunFailed(f"run failed at epoch {result.failure['epoch']}, step {result.failure['step']}: "
+                        f"{result.failure['reason']}; try a lower --lr (details in {out}/failed.json)")
     return result
 
 

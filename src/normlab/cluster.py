@@ -14,10 +14,8 @@ unfinished one starts again from the last checkpoint the driver holds).
 
 from __future__ import annotations
 
-import signal
 import socket
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +23,7 @@ from queue import Empty
 from typing import Any
 
 from normlab.data import Dataset
-from normlab.errors import Interrupted, UserError
+from normlab.errors import Interrupted, UserError, signals_recorded
 from normlab.files import FolderLock, replace_atomic
 from normlab.jobs import GPU_RUNS_AT_ONCE, Job
 from normlab.machine import command_line
@@ -118,12 +116,7 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
     from ray.util.queue import Queue
 
     in_flight: dict[Any, Job] = {}
-    stop: list[int] = []  # signals received: inside Ray's calls an exception from a handler turns into SystemError
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, lambda signum, _: stop.append(signum))
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signals_recorded() as stop:  # inside Ray's calls an exception from a handler turns into SystemError
         messages = Queue(actor_options={"num_cpus": 0})  # the runs' log lines; an actor holding no CPU
         resources = ray.cluster_resources()
         gpu = device != "cpu" and resources.get("GPU", 0) > 0
@@ -160,9 +153,6 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
                 queued = len(jobs) - done - len(errors) - len(running)
                 log(f"ray: {done} done, {len(running)} running, {queued} waiting" +
                     (f", {len(errors)} failed" if errors else ""))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if stop:  # the runs in flight stop; finished ones are in their folders, and the same command resumes
         for ref in in_flight:
             ray.cancel(ref, force=True)

@@ -1,4 +1,6 @@
-"""The exceptions a user meets: a mistake they can fix, a run that failed, a run stopped by a signal.
+"""The exceptions a user meets (a mistake they can fix, a run that failed, a run stopped by a signal) and the one
+home of signal handling: how SIGINT/SIGTERM become Interrupted in the main thread, in runs on other threads,
+and around Ray's calls.
 
 Messages below the command line name settings by their config names inside braces ("{batch_size}");
 ``UserError.render`` turns them into whatever the caller calls them: ``--batch-size`` on the command
@@ -67,6 +69,31 @@ def signals_raise_interrupted() -> Iterator[None]:
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class StopFlag(threading.Event):
+    """Set when the work must stop: every run in a thread checks it at each SGD step."""
+
+    def check(self) -> None:
+        if self.is_set():
+            raise Interrupted(signal.SIGTERM)
+
+
+@contextmanager
+def signals_recorded() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM appended to the list yielded instead of raising: for code inside calls (Ray's) that turn
+    an exception from a signal handler into another error. Only in the main thread."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum)) for sig in (signal.SIGINT,
+                                                                                                 signal.SIGTERM)}
+    try:
+        yield received
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

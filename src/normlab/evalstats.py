@@ -69,17 +69,18 @@ def batch_statistics_accuracy(model: nn.Module, images: Tensor, labels: Tensor, 
     return correct * 100 / len(images)
 
 
-def evaluation_statistics(model: nn.Module, config: TrainConfig, data: Dataset,
-                          device: torch.device) -> dict[str, float | int]:
-    """The run's test accuracy (%) under the moving averages, PreciseBN and the test images' own batch
-    statistics in groups of its training group size, on the run's own training and test images."""
+def evaluation_statistics(model: nn.Module, config: TrainConfig, data: Dataset, device: torch.device,
+                          moving: float) -> dict[str, float | int]:
+    """The run's test accuracy (%) under the moving averages (``moving``, its final test accuracy), PreciseBN and
+    the test images' own batch statistics in groups of its training group size, on its own training and test
+    images."""
     rest, _, _ = data.split(config.val_size, config.seed)
     train_x, _, test_x, test_y = rest.limit(config.train_limit, config.test_limit).to(device).tensors()
     precise_images = train_x[:PRECISE_IMAGES]
     group = config.bn_batch or config.batch_size
     precise = precise_model(model, precise_images, config.batch_size, data.info)
     return {
-        "moving": evaluate(model, test_x, test_y, data.info)[1],
+        "moving": moving,
         "precise": evaluate(precise, test_x, test_y, data.info)[1],
         "precise_images": len(precise_images) // config.batch_size * config.batch_size,
         "batch": batch_statistics_accuracy(model, test_x, test_y, group, data.info),

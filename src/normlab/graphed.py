@@ -16,20 +16,32 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.augment import Affine
 from normlab.config import TrainConfig
+from normlab.data import DatasetInfo
+from normlab.model import l1_parameters
+from normlab.predict import normalize
 
-Losses = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+ScheduleFor = Callable[[list[Tensor]], torch.optim.lr_scheduler.OneCycleLR]
 CAPTURE_LOCK = threading.Lock()  # one capture at a time in a process
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graphs need (cuDNN, allocator)
 
 
-def one_cycle_values(schedule_for: Callable[[list[Tensor]], torch.optim.lr_scheduler.OneCycleLR],
-                     steps: int) -> tuple[list[float], list[float]]:
+class Epoch(NamedTuple):
+    """One pass over the training images: mean loss, accuracy in %, the first non-finite step (from 1) if any."""
+
+    loss: float
+    accuracy: float
+    bad_step: int | None
+
+
+def one_cycle_values(schedule_for: ScheduleFor, steps: int) -> tuple[list[float], list[float]]:
     """The LR and momentum of every step, read off a one-cycle schedule built the same way as the run's."""
     schedule = schedule_for([torch.zeros(1, requires_grad=True)])
     group = schedule.optimizer.param_groups[0]
@@ -47,10 +59,11 @@ class GraphedEpochs:
     """Epochs of SGD on ``images``/``labels`` (uint8, on the device), each step one graph replay."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.SGD, schedule: torch.optim.lr_scheduler.OneCycleLR,
-                 schedule_for: Callable[[list[Tensor]], torch.optim.lr_scheduler.OneCycleLR], losses: Losses,
-                 config: TrainConfig, images: Tensor, labels: Tensor, augment: Affine | None, capture: bool) -> None:
+                 schedule_for: ScheduleFor, config: TrainConfig, info: DatasetInfo, images: Tensor, labels: Tensor,
+                 augment: Affine | None, capture: bool) -> None:
         device = images.device
-        self.model, self.schedule, self.losses, self.augment = model, schedule, losses, augment
+        self.model, self.schedule, self.augment, self.info, self.l1 = model, schedule, augment, info, config.l1
+        self.penalized = l1_parameters(model, config.l1_norm_params) if config.l1 > 0 else []
         self.images, self.labels, self.batch = images, labels, config.batch_size
         group = optimizer.param_groups[0]
         self.nesterov, self.weight_decay = group["nesterov"], group["weight_decay"]
@@ -74,7 +87,7 @@ class GraphedEpochs:
         runners = self._capture(sizes) if capture else [lambda size=size: self._step(size) for size in sizes]
         self.replays = [(runner, count) for runner, (_, count) in zip(runners, plan, strict=True)]
 
-    def run_epoch(self, generator: torch.Generator) -> tuple[float, float, int | None]:
+    def run_epoch(self, generator: torch.Generator) -> Epoch:
         """One pass in a seeded order: mean loss, accuracy in %, and the first non-finite step (from 1), if any."""
         n, device = len(self.images), self.images.device
         self.order.copy_(torch.randperm(n, generator=generator, device=device))
@@ -94,7 +107,7 @@ class GraphedEpochs:
             self.schedule._step_count += steps - 1
             self.schedule.step()
         bad = int(self.bad_step.item())
-        return self.loss_sum.item() / n, self.correct.item() * 100 / n, bad + 1 if bad >= 0 else None
+        return Epoch(self.loss_sum.item() / n, self.correct.item() * 100 / n, bad + 1 if bad >= 0 else None)
 
     def _step(self, size: int) -> None:
         """One SGD step on the next ``size`` images of the epoch's order, reading every input from the device."""
@@ -106,8 +119,10 @@ class GraphedEpochs:
         y = self.labels.index_select(0, index)
         for p in self.params:
             p.grad = None
-        logits, loss, total = self.losses(x, y)
-        total.backward()
+        logits = self.model(normalize(x, self.info))
+        loss = F.cross_entropy(logits, y)
+        objective = loss + self.l1 * sum(p.abs().sum() for p in self.penalized) if self.penalized else loss
+        objective.backward()
         with torch.no_grad():
             self._update([p.grad for p in self.params])  # type: ignore[misc]
             self.bad_step.copy_(torch.where((self.bad_step < 0) & ~torch.isfinite(loss), self.step_in_epoch,
@@ -153,3 +168,19 @@ class GraphedEpochs:
             for t, value in zip(state, saved, strict=True):
                 t.copy_(value)
         return [graph.replay for graph in graphs]
+
+
+class GraphedRun:
+    """A run's epochs as graph replays, one captured step for each mode it trains in (BN training, or frozen)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.SGD, schedule: torch.optim.lr_scheduler.OneCycleLR,
+                 schedule_for: ScheduleFor, config: TrainConfig, info: DatasetInfo, images: Tensor, labels: Tensor,
+                 augment: Affine | None) -> None:
+        self.args = model, optimizer, schedule, schedule_for, config, info, images, labels, augment
+        self.graphs: dict[bool, GraphedEpochs] = {}  # a graph replays the modes it was captured in
+
+    def run_epoch(self, frozen: bool, generator: torch.Generator) -> Epoch:
+        if frozen not in self.graphs:
+            self.graphs[frozen] = GraphedEpochs(*self.args, capture=True)
+        return self.graphs[frozen].run_epoch(generator)
+

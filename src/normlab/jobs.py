@@ -21,7 +21,7 @@ import torch
 
 from normlab.config import TrainConfig
 from normlab.data import Dataset
-from normlab.errors import Interrupted, UserError
+from normlab.errors import Interrupted, StopFlag, UserError
 from normlab.machine import cpu_cores
 from normlab.train import train
 
@@ -62,7 +62,7 @@ def run_in_threads(jobs: list[Job], threads: int, data: Dataset, device: torch.d
     every run at its next step and goes on to the caller. On SIGINT/SIGTERM every run stops at its next
     step, keeping its last finished epoch, and Interrupted goes on to the caller.
     """
-    todo, errors, lock, stop = list(jobs), [], threading.Lock(), threading.Event()
+    todo, errors, lock, stop = list(jobs), [], threading.Lock(), StopFlag()
     crashes: list[Exception] = []  # anything else (a full disk, a bug) goes on to the caller as it is
     say_lock = threading.Lock()
     sharing = {"backend": "local", "runs_at_once": min(threads, len(jobs))}

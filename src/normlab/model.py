@@ -86,3 +86,10 @@ class Net(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def l1_parameters(model: nn.Module, include_norm: bool) -> list[Tensor]:
+    """The weights the L1 penalty applies to: conv/linear weights, plus the norms' γ, β if asked."""
+    if include_norm:
+        return list(model.parameters())
+    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]

@@ -314,7 +314,7 @@ def add_evaluation(run: PlannedRun, data: Dataset, device: torch.device) -> None
     saved = run.read_back()
     if saved.failure is None and saved.evaluation is None and NORMS[run.config.norm].batch_stats:
         model = saved.model.to(device)  # type: ignore[union-attr]  # a finished run has its model
-        saved.evaluation = evaluation_statistics(model, run.config, data, device)
+        saved.evaluation = evaluation_statistics(model, run.config, data, device, saved.metrics[-1]["test_acc"])
         save_evaluation(run.folder, saved.evaluation)
 
 

@@ -11,7 +11,6 @@ resumes from its last finished epoch and ends exactly as an uninterrupted run do
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -28,17 +27,16 @@ from normlab.augment import Affine
 from normlab.checkpoint import restore_training_state, training_state
 from normlab.config import TrainConfig
 from normlab.data import Dataset, DatasetInfo, load_dataset
-from normlab.errors import Interrupted
+from normlab.errors import StopFlag
 from normlab.evalstats import evaluation_statistics
-from normlab.graphed import GraphedEpochs, Losses
+from normlab.graphed import Epoch, GraphedRun
 from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
-from normlab.model import Net, count_parameters
+from normlab.model import Net, count_parameters, l1_parameters
 from normlab.norms import NORMS, batch_stat_layers
 from normlab.predict import evaluate, normalize
-from normlab.runs import metric_columns, open_run
+from normlab.runs import RunFolder, SavedRun, metric_columns, open_run
 
-INIT_LOCK = threading.Lock()
-Step = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+INIT_LOCK = threading.Lock()  # runs in threads (normlab.jobs) share torch's global RNG, which seeds the weights
 
 
 @dataclass
@@ -47,7 +45,7 @@ class RunResult:
     model: Net
     parameters: int
     metrics: list[dict[str, float]] = field(default_factory=list)
-    failed: dict[str, Any] | None = None  # where the loss became non-finite, when it did
+    failure: dict[str, Any] | None = None  # where the loss became non-finite, when it did
     evaluation: dict[str, float] | None = None  # with batch statistics: normlab.evalstats
 
     @property
@@ -55,9 +53,9 @@ class RunResult:
         return self.metrics[-1]["test_acc"]
 
 
-def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = None, progress: bool = True,
+def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | None = None, progress: bool = True,
           log: Callable[[str], None] = print, force: bool = False, resume: bool = False,
-          stop: threading.Event | None = None, sharing: dict[str, Any] | None = None) -> RunResult:
+          stop: StopFlag | None = None, sharing: dict[str, Any] | None = None) -> RunResult:
     """Train one model as ``config`` says; with ``out``, write its run folder as the epochs finish.
 
     ``resume`` continues the run in ``out`` from its checkpoint (or reads back a run that ended there);
@@ -79,57 +77,36 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
     with open_run(out, config, force=force, resume=resume) as folder:
         if folder.finished is not None:
             log(f"normlab train: {out} already holds this run, {folder.finished.status.value}; nothing to do")
-            model = (folder.finished.model or config.model()).to(device)
-            return RunResult(config, model, count_parameters(model), folder.finished.metrics, folder.finished.failure,
-                             folder.finished.evaluation)
-
-        with INIT_LOCK:  # runs in threads (normlab.jobs.run_in_threads) share torch's global RNG
-            torch.manual_seed(config.seed)  # the weights' initialisation and dropout
-            model = config.model().to(device)
-        generator = torch.Generator(device=device).manual_seed(config.seed)  # data order and augmentation
-        optimizer, schedule = sgd_one_cycle(model.parameters(), config)
-        losses = loss_function(model, config, info)
-        augment = Affine(config.rotate, config.shift, config.scale) if config.augment else None
+            return read_back(folder.finished, config, device)
+        model, optimizer, schedule, generator, augment = setup(config, device)
         result = RunResult(config, model, count_parameters(model))
         if folder.resume_state is not None:
             result.metrics = restore_training_state(folder.resume_state, model, optimizer, schedule, generator)
             log(f"normlab train: resuming {out} after epoch {len(result.metrics)}")
-        graphs: dict[bool, GraphedEpochs] = {}  # on a GPU: the captured step, with BN training or frozen
-        use_graphs = device.type == "cuda" and config.cuda_graph and not config.compile
-        step = None if use_graphs else sgd_step(losses, optimizer, schedule)
-        folder.start(result.parameters, environment(device, data.source, info.md5,
-                                                    sharing or {"backend": "local", "runs_at_once": 1}))
-        groups = f" groups={config.groups}" if config.groups is not None else ""
-        groups += " +ws" if config.weight_std else ""
-        log(f"normlab train: {info.name} norm={config.norm}{groups} l1={config.l1:g} params={result.parameters} "
-            f"batch={config.batch_size} lr={config.lr:g} train={len(train_x)} val={len(val_x)} test={len(test_x)} "
-            f"device={device} threads={torch.get_num_threads()} data={data.source}")
-        log(" ".join(f"{name:>{width}}" for name, width, _ in metric_columns(config)))
+        start_log(folder, result, device, data, len(train_x), len(val_x), len(test_x), sharing, log)
+        graphed = GraphedRun(model, optimizer, schedule, lambda params: sgd_one_cycle(params, config)[1], config, info,
+                             train_x, train_y, augment) if device.type == "cuda" and config.cuda_graph \
+            and not config.compile else None
+        forward = torch.compile(model, dynamic=False) if config.compile else model  # static shapes: 2 graphs
 
         for epoch in range(len(result.metrics) + 1, config.epochs + 1):
             start, lr = time.perf_counter(), schedule.get_last_lr()[0]
-            model.train()
-            frozen = epoch > config.epochs - config.freeze_bn_epochs  # FrozenBN: the running averages normalize
-            for layer in batch_stat_layers(model) if frozen else []:
-                layer.eval()
-            if use_graphs:
+            frozen = set_training_mode(model, epoch, config)
+            if graphed is not None:
                 check_stop(stop)
-                if frozen not in graphs:  # a graph replays the modes it was captured in
-                    graphs[frozen] = GraphedEpochs(model, optimizer, schedule,
-                                                   lambda params: sgd_one_cycle(params, config)[1], losses, config,
-                                                   train_x, train_y, augment, capture=True)
-                train_loss, train_acc, bad_step = graphs[frozen].run_epoch(generator)
+                loss, accuracy, bad_step = graphed.run_epoch(frozen, generator)
             else:
                 batches = stoppable(progress_bar(range(config.steps_per_epoch), f"epoch {epoch}/{config.epochs}",
                                                  progress), stop)
-                train_loss, train_acc, bad_step = train_epoch(step, train_x, train_y, config.batch_size, batches,
-                                                              augment, generator)
+                loss, accuracy, bad_step = train_epoch(forward, optimizer, schedule, config, info, train_x, train_y,
+                                                       generator, augment, batches)
             if bad_step is not None:
-                result.failed = {"epoch": epoch, "step": bad_step, "reason": "the training loss became NaN or infinite"}
-                log(f"normlab train: FAILED at epoch {epoch}, step {bad_step}: {result.failed['reason']}")
-                folder.fail(result.metrics, result.failed)
+                reason = "the training loss became NaN or infinite"
+                result.failure = {"epoch": epoch, "step": bad_step, "reason": reason}
+                log(f"normlab train: FAILED at epoch {epoch}, step {bad_step}: {reason}")
+                folder.fail(result.metrics, result.failure)
                 return result
-            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
+            row = {"epoch": epoch, "train_loss": loss, "train_acc": accuracy}
             if config.val_size:
                 row["val_loss"], row["val_acc"] = evaluate(model, val_x, val_y, info)
             row["test_loss"], row["test_acc"] = evaluate(model, test_x, test_y, info)
@@ -139,9 +116,50 @@ def train(config: TrainConfig, out: Path | None = None, data: Dataset | None = N
             folder.save_epoch(result.metrics, training_state(model, optimizer, schedule, generator, result.metrics,
                                                              folder.hash))
         if NORMS[config.norm].batch_stats:
-            result.evaluation = evaluation_statistics(model, config, data, device)
+            result.evaluation = evaluation_statistics(model, config, data, device, result.final_test_acc)
         folder.finish(model, result.evaluation)
     return result
+
+
+def setup(config: TrainConfig, device: torch.device
+          ) -> tuple[Net, torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR, torch.Generator, Affine | None]:
+    """A fresh run's model, optimizer, schedule, data generator and augmentation, seeded by ``config.seed``."""
+    with INIT_LOCK:
+        torch.manual_seed(config.seed)  # the weights' initialisation and dropout
+        model = config.model().to(device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)  # data order and augmentation
+    optimizer, schedule = sgd_one_cycle(model.parameters(), config)
+    augment = Affine(config.rotate, config.shift, config.scale) if config.augment else None
+    return model, optimizer, schedule, generator, augment
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, config: TrainConfig,
+                info: DatasetInfo, images: Tensor, labels: Tensor, generator: torch.Generator,
+                augment: Affine | None, batches: Iterable[int]) -> Epoch:
+    """One pass over the uint8 training images in a seeded order, one SGD step per batch. Reads nothing back
+    from the device until the end."""
+    order = torch.randperm(len(images), generator=generator, device=images.device)
+    penalized = l1_parameters(model, config.l1_norm_params) if config.l1 > 0 else []
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.int64)
+    bad_step = torch.full((), -1, device=images.device, dtype=torch.int64)
+    for i in batches:
+        idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+        x, y = images[idx].unsqueeze(1).float() / 255, labels[idx]
+        if augment is not None:
+            x = augment(x, generator)
+        logits = model(normalize(x, info))
+        loss = F.cross_entropy(logits, y)
+        objective = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        schedule.step()
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), i, bad_step)
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(1) == y).sum()
+    bad = int(bad_step.item())
+    return Epoch(loss_sum.item() / len(images), correct.item() * 100 / len(images), bad + 1 if bad >= 0 else None)
 
 
 def sgd_one_cycle(parameters: Iterable[Tensor], config: TrainConfig
@@ -155,70 +173,43 @@ def sgd_one_cycle(parameters: Iterable[Tensor], config: TrainConfig
     return optimizer, schedule
 
 
-def l1_parameters(model: nn.Module, include_norm: bool) -> list[Tensor]:
-    """The weights the L1 penalty applies to: conv/linear weights, plus the norms' γ, β if asked."""
-    if include_norm:
-        return list(model.parameters())
-    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+def set_training_mode(model: nn.Module, epoch: int, config: TrainConfig) -> bool:
+    """Train mode for the epoch; in FrozenBN's last epochs the batch-statistics layers normalize with their running
+    averages (eval mode). Returns whether they do."""
+    model.train()
+    frozen = epoch > config.epochs - config.freeze_bn_epochs
+    for layer in batch_stat_layers(model) if frozen else []:
+        layer.eval()
+    return frozen
 
 
-def loss_function(model: nn.Module, config: TrainConfig, info: DatasetInfo) -> Losses:
-    """Pixels in [0, 1] and labels -> the logits, the cross-entropy, and the loss SGD minimises (with L1)."""
-    penalized = l1_parameters(model, config.l1_norm_params) if config.l1 > 0 else []
-
-    def losses(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        logits = model(normalize(x, info))
-        loss = F.cross_entropy(logits, y)
-        total = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
-        return logits, loss, total
-
-    if config.compile:  # static shapes: one graph for full batches, one for a short last batch
-        return torch.compile(losses, dynamic=False)
-    return losses
+def read_back(saved: SavedRun, config: TrainConfig, device: torch.device) -> RunResult:
+    """A run that ended in its folder, as the result its training returned."""
+    model = (saved.model or config.model()).to(device)
+    return RunResult(config, model, count_parameters(model), saved.metrics, saved.failure, saved.evaluation)
 
 
-def sgd_step(losses: Losses, optimizer: torch.optim.Optimizer, schedule: Any) -> Step:
-    """One SGD step on a batch of pixels in [0, 1]: returns the logits and the cross-entropy (without L1)."""
-
-    def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        logits, loss, total = losses(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        schedule.step()
-        return logits.detach(), loss.detach()
-
-    return step
-
-
-def train_epoch(step: Step, images: Tensor, labels: Tensor, batch_size: int, batches: Iterable[int],
-                augment: Affine | None, generator: torch.Generator) -> tuple[float, float, int | None]:
-    """One pass over the training images in a seeded order: mean loss, accuracy in %, and the first step
-    (counted from 1) whose loss was not finite, if any. Reads nothing back from the device until the end."""
-    order = torch.randperm(len(images), generator=generator, device=images.device)
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.int64)
-    bad_step = torch.full((), -1, device=images.device, dtype=torch.int64)
-    for i in batches:
-        idx = order[i * batch_size:(i + 1) * batch_size]
-        x = images[idx].unsqueeze(1).float() / 255
-        if augment is not None:
-            x = augment(x, generator)
-        y = labels[idx]
-        logits, loss = step(x, y)
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), i, bad_step)
-        loss_sum += loss * len(idx)
-        correct += (logits.argmax(1) == y).sum()
-    bad = int(bad_step.item())
-    return loss_sum.item() / len(images), correct.item() * 100 / len(images), bad + 1 if bad >= 0 else None
+def start_log(folder: RunFolder, result: RunResult, device: torch.device, data: Dataset, n_train: int, n_val: int,
+              n_test: int, sharing: dict[str, Any] | None, log: Callable[[str], None]) -> None:
+    """config.json's environment, then the run's first log lines: what trains, on what, and the metrics' header."""
+    config, info = result.config, data.info
+    folder.start(result.parameters, environment(device, data.source, info.md5,
+                                                sharing or {"backend": "local", "runs_at_once": 1}))
+    groups = f" groups={config.groups}" if config.groups is not None else ""
+    groups += " +ws" if config.weight_std else ""
+    log(f"normlab train: {info.name} norm={config.norm}{groups} l1={config.l1:g} params={result.parameters} "
+        f"batch={config.batch_size} lr={config.lr:g} train={n_train} val={n_val} test={n_test} "
+        f"device={device} threads={torch.get_num_threads()} data={data.source}")
+    log(" ".join(f"{name:>{width}}" for name, width, _ in metric_columns(config)))
 
 
-def check_stop(stop: threading.Event | None) -> None:
-    if stop is not None and stop.is_set():
-        raise Interrupted(signal.SIGTERM)
+def check_stop(stop: StopFlag | None) -> None:
+    if stop is not None:
+        stop.check()
 
 
-def stoppable(steps: Iterable[int], stop: threading.Event | None) -> Iterable[int]:
+def stoppable(steps: Iterable[int], stop: StopFlag | None) -> Iterable[int]:
     for step in steps:
         check_stop(stop)
         yield step
