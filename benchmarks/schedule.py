@@ -40,9 +40,10 @@ def main() -> None:
 
     import torch
 
-    from normlab.config import VARIANTS, TrainConfig, parse_variant
+    from normlab.config import TrainConfig
     from normlab.data import load_dataset
     from normlab.jobs import Job, run_in_threads
+    from normlab.plan import VARIANTS, parse_variant
 
     data = load_dataset()
     base = TrainConfig(epochs=args.epochs, train_limit=args.train_limit, threads=1)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from normlab.config import L1_LAMBDA, MIN_STEPS, TrainConfig, parse_variant
+from normlab.config import MIN_STEPS, TrainConfig
 from normlab.errors import UserError
 from normlab.norms import GROUPS
 
@@ -97,27 +97,3 @@ def test_config_round_trips_through_json(tmp_path):
 def test_renorm_schedule_is_a_range_within_the_run():
     with pytest.raises(UserError, match=r"renorm_from 0.6 and renorm_to 0.5 must be fractions of the run"):
         TrainConfig(renorm_from=0.6, renorm_to=0.5)
-
-
-@pytest.mark.parametrize("text, norm, groups, l1, ws", [
-    ("bn+l1", "batch", None, L1_LAMBDA, False), ("gn:2", "group", 2, 0.0, False), ("LN", "layer", None, 0.0, False),
-    ("instance", "instance", None, 0.0, False), ("none", "none", None, 0.0, False),
-    ("gn+ws", "group", None, 0.0, True), ("bn+ws+l1", "batch", None, L1_LAMBDA, True),
-    ("bn+l1+ws", "batch", None, L1_LAMBDA, True), ("evonorm-s0:2", "evonorm-s0", 2, 0.0, False),
-    ("brn", "brn", None, 0.0, False), ("frn+ws", "frn", None, 0.0, True),
-])
-def test_parse_variant(text, norm, groups, l1, ws):
-    v = parse_variant(text)
-    assert (v.norm, v.groups, v.l1, v.weight_std) == (norm, groups, l1, ws)
-    config = v.config(TrainConfig(), seed=4)
-    assert (config.norm, config.l1, config.weight_std, config.seed) == (norm, l1, ws, 4)
-
-
-@pytest.mark.parametrize("text, message", [
-    ("bogus", "unknown variant 'bogus'"), ("ln:2", r"only a grouped norm \(group, evonorm-s0\) takes a group"),
-    ("gn:3", "variant 'gn:3': 3 groups does not divide"), ("gn:²", "takes a group count, a number"),
-    ("gn:-1", "only a grouped norm"), ("gn+l2", "unknown variant 'gn\\+l2'"), ("gn+ws+ws", "unknown variant"),
-])
-def test_bad_variants(text, message):
-    with pytest.raises(UserError, match=message):
-        parse_variant(text)

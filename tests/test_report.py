@@ -1,7 +1,7 @@
 """The report's tables and findings are computed from the numbers: unit tests on made-up results."""
 
-from normlab.config import TARGET_ACC as TARGETS
 from normlab.findings import failures, findings
+from normlab.plan import TARGET_ACC as TARGETS
 from normlab.report import batch_table, chosen_table, results_table, to_markdown
 from normlab.results import chosen_lrs, summarize
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 from conftest import quiet, without_seconds
 
-from normlab.config import L1_LAMBDA, TrainConfig
+from normlab.config import TrainConfig
 from normlab.errors import UserError
 from normlab.machine import cpu_cores
+from normlab.plan import L1_LAMBDA
 from normlab.plots import metric_figure
 from normlab.runs import WEIGHTS
 from normlab.study import run_study

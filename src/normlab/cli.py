@@ -52,8 +52,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    from normlab.config import TrainConfig, names_where
-    from normlab.norms import ALIASES, GROUPS, NORMS
+    from normlab.config import TrainConfig
+    from normlab.norms import ALIASES, GROUPS, NORMS, names_where
 
     p.add_argument("--norm", default=TrainConfig().norm,
                    help=f"normalization: {', '.join(NORMS)} or an alias ({', '.join(ALIASES)})")
@@ -231,9 +231,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 def cmd_exercise(args: argparse.Namespace) -> None:
     """main.py: one model of the study, chosen as in the exercise (--norm bn+l1|bn|group|layer), and its grid."""
-    from normlab.config import parse_variant
     from normlab.data import load_dataset
     from normlab.misclassified import save_misclassified
+    from normlab.plan import parse_variant
 
     variant = parse_variant(args.norm)
     if variant.groups is not None and args.groups is not None and variant.groups != args.groups:
@@ -262,8 +262,8 @@ def exercise_parser() -> Parser:
 
 
 def build_parser() -> Parser:
-    from normlab.config import VARIANTS
     from normlab.norms import ALIASES, NORMS
+    from normlab.plan import VARIANTS
 
     parser = Parser(prog="normlab", description="Normalization & regularization study of a small MNIST CNN.")
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")

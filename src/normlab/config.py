@@ -1,4 +1,4 @@
-"""Every hyperparameter of a run and of the standard study, in one place, checked once, saved as JSON.
+"""Every hyperparameter of a run, in one place, checked once, saved as JSON.
 
 Below this module nothing checks values again: the model, the loop and the study trust a TrainConfig.
 """
@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from normlab.data import DATASETS, TRAIN_IMAGES
 from normlab.errors import UserError
-from normlab.model import LAYOUT, Net
-from normlab.norms import CONV_MODIFIERS, GROUPS, NORMS, NormSettings, canonical_norm
+from normlab.model import Net, check_groups
+from normlab.norms import GROUPS, NORMS, NormSettings, canonical_norm, names_where
 
-# ---------------------------------------------------------------------------- the standard study
-VARIANTS = ("bn+l1", "gn", "ln")  # the three models of the exercise
-L1_LAMBDA = 1e-5                  # λ of every "+l1" variant
-TARGET_ACC = {"mnist": 99.4}      # test accuracy (%) the report and Graph 2 measure against, by dataset
-N_MISCLASSIFIED = 10              # images in each misclassified grid (5 rows × 2 columns)
-MIN_STEPS = 10                    # fewer SGD steps in a run barely leave one-cycle's warm-up
+MIN_STEPS = 10  # fewer SGD steps in a run barely leave one-cycle's warm-up
 
 
 @dataclass
@@ -172,67 +167,3 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(path.read_text())["config"])
-
-
-def names_where(attribute: str) -> str:
-    """The registry's norms that have ``attribute`` (grouped, batch_stats, ...), for error messages."""
-    return ", ".join(name for name, entry in NORMS.items() if getattr(entry, attribute))
-
-
-def check_groups(groups: int) -> None:
-    """GroupNorm needs ``groups`` to divide the channels of every layer; say which counts would."""
-    channels = sorted({layer[2] for layer in LAYOUT if isinstance(layer, tuple)})
-    valid = [g for g in range(1, min(channels) + 1) if all(c % g == 0 for c in channels)]
-    if groups not in valid:
-        raise UserError(f"does not divide the channel counts {channels} of every layer; "
-                        f"use one of {', '.join(map(str, valid))}", "groups", groups)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One model of a study: a norm, its group count, Weight Standardization or not, and the L1 penalty."""
-
-    name: str
-    norm: str
-    groups: int | None
-    l1: float
-    weight_std: bool = False
-
-    @property
-    def folder(self) -> str:
-        return self.name.replace(":", "-g")
-
-    @property
-    def regularization(self) -> str:
-        return f"L1 λ={self.l1:g}" if self.l1 else "no L1"
-
-    def config(self, base: TrainConfig, seed: int) -> TrainConfig:
-        return replace(base, norm=self.norm, groups=self.groups, l1=self.l1, weight_std=self.weight_std, seed=seed)
-
-
-def parse_variant(text: str) -> Variant:
-    """A norm name or alias (``bn``, ``gn``, ``brn``, ``frn``, ...), then ``:G`` for G channel groups (``gn:2``),
-    ``+ws`` for Weight Standardization and ``+l1`` for the L1 penalty, in any order (``gn:2+ws``, ``bn+ws+l1``)."""
-    base, *suffixes = text.lower().split("+")
-    unknown = [s for s in suffixes if s not in ("l1", *CONV_MODIFIERS)]
-    base, _, groups_text = base.partition(":")
-    try:
-        norm = canonical_norm(base)
-        if unknown or len(set(suffixes)) != len(suffixes):
-            raise UserError("")
-    except UserError:
-        raise UserError(f"unknown variant {text!r}; use a norm ({', '.join(NORMS)}; aliases bn, gn, ln, in), "
-                        "then :G for a group count (gn:2), +ws for Weight Standardization, +l1 for the L1 penalty "
-                        "(bn+ws+l1)") from None
-    l1 = L1_LAMBDA if "l1" in suffixes else 0.0
-    groups = None
-    if groups_text:
-        if not NORMS[norm].grouped or not (groups_text.isascii() and groups_text.isdecimal()):
-            raise UserError(f"variant {text!r}: only a grouped norm ({names_where('grouped')}) takes a group count, "
-                            "a number as in gn:2")
-        groups = int(groups_text)
-        try:
-            check_groups(groups)
-        except UserError as e:
-            raise UserError(f"variant {text!r}: {groups} groups {e.message}") from None
-    return Variant(text.lower(), norm, groups, l1, "ws" in suffixes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from normlab.config import TARGET_ACC
+from normlab.plan import TARGET_ACC
 from normlab.results import evaluation_rows, final_accs, finished_runs, size_text
 from normlab.stats import paired_difference
 

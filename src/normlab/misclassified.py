@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from normlab.config import N_MISCLASSIFIED
 from normlab.data import Dataset
 from normlab.files import write_atomic
 from normlab.plots import misclassified_figure
 from normlab.predict import predict
+
+N_MISCLASSIFIED = 10  # images in each grid (5 rows × 2 columns)
 
 
 @torch.inference_mode()

@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from normlab.errors import UserError
 from normlab.norms import NORMS, NormSettings, StdConv2d, canonical_norm
 
 # (name, in_channels, out_channels, kernel): the conv blocks in order; "pool" marks the 2×2 max-pool.
@@ -93,3 +94,12 @@ def l1_parameters(model: nn.Module, include_norm: bool) -> list[Tensor]:
     if include_norm:
         return list(model.parameters())
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def check_groups(groups: int) -> None:
+    """GroupNorm needs ``groups`` to divide the channels of every layer; say which counts would."""
+    channels = sorted({layer[2] for layer in LAYOUT if isinstance(layer, tuple)})
+    valid = [g for g in range(1, min(channels) + 1) if all(c % g == 0 for c in channels)]
+    if groups not in valid:
+        raise UserError(f"does not divide the channel counts {channels} of every layer; "
+                        f"use one of {', '.join(map(str, valid))}", "groups", groups)

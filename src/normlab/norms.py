@@ -283,3 +283,8 @@ def canonical_norm(name: str) -> str:
         valid = ", ".join([*NORMS, *(f"{a} (={n})" for a, n in ALIASES.items())])
         raise UserError(f"unknown norm; choose one of: {valid}", "norm", name)
     return key
+
+
+def names_where(attribute: str) -> str:
+    """The registry's norms that have ``attribute`` (grouped, batch_stats, ...), for error messages."""
+    return ", ".join(name for name, entry in NORMS.items() if getattr(entry, attribute))

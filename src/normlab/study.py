@@ -5,43 +5,41 @@
     normlab study --lrs 0.05 0.1 0.2 0.4 --val-size 10000 --seeds 0 1 2 --out runs/tuned
     normlab study --variants bn+l1 gn gn:2 ln in --train-limit 5000 --epochs 3 --out runs/quick
 
-Each run goes to ``<out>/<variant>/b<batch size>[-lr<rate>]/seed<k>/`` exactly as ``normlab train`` writes it
-(the rate in the name when the study has a learning-rate axis). Unless told otherwise the learning rate
-scales linearly with the batch size, from the base config's lr at its batch size (as the GroupNorm paper
-did). With several learning rates each variant's is chosen on validation accuracy (normlab.results), never
-on the test set. The same command
-again resumes: a run that ended there with these settings is read back, an unfinished one continues from
-its checkpoint, and only the rest is trained. Every run folder is checked before any run trains; one
-that holds work made with other settings is replaced only with ``force``. The runs train side by side
-(normlab.jobs), on a CPU each on max(1, cores // jobs) torch threads, which its config.json records.
+normlab.plan makes the grid and reads every run folder back; here the runs that have not ended train
+(in threads here, normlab.jobs, or as Ray tasks, normlab.cluster), then everything is read back into
+results.json, the graphs, the misclassified grids and the report. Each run goes to
+``<out>/<variant>/b<batch size>[-bn<group>][-lr<rate>]/seed<k>/`` exactly as ``normlab train`` writes it. The
+same command again resumes: a run that ended there with these settings is read back, an unfinished one
+continues from its checkpoint, and only the rest is trained; a folder that holds work made with other
+settings is replaced only with ``force``. On a CPU each run gets max(1, cores // jobs) torch threads, which
+its config.json records.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from normlab.cluster import ray_session, run_on_ray
-from normlab.config import TARGET_ACC, VARIANTS, TrainConfig, Variant, parse_variant
+from normlab.config import TrainConfig
 from normlab.data import Dataset, load_dataset
 from normlab.errors import UserError
 from normlab.evalstats import evaluation_statistics
-from normlab.files import FolderLock, check_folder, prepare_folder, write_atomic
+from normlab.files import FolderLock, prepare_folder, write_atomic
 from normlab.jobs import Job, default_jobs, run_in_threads
 from normlab.machine import check_threads, cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
 from normlab.norms import NORMS
+from normlab.plan import TARGET_ACC, VARIANTS, PlannedRun, Point, Variant, plan_grid, plan_points, unique
 from normlab.plots import batch_size_figure, lr_figure, metric_figure
 from normlab.report import LR_GRAPH, batch_axis, write_report
 from normlab.results import chosen_lrs, size_text, summarize
-from normlab.runs import CONFIG, WEIGHTS, SavedRun, Status, inspect, save_evaluation
+from normlab.runs import CONFIG, WEIGHTS, Status, save_evaluation
 from normlab.train import train
 
 STUDY_MARKER = "study.json"
@@ -49,67 +47,32 @@ OUTPUTS = ("results.json", "report.md", "report.html", "graph*.png", "misclassif
 BACKENDS = ("local", "ray")  # where a study's runs train: normlab.jobs here, normlab.cluster on Ray
 
 
-@dataclass
-class PlannedRun:
-    variant: Variant
-    seed: int
-    config: TrainConfig
-    folder: Path
-    saved: SavedRun | None  # None: cannot be read, and is retrained (with force)
-    lr_axis: bool = False   # the study has several learning rates: the label names the run's
-
-    @property
-    def label(self) -> str:
-        ghost = f" (BN over {self.config.bn_batch})" if self.config.bn_batch else ""
-        lr = f", lr {self.config.lr:g}" if self.lr_axis else ""
-        return f"{self.variant.name}, batch {self.config.batch_size}{ghost}{lr}, seed {self.seed}"
-
-    @property
-    def ended(self) -> bool:
-        return self.saved is not None and self.saved.status in (Status.FINISHED, Status.FAILED)
-
-    def read_back(self) -> SavedRun:
-        """What the run left once trained: a finished or failed run, else a one-line error."""
-        if not self.ended:
-            self.saved = inspect(self.folder, self.config)
-        if not self.ended:
-            raise UserError(f"{self.folder}: the run did not finish; run the same command again to resume it")
-        return self.saved  # type: ignore[return-value]
-
-
-@dataclass
-class Point:
-    """A run where it stands on the study's batch-size axis (with ghost, one run stands at several sizes)."""
-
-    run: PlannedRun
-    batch: int
-
-    def record(self, out: Path, test_images: int) -> dict[str, Any]:
-        """The run's line in results.json: its settings, its final numbers and its per-epoch metrics."""
-        saved, variant, config = self.run.read_back(), self.run.variant, self.run.config
-        metrics = saved.metrics
-        run: dict[str, Any] = {
-            "variant": variant.name, "seed": self.run.seed, "batch_size": self.batch, "lr": config.lr,
-            "sgd_batch_size": config.batch_size, "bn_batch": config.bn_batch,
-            "folder": str(self.run.folder.relative_to(out)),
-            "norm": variant.norm, "groups": config.groups, "weight_std": config.weight_std,
-            "batch_stats": NORMS[variant.norm].batch_stats, "l1": variant.l1, "regularization": variant.regularization,
-            "parameters": saved.parameters, "epochs": len(metrics), "test_images": test_images,
-            "failed": saved.failure, "trained": {"threads": saved.environment.get("threads"),
-                                                  **(saved.environment.get("sharing") or {})},
-        }
-        if saved.failure is None:
-            run.update({
-                "final_test_acc": metrics[-1]["test_acc"], "final_test_loss": metrics[-1]["test_loss"],
-                "final_train_loss": metrics[-1]["train_loss"], "seconds": sum(m["seconds"] for m in metrics),
-                "conv_weight_l1": conv_weight_l1(saved.model),  # type: ignore[arg-type]  # finished: has a model
-                "weights": str((self.run.folder / WEIGHTS).relative_to(out)), "evaluation": saved.evaluation,
-            })
-            if config.val_size:  # the epoch a user would pick, picked on validation, and its test accuracy
-                best = max(range(len(metrics)), key=lambda i: metrics[i]["val_acc"])
-                run.update({"final_val_acc": metrics[-1]["val_acc"], "best_val_epoch": best + 1,
-                            "test_acc_at_best_val": metrics[best]["test_acc"]})
-        return {**run, "metrics": metrics}
+def record(point: Point, out: Path, test_images: int) -> dict[str, Any]:
+    """The run's line in results.json: its settings, its final numbers and its per-epoch metrics."""
+    saved, variant, config = point.run.read_back(), point.run.variant, point.run.config
+    metrics = saved.metrics
+    run: dict[str, Any] = {
+        "variant": variant.name, "seed": point.run.seed, "batch_size": point.batch, "lr": config.lr,
+        "sgd_batch_size": config.batch_size, "bn_batch": config.bn_batch,
+        "folder": str(point.run.folder.relative_to(out)),
+        "norm": variant.norm, "groups": config.groups, "weight_std": config.weight_std,
+        "batch_stats": NORMS[variant.norm].batch_stats, "l1": variant.l1, "regularization": variant.regularization,
+        "parameters": saved.parameters, "epochs": len(metrics), "test_images": test_images,
+        "failed": saved.failure, "trained": {"threads": saved.environment.get("threads"),
+                                              **(saved.environment.get("sharing") or {})},
+    }
+    if saved.failure is None:
+        run.update({
+            "final_test_acc": metrics[-1]["test_acc"], "final_test_loss": metrics[-1]["test_loss"],
+            "final_train_loss": metrics[-1]["train_loss"], "seconds": sum(m["seconds"] for m in metrics),
+            "conv_weight_l1": conv_weight_l1(saved.model),  # type: ignore[arg-type]  # finished: has a model
+            "weights": str((point.run.folder / WEIGHTS).relative_to(out)), "evaluation": saved.evaluation,
+        })
+        if config.val_size:  # the epoch a user would pick, picked on validation, and its test accuracy
+            best = max(range(len(metrics)), key=lambda i: metrics[i]["val_acc"])
+            run.update({"final_val_acc": metrics[-1]["val_acc"], "best_val_epoch": best + 1,
+                        "test_acc_at_best_val": metrics[best]["test_acc"]})
+    return {**run, "metrics": metrics}
 
 
 def run_study(
@@ -146,139 +109,50 @@ def run_study(
     ``force``: retrain runs in ``out`` made with other settings, or whose files cannot be read.
     Nothing is written before every input and every run folder has been checked.
     """
-    parsed = [parse_variant(v) for v in variants]
-    models = [TrainConfig(norm=v.norm, groups=v.groups, l1=v.l1, weight_std=v.weight_std) for v in parsed]
-    same = [(a.name, b.name) for i, a in enumerate(parsed) for b, m in zip(parsed[i + 1:], models[i + 1:], strict=True)
-            if m == models[i]]
-    if same:
-        raise UserError(f"{same[0][0]} and {same[0][1]} name the same model; give it once", "variants", list(variants))
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError("give one or more different seeds", "seeds", list(seeds))
     base = base or TrainConfig()
-    sizes = check_axis("batch_sizes", batch_sizes, int) if batch_sizes else [base.batch_size]
-    rates = check_axis("lrs", lrs, float) if lrs else [base.lr]
-    if len(rates) > 1 and not base.val_size:
-        raise UserError("choosing among learning rates needs validation images, never the test set: add "
-                        "{val_size} N (say 10000)", "lrs", rates)
-    if tune_seeds is not None:
-        if len(rates) < 2:
-            raise UserError("they choose among {lrs}: give several rates, or drop it", "tune_seeds", tune_seeds)
-        if not tune_seeds or len(set(tune_seeds)) != len(tune_seeds) or not set(tune_seeds) <= set(seeds):
-            raise UserError("give one or more different seeds, each one of {seeds}", "tune_seeds", tune_seeds)
-    tuning = list(tune_seeds) if tune_seeds is not None else list(seeds)
-    if ghost and not batch_sizes:
-        raise UserError("{ghost} makes {batch_sizes} batch norm's images per group: give {batch_sizes}, or drop it")
-    if backend == "local":  # a Ray worker checks its own cores
-        check_threads(base.threads)
-    if ghost and max(sizes) > base.batch_size:
-        raise UserError(f"with {{ghost}} each is batch norm's images per group within an SGD batch of {{batch_size}} "
-                        f"{base.batch_size}; give sizes up to it, or raise {{batch_size}}", "batch_sizes", sizes)
-    if jobs is not None and jobs < 1:
-        raise UserError("must be at least 1", "jobs", jobs)
+    grid = plan_grid(variants, seeds, base, batch_sizes, lrs, tune_seeds, lr_scaling, ghost)
     if backend not in BACKENDS:
         raise UserError(f"unknown backend; choose {' or '.join(BACKENDS)}", "backend", backend)
+    if backend == "local":  # a Ray worker checks its own cores
+        check_threads(base.threads)
+    if jobs is not None and jobs < 1:
+        raise UserError("must be at least 1", "jobs", jobs)
     if address is not None and backend != "ray":
         raise UserError("is for {backend} ray only; add {backend} ray or drop it", "address", address)
     out = Path(out)
-
-    def run_config(variant: Variant, batch: int, lr: float, seed: int) -> TrainConfig:
-        if ghost:
-            ghosted = NORMS[variant.norm].batch_stats and batch < base.batch_size
-            return variant.config(replace(base, bn_batch=batch if ghosted else None, lr=lr), seed)
-        scaled = lr * batch / base.batch_size if lr_scaling else lr
-        return variant.config(replace(base, batch_size=batch, lr=scaled), seed)
-
-    configs = {(v, b, lr, s): run_config(v, b, lr, s)  # each one checked
-               for v in parsed for b in sizes for lr in rates for s in seeds}
-    lr_axis = lrs is not None
+    if not (out / STUDY_MARKER).is_file() and any(out.glob(f"*/*/seed*/{CONFIG}")):
+        raise UserError(f"holds normlab run folders but no {STUDY_MARKER} (removed?); each run is checked against "
+                        f"its own settings, so writing {{}} into {out / STUDY_MARKER} lets a study reuse them; or "
+                        "choose a new or empty {out}", "out", out)
     device = resolve_device(base.device)
     data = load_dataset(base.dataset, base.data_dir)
-    n_runs = len({run_folder(out, v, c, lr_axis) for (v, _, lr, s), c in configs.items()
-                  if s in tuning or lr == rates[0]})  # the later seeds train at one rate each
+    n_runs = grid.runs(out)
     # Fixed by the whole study, not by what is left to do, so that a resumed study trains like an uninterrupted one.
     if backend == "ray":
         threads = base.threads or 1
     else:
         jobs = jobs or default_jobs(device, n_runs)
         threads = (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
-    # An unreachable cluster is found before anything is written.
-    if not (out / STUDY_MARKER).is_file() and any(out.glob(f"*/*/seed*/{CONFIG}")):
-        raise UserError(f"holds normlab run folders but no {STUDY_MARKER} (removed?); each run is checked against "
-                        f"its own settings, so writing {{}} into {out / STUDY_MARKER} lets a study reuse them; or "
-                        "choose a new or empty {out}", "out", out)
-    with ray_session(address) if backend == "ray" else contextlib.nullcontext() as ray:
+    with ray_session(address) if backend == "ray" else contextlib.nullcontext() as ray:  # unreachable: nothing written
         prepare_folder(out, STUDY_MARKER, "study")
         with FolderLock(out):
-            planned: dict[Path, PlannedRun] = {}  # every folder the study may train, checked before any trains
-            points: list[Point] = []  # with ghost, a run can stand at several batch sizes
-            for (variant, batch, _, seed), config in configs.items():
-                folder = run_folder(out, variant, config, lr_axis)
-                if folder not in planned:
-                    planned[folder] = plan_run(folder, variant, seed, replace(config, threads=threads), force,
-                                               lr_axis)
-                points.append(Point(planned[folder], batch))
-            check_conflicts(out, list(planned.values()), force)
-            settings = {"variants": [v.name for v in parsed], "seeds": list(seeds), "batch_sizes": sizes,
-                        "lrs": rates, "tune_seeds": tuning, "lr_scaling": lr_scaling and not ghost, "ghost": ghost,
-                        "base_config": base.to_dict()}
-            write_atomic(out / STUDY_MARKER, json.dumps(settings, indent=2))
+            points = plan_points(out, grid, threads, force)
+            write_atomic(out / STUDY_MARKER, json.dumps(grid.settings(), indent=2))
             if not all(p.run.ended for p in points):  # until every run has ended, no report describes other runs
                 for path in study_outputs(out):
                     path.unlink()
-            tune = [p for p in points if p.run.seed in tuning]
+            tune = [p for p in points if p.run.seed in grid.tuning]
             train_runs(unique(tune), data, device, jobs, threads, progress, log, ray)
-            if len(tuning) < len(seeds):  # the other seeds at each variant's chosen rate only
-                chosen = chosen_lrs({**settings, "runs": [p.record(out, 0) for p in tune]})
-                later = [p for p in points if p.run.seed not in tuning
+            if len(grid.tuning) < len(grid.seeds):  # the other seeds at each variant's chosen rate only
+                chosen = chosen_lrs({**grid.settings(), "runs": [record(p, out, 0) for p in tune]})
+                later = [p for p in points if p.run.seed not in grid.tuning
                          and chosen.get((p.run.variant.name, p.batch)) == p.run.config.lr]
                 train_runs(unique(later), data, device, jobs, threads, progress, log, ray)
                 points = tune + later
-            study = {**settings, "dataset_title": data.info.title, "backend": backend,
+            study = {**grid.settings(), "dataset_title": data.info.title, "backend": backend,
                      "jobs": min(jobs, n_runs) if jobs else None, "threads": threads,
-                     "graph_batch": base.batch_size if base.batch_size in sizes else max(sizes)}
-            return collect(out, points, parsed, study, data, device, log)
-
-
-def check_axis(name: str, values: list[Any] | tuple[Any, ...], kind: type) -> list[Any]:
-    """The values of one axis of the study, each a positive finite number of ``kind``, no two alike."""
-    for value in values:
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0 \
-                or (kind is int and value != int(value)):
-            what = "whole number" if kind is int else "finite number"
-            raise UserError(f"{value} is not a positive {what}", name, list(values))
-    if len(set(values)) != len(values):
-        raise UserError("a value is given twice; give each once", name, list(values))
-    return [kind(v) for v in values]
-
-
-def run_folder(out: Path, variant: Variant, config: TrainConfig, lr_axis: bool = False) -> Path:
-    ghost = f"-bn{config.bn_batch}" if config.bn_batch else ""
-    lr = f"-lr{config.lr!r}" if lr_axis else ""  # repr: two different rates never share a folder
-    return out / variant.folder / f"b{config.batch_size}{ghost}{lr}" / f"seed{config.seed}"
-
-
-def plan_run(folder: Path, variant: Variant, seed: int, config: TrainConfig, force: bool,
-             lr_axis: bool = False) -> PlannedRun:
-    """What the run's folder holds now; a file that cannot be read is an error, unless ``force`` retrains it."""
-    check_folder(folder, CONFIG, "run")
-    try:
-        saved: SavedRun | None = inspect(folder, config)
-    except UserError:
-        if not force:
-            raise
-        saved = None
-    return PlannedRun(variant, seed, config, folder, saved, lr_axis)
-
-
-def check_conflicts(out: Path, plan: list[PlannedRun], force: bool) -> None:
-    """Refuse to replace runs made with other settings unless ``force``: name them and what differs."""
-    other = [run for run in plan if run.saved is not None and run.saved.status is Status.OTHER]
-    if other and not force:
-        names = ", ".join(str(run.folder.relative_to(out)) for run in other[:4])
-        more = f" and {len(other) - 4} more" if len(other) > 4 else ""
-        differences = "; ".join(sorted({run.saved.differences for run in other if run.saved}))
-        raise UserError(f"{len(other)} run(s) there were made with other settings ({differences}): {names}{more}; "
-                        "add {force} to retrain them with these, or choose another {out}", "out", out)
+                     "graph_batch": base.batch_size if base.batch_size in grid.sizes else max(grid.sizes)}
+            return collect(out, points, grid.variants, study, data, device, log)
 
 
 def train_runs(plan: list[PlannedRun], data: Dataset, device: torch.device, jobs: int | None, threads: int | None,
@@ -323,17 +197,13 @@ def study_outputs(out: Path) -> set[Path]:
     return {path for pattern in OUTPUTS for path in out.glob(pattern)}
 
 
-def unique(points: list[Point]) -> list[PlannedRun]:
-    return list({id(p.run): p.run for p in points}.values())
-
-
 def collect(out: Path, points: list[Point], parsed: list[Variant], study: dict[str, Any],
             data: Dataset, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
     """Read every run back and write results.json, the graphs, the grids and the report."""
     test_data = data.limit(None, study["base_config"]["test_limit"])
     for run in unique(points):
         add_evaluation(run, data, device)
-    runs = [p.record(out, len(test_data.test_labels)) for p in points]
+    runs = [record(p, out, len(test_data.test_labels)) for p in points]
     models = {r["folder"]: p.run.read_back().model for p, r in zip(points, runs, strict=True) if r["failed"] is None}
     results = {**study, "runs": runs}
     chosen = chosen_lrs(results)
