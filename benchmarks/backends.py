@@ -12,20 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import timed_study  # benchmarks/, this script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ["--variants", "bn", "gn", "ln", "--batch-sizes", "8", "32", "128", "--ghost", "--seeds", "0", "--epochs", "2"]
 QUICK = ["--variants", "bn", "ln", "--seeds", "0", "--epochs", "2", "--train-limit", "1000", "--test-limit", "500"]
-
-
-def metrics(folder: Path) -> dict[str, list[dict[str, float]]]:
-    runs = json.loads((folder / "results.json").read_text())["runs"]
-    return {r["folder"]: [{k: v for k, v in m.items() if k != "seconds"} for m in r["metrics"]] for r in runs}
 
 
 def main() -> None:
@@ -34,17 +29,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "backends.json"), help="where the results go")
     args = parser.parse_args()
     study = QUICK if args.quick else SWEEP
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     walls, results = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for backend in ("local", "ray"):
-            folder = Path(tmp) / backend
-            command = [sys.executable, "-m", "normlab", "study", *study, "--backend", backend, "--no-progress",
-                       "--out", str(folder)]
-            start = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
-            walls[backend] = time.perf_counter() - start
-            results[backend] = metrics(folder)
+            row = timed_study(Path(tmp) / backend, [*study, "--backend", backend])
+            if row["exit"] != 0:
+                sys.exit(f"backends: the {backend} study failed:\n{row['error_tail']}")
+            walls[backend] = row["wall_seconds"]
+            results[backend] = {folder: run["metrics"] for folder, run in row["runs"].items()}
             print(f"{backend}: {walls[backend]:.1f} s for {len(results[backend])} run(s)", flush=True)
     same = results["local"] == results["ray"]
     print(f"identical per-epoch metrics: {same}")

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from timing import timed_study  # benchmarks/, this script's folder
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -60,6 +62,9 @@ class ConventionalMNIST:
         import torch
         from PIL import Image, ImageEnhance
 
+        from normlab.data import DATASETS
+        from normlab.predict import model_input
+
         img = Image.fromarray(self.images[i], mode="L")
         img = img.rotate(random.uniform(-7, 7), resample=Image.NEAREST, fillcolor=0)
         img = ImageEnhance.Brightness(img).enhance(random.uniform(0.9, 1.1))
@@ -68,8 +73,7 @@ class ConventionalMNIST:
         tx, ty = random.uniform(-1.4, 1.4), random.uniform(-1.4, 1.4)
         img = img.transform((28, 28), Image.AFFINE, (1 / scale, 0, c - (c + tx) / scale, 0, 1 / scale,
                                                      c - (c + ty) / scale), resample=Image.NEAREST, fillcolor=0)
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).unsqueeze(0)
-        return (x - 0.1307) / 0.3081, int(self.labels[i])
+        return model_input(torch.from_numpy(np.asarray(img))[None], DATASETS["mnist"])[0], int(self.labels[i])
 
 
 def conventional_loader(n_images: int, workers: int) -> Any:  # a torch DataLoader (torch is imported lazily)
@@ -150,10 +154,10 @@ def study_ratio(quick: bool, workers: int) -> dict[str, Any]:
     epochs = {kind.rsplit("_", 1)[1]: measure(kind, images, workers)["seconds"] for kind in STUDY_EPOCHS}
     args = ["--epochs", "1", "--train-limit", "2000", "--test-limit", "500"] if quick else []
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "normlab", "study", "--out", tmp + "/study", "--no-progress", *args],
-                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-        wall = time.perf_counter() - start
+        timed = timed_study(Path(tmp) / "study", args)
+    if timed["exit"] != 0:
+        sys.exit(f"bench: normlab study failed:\n{timed['error_tail']}")
+    wall = timed["wall_seconds"]
     epochs_per_run = 1 if quick else 20
     conventional_seconds = sum(epochs.values()) * epochs_per_run
     return {"conventional_epoch_seconds": epochs, "conventional_training_seconds": conventional_seconds,
@@ -223,8 +227,7 @@ def measure(kind: str, n_images: int, workers: int) -> dict[str, float]:
     """Run ``kind`` in its own process (side by side: in SIDE_BY_SIDE one-thread processes started together)."""
     copies, child_kind = (SIDE_BY_SIDE, "normlab_one_thread") if kind == "normlab_side_by_side" else (1, kind)
     cmd = [sys.executable, __file__, "--child", child_kind, "--images", str(n_images), "--workers", str(workers)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(copies)]
     results = []
     for proc in procs:
@@ -240,16 +243,6 @@ def measure(kind: str, n_images: int, workers: int) -> dict[str, float]:
             "peak_rss_mb": sum(r["peak_rss_mb"] for r in results)}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 round: checks that every part runs")
@@ -263,9 +256,9 @@ def main() -> None:
     if args.child:
         child(args.child, args.images, args.workers)
         return
-    sys.path.insert(0, str(ROOT / "src"))
     import torch
 
+    from normlab.machine import cpu_model
     from normlab.model import Net, count_parameters
 
     rounds, images = (1, 2000) if args.quick else (args.rounds, args.images)

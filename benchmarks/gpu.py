@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench import epochs_runner, small_batches  # benchmarks/, this script's folder
+from timing import timed_study
 
 
 def stage(results: dict[str, Any], out: Path, name: str, measure: Any) -> None:
@@ -45,8 +45,6 @@ def stage(results: dict[str, Any], out: Path, name: str, measure: Any) -> None:
 
 
 def check_graphs(data: Any, device: torch.device, images: int) -> dict[str, Any]:
-    from bench import epochs_runner
-
     """Graph replays against the same step run eagerly, and eager against eager: on a GPU the second pair
     differs too (cuDNN's and atomics' float sums are not ordered), which sets the scale of the first."""
     from normlab.config import TrainConfig
@@ -70,23 +68,11 @@ def check_graphs(data: Any, device: torch.device, images: int) -> dict[str, Any]
     return rows
 
 
-def timed_study(work: Path, name: str, args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    folder = work / name
-    shutil.rmtree(folder, ignore_errors=True)
-    command = [sys.executable, "-m", "normlab", "study", "--out", str(folder), "--no-progress", *args]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    wall = time.perf_counter() - start
-    (work / f"{name}.log").write_text(done.stdout + done.stderr)
-    row: dict[str, Any] = {"command": " ".join(["normlab", *command[3:]]), "wall_seconds": wall,
-                           "exit": done.returncode}
-    if done.returncode == 0:
-        results = json.loads((folder / "results.json").read_text())
-        row["runs"] = {f"{r['variant']} seed{r['seed']}": {"train_seconds": r["seconds"],
-                                                         "final_test_acc": r["final_test_acc"]}
-                       for r in results["runs"]}
-    else:
-        row["error_tail"] = (done.stdout + done.stderr)[-1500:]
+def study(work: Path, name: str, args: list[str]) -> dict[str, Any]:
+    """One study timed from the shell (benchmarks/timing.py), its log kept beside the others."""
+    row = timed_study(work / name, args, log=work / f"{name}.log")
+    for run in row.get("runs", {}).values():
+        run.pop("metrics")
     return row
 
 
@@ -116,9 +102,6 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[],
                         help="stages to skip: check study repeat seeds small eager profile")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
-    from bench import small_batches  # benchmarks/ is this script's folder
-
     from normlab.data import load_dataset
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -137,21 +120,21 @@ def main() -> None:
     if "check" not in args.skip:
         stage(results, args.out, "check", lambda: check_graphs(data, device, 1280 if args.quick else 4096))
     if "study" not in args.skip:
-        stage(results, args.out, "study_graph_default_jobs", lambda: timed_study(work, "study_graph", study_args))
-        stage(results, args.out, "study_graph_1_at_once", lambda: timed_study(work, "study_graph_1", [
+        stage(results, args.out, "study_graph_default_jobs", lambda: study(work, "study_graph", study_args))
+        stage(results, args.out, "study_graph_1_at_once", lambda: study(work, "study_graph_1", [
             *study_args, "--jobs", "1"]))
     if "repeat" not in args.skip:  # the same study again: Python's bytecode and CUDA's caches now warm
         for i in (2, 3):
             stage(results, args.out, f"study_graph_default_jobs_run{i}", lambda i=i: timed_study(
                 work, f"study_graph_run{i}", study_args))
     if "seeds" not in args.skip:
-        stage(results, args.out, "study_graph_5_seeds", lambda: timed_study(work, "study_5_seeds", [
+        stage(results, args.out, "study_graph_5_seeds", lambda: study(work, "study_5_seeds", [
             *study_args, "--seeds", "0", "1", "2", "3", "4"]))
     if "small" not in args.skip:
         stage(results, args.out, "small_batches", lambda: small_batches(
             device, (2, 8, 32, 128), 20 if args.quick else 400, graph=True))
     if "eager" not in args.skip:
-        stage(results, args.out, "study_eager_1_at_once", lambda: timed_study(work, "study_eager_1", [
+        stage(results, args.out, "study_eager_1_at_once", lambda: study(work, "study_eager_1", [
             *study_args, "--jobs", "1", "--no-cuda-graph"]))
     if "profile" not in args.skip:
         stage(results, args.out, "profile", lambda: profile_study(work, args.out, study_args))

@@ -7,6 +7,7 @@
     python benchmarks/layouts.py --layouts FC2 --norm group --epochs 20 --batch-size 64
     python benchmarks/layouts.py --layouts A A0 --norm layer --train-limit 5000 --batch-size 16 --lr 0.03
     python benchmarks/layouts.py --layouts A A0 --norm batch --profile    # where a training step's time goes
+    python benchmarks/layouts.py --layouts A FC2 --quick [--speed]        # checks the script in seconds
 
 Each candidate is trained by ``normlab.train.train`` itself (the script swaps the model class in), so
 data, augmentation, optimizer and schedule are exactly those of ``normlab train``. Blocks are
@@ -40,7 +41,7 @@ A0: list[Layer] = [(1, 8, 3), (8, 16, 3), "pool", (16, 8, 1), (8, 16, 3), (16, 1
 # name: (layers, linear head on the flattened map instead of global average pooling)
 LAYOUTS: dict[str, tuple[list[Layer], bool]] = {
     "A": ([], False),  # normlab's own Net, as it is
-    "A0": (A0, False),  # normlab's Net until 2026-11-25: pooled after a second full-resolution conv
+    "A0": (A0, False),  # pooled after a second full-resolution conv
     "AP": ([*A0, "pool"], True),
     "C": ([(1, 8, 3), "pool", (8, 16, 3), (16, 16, 3), (16, 16, 3), (16, 16, 3)], False),
     "C12": ([(1, 8, 3), "pool", (8, 12, 3), (12, 16, 3), (16, 16, 3), (16, 16, 3)], False),  # as A, built here
@@ -188,7 +189,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--quick", action="store_true", help="1 epoch of 1,500 images, or a few steps: checks the script")
     args = p.parse_args()
+    if args.quick:
+        args.epochs, args.train_limit = 1, 1500
     torch.set_num_threads(cpu_cores())
     data = None if args.speed or args.profile else load_dataset()
     speed_models: dict[str, tuple[nn.Module, str]] = {}
@@ -198,7 +202,7 @@ def main() -> None:
         head = f"{name:>4} {args.norm}: {params:,} params, {multiply_adds(model) / 1e3:,.0f}k multiply-adds"
         if args.profile:
             print(head)
-            profile_step(build(name)(args.norm), args.batch_size)
+            profile_step(build(name)(args.norm), args.batch_size, 3 if args.quick else 50)
             continue
         if args.speed:
             print(head)
@@ -221,7 +225,7 @@ def main() -> None:
         print(f"{head}, test accuracy after {args.epochs} epoch(s): {statistics.mean(accs):.2f}%{spread} "
               f"(seeds {' '.join(map(str, args.seeds))}: {' '.join(f'{a:.2f}' for a in accs)})", flush=True)
     if speed_models:
-        compare_speed(speed_models, args.batch_size)
+        compare_speed(speed_models, args.batch_size, *((2, 3) if args.quick else ()))
 
 
 if __name__ == "__main__":

@@ -1,34 +1,34 @@
 """How a study's runs should share a CPU: the standard study's 3 runs (shortened) under each scheduler.
 
     python benchmarks/schedule.py                 # 3 runs × 3 epochs of 60k images, each way once
-    python benchmarks/schedule.py --epochs 1 --train-limit 5000   # a quick check
+    python benchmarks/schedule.py --quick         # 1 epoch of 1,500 images: checks the script
 
 Ways: 2 threads at a time (one per core; the third run starts when the first ends) and 3 at once (one per
 core plus one, normlab's default), through normlab.jobs.run_in_threads. Every run has one torch thread,
-so each way computes the same metrics; what differs is the wall time. (Processes, normlab's scheduler
-before: 2 at a time 56.7 s, 3 at once 48.2 s, against 43.9 s for 3 threads; docs/performance.md.)
+so each way computes the same metrics; what differs is the wall time (docs/performance.md has what other
+ways gave).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="1 epoch of 1,500 images: checks the script")
     parser.add_argument("--way", choices=["threads2", "threads3"], help="one way only (a child)")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
-    import subprocess
+    if args.quick:
+        args.epochs, args.train_limit = 1, 1500
 
     if args.way is None:
         for way in ("threads2", "threads3"):

@@ -31,6 +31,17 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cpu_model() -> str:
+    """The CPU's name, as benchmarks quote the machine they measured."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def command_line() -> str:
     """This process's command, as a user typed it."""
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
