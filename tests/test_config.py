@@ -1,10 +1,13 @@
+import json
 import math
 
 import pytest
+import torch
 
 from normlab.config import MIN_STEPS, TrainConfig
 from normlab.errors import UserError
 from normlab.norms import GROUPS
+from normlab.train import sgd_one_cycle
 
 
 def test_defaults_are_the_standard_recipe():
@@ -89,9 +92,26 @@ def test_validation_images_come_out_of_the_training_images():
     assert TrainConfig(val_size=59000, train_limit=5000).train_images == 1000
 
 
-def test_config_round_trips_through_json(tmp_path):
-    config = TrainConfig(norm="gn", groups=2, l1=1e-4, seed=3)
-    assert TrainConfig.from_dict({**config.to_dict(), "unknown": 1}) == config
+def test_a_run_folders_config_loads_back_as_it_was_and_a_later_version_s_keys_are_ignored(tmp_path):
+    config = TrainConfig(norm="gn", groups=2, l1=1e-4, seed=3, lr_warmup=0.2)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"config": {**config.to_dict(), "a_later_setting": 1}}))
+    assert TrainConfig.load(path) == config
+
+
+def test_the_schedules_shape_reaches_one_cycle():
+    """The one-cycle shape is in the config: the rate starts at lr / lr_start_div and peaks after lr_warmup."""
+    config = TrainConfig(lr=0.2, lr_warmup=0.1, lr_start_div=10, epochs=1, train_limit=12800, batch_size=128)
+    optimizer, schedule = sgd_one_cycle([torch.zeros(1, requires_grad=True)], config)
+    rates = []
+    for _ in range(config.steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.02) and max(rates) == pytest.approx(0.2, rel=1e-3)
+    assert rates.index(max(rates)) == round(0.1 * config.steps) - 1
+    with pytest.raises(UserError, match=r"lr_warmup 0\.01: leaves 1 of the run's 100 SGD steps for the rate to rise"):
+        TrainConfig(lr_warmup=0.01, epochs=1, train_limit=12800, batch_size=128)
 
 
 def test_renorm_schedule_is_a_range_within_the_run():

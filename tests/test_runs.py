@@ -15,11 +15,11 @@ from normlab.runs import (
     WEIGHTS,
     Status,
     config_hash,
-    inspect,
     is_finished,
     metrics_csv,
     open_run,
     read_metrics,
+    read_run,
 )
 from normlab.train import train
 
@@ -48,10 +48,10 @@ def test_config_hash_ignores_where_a_run_goes_but_not_what_it_computes():
 
 
 def test_what_a_folder_holds(finished, tmp_path):
-    assert inspect(tmp_path / "nothing", CONFIG_A).status is Status.NEW
-    saved = inspect(finished, CONFIG_A)
+    assert read_run(tmp_path / "nothing", CONFIG_A).status is Status.NEW
+    saved = read_run(finished, CONFIG_A)
     assert saved.status is Status.FINISHED and len(saved.metrics) == 2 and is_finished(finished, CONFIG_A)
-    other = inspect(finished, quick(norm="layer", epochs=3))
+    other = read_run(finished, quick(norm="layer", epochs=3))
     assert other.status is Status.OTHER and other.differences == "epochs 2, not 3"
     old = json.loads((finished / CONFIG).read_text())  # a run saved before the augmentation ranges were settings
     old["config"].pop("rotate")
@@ -59,11 +59,11 @@ def test_what_a_folder_holds(finished, tmp_path):
     for f in finished.iterdir():
         (tmp_path / "old" / f.name).write_bytes(f.read_bytes())
     (tmp_path / "old" / CONFIG).write_text(json.dumps(old))
-    assert inspect(tmp_path / "old", quick(norm="layer", epochs=3)).differences == "epochs 2, not 3"
+    assert read_run(tmp_path / "old", quick(norm="layer", epochs=3)).differences == "epochs 2, not 3"
     partial = copy_of(finished, tmp_path)
     (partial / WEIGHTS).unlink()
     (partial / CHECKPOINT).write_bytes(b"")
-    assert inspect(partial, CONFIG_A).status is Status.PARTIAL
+    assert read_run(partial, CONFIG_A).status is Status.PARTIAL
 
 
 def test_finished_work_is_never_replaced_unasked(finished):
@@ -97,7 +97,7 @@ def test_a_broken_file_read_back_is_one_line_naming_it_and_the_fix(finished, tmp
         content = json.dumps(saved).encode()
     (run / name).write_bytes(content)
     with pytest.raises(UserError) as e:
-        inspect(run, CONFIG_A)
+        read_run(run, CONFIG_A)
     text = e.value.render(lambda s: "--" + s)
     assert message in text and "add --force to retrain this run" in text and "\n" not in text
 
@@ -137,7 +137,7 @@ def test_every_file_of_a_finished_run_is_checked_by_one_rule(finished, tmp_path,
         if "csv" not in message:
             (run / METRICS_CSV).write_text(metrics_csv(json.loads((run / METRICS_JSON).read_text()), CONFIG_A))
     with pytest.raises(UserError) as e:
-        inspect(run, CONFIG_A)
+        read_run(run, CONFIG_A)
     assert message in str(e.value) and "add force to retrain this run" in str(e.value)
 
 

@@ -42,6 +42,9 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.1               # peak learning rate of the one-cycle schedule
+    lr_warmup: float = 0.3        # one-cycle: the fraction of the steps in which the rate rises to its peak (cosine)
+    lr_start_div: float = 25.0    # one-cycle: the rate starts at lr / this
+    lr_end_div: float = 1e4       # one-cycle: and ends at lr / (lr_start_div · this)
     momentum: float = 0.9         # SGD (Nesterov) momentum; 0 = plain SGD
     momentum_swing: float = 0.05  # one-cycle moves the momentum this far down at the LR peak and back (0.95→0.85→0.95)
     augment: bool = True          # random affine on training batches (never on test)
@@ -62,12 +65,55 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Check every value and normalise names, so a bad value fails before any work is done."""
         self.norm = canonical_norm(self.norm)
-        entry = NORMS[self.norm]
         if self.dataset not in DATASETS:
             raise UserError(f"unknown dataset; choose one of: {', '.join(DATASETS)}", "dataset", self.dataset)
         if not 0 <= self.val_size <= TRAIN_IMAGES - 1:
             raise UserError(f"must be from 0 to {TRAIN_IMAGES - 1} (the training set has {TRAIN_IMAGES:,} images)",
                             "val_size", self.val_size)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError("must be a finite number above 0", "lr", self.lr)
+        for name in ("dropout", "l1", "weight_decay", "momentum", "momentum_swing", "rotate", "shift", "scale",
+                     "renorm_d_max"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise UserError("must be a finite number, 0 or more", name, value)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError("must be greater than 0", name, getattr(self, name))
+        if not (math.isfinite(self.lr_warmup) and 0 < self.lr_warmup < 1):
+            raise UserError("must be a fraction of the run above 0 and below 1", "lr_warmup", self.lr_warmup)
+        for name in ("lr_start_div", "lr_end_div"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 1):
+                raise UserError("must be a finite number, 1 or more", name, getattr(self, name))
+        for name in ("dropout", "momentum"):
+            if getattr(self, name) >= 1:
+                raise UserError("must be at least 0 and below 1", name, getattr(self, name))
+        if self.scale >= 1:
+            raise UserError("must be below 1 (a scale of 1 ± it must stay positive)", "scale", self.scale)
+        if not 0 <= self.seed < 2**63:
+            raise UserError("must be from 0 to 2**63 - 1", "seed", self.seed)
+        for name in ("train_limit", "test_limit", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError("must be at least 1", name, value)
+        if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")
+                                                               and self.device[5:].isdecimal()):
+            raise UserError("choose auto, cpu, cuda or cuda:N", "device", self.device)
+        self._check_norm_settings()
+        if self.steps < MIN_STEPS:
+            raise UserError(f"{self.epochs} epoch(s) of {self.train_images} images at {{batch_size}} "
+                            f"{self.batch_size} are {self.steps} SGD step(s), too few to train (one-cycle needs at "
+                            f"least {MIN_STEPS}); raise {{epochs}} or {{train_limit}}, or lower {{batch_size}}"
+                            + (" or {val_size}" if self.val_size else ""))
+        warmup = self.lr_warmup * self.steps
+        if warmup < 2 or self.steps - warmup < 2:
+            raise UserError(f"leaves {warmup:g} of the run's {self.steps} SGD steps for the rate to rise and "
+                            f"{self.steps - warmup:g} to fall; one-cycle needs at least 2 each: give a fraction "
+                            "nearer 0.5, or a longer run", "lr_warmup", self.lr_warmup)
+
+    def _check_norm_settings(self) -> None:
+        """The settings of the norm: its groups, ghost group size, ε, momentum, Batch Renorm's clips, FrozenBN."""
+        entry = NORMS[self.norm]
         if entry.grouped:
             self.groups = GROUPS if self.groups is None else self.groups
             check_groups(self.groups)
@@ -81,16 +127,6 @@ class TrainConfig:
             if not 2 <= self.bn_batch < self.batch_size:
                 raise UserError(f"must be from 2 to {{batch_size}} - 1 = {self.batch_size - 1} (at {{batch_size}} "
                                 "it is plain batch norm: drop it)", "bn_batch", self.bn_batch)
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError("must be a finite number above 0", "lr", self.lr)
-        for name in ("dropout", "l1", "weight_decay", "momentum", "momentum_swing", "rotate", "shift", "scale",
-                     "renorm_d_max"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise UserError("must be a finite number, 0 or more", name, value)
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError("must be greater than 0", name, getattr(self, name))
         if entry.batch_stats and self.batch_size < 2:
             raise UserError(f"{{norm}} {self.norm} takes statistics over the batch: it needs at least 2 images per "
                             "batch", "batch_size", self.batch_size)
@@ -109,25 +145,6 @@ class TrainConfig:
         if not (0 <= self.renorm_from <= self.renorm_to <= 1):
             raise UserError(f"{{renorm_from}} {self.renorm_from} and {{renorm_to}} {self.renorm_to} must be fractions "
                             "of the run with 0 <= from <= to <= 1")
-        for name in ("dropout", "momentum"):
-            if getattr(self, name) >= 1:
-                raise UserError("must be at least 0 and below 1", name, getattr(self, name))
-        if self.scale >= 1:
-            raise UserError("must be below 1 (a scale of 1 ± it must stay positive)", "scale", self.scale)
-        if not 0 <= self.seed < 2**63:
-            raise UserError("must be from 0 to 2**63 - 1", "seed", self.seed)
-        for name in ("train_limit", "test_limit", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError("must be at least 1", name, value)
-        if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")
-                                                               and self.device[5:].isdecimal()):
-            raise UserError("choose auto, cpu, cuda or cuda:N", "device", self.device)
-        if self.steps < MIN_STEPS:
-            raise UserError(f"{self.epochs} epoch(s) of {self.train_images} images at {{batch_size}} "
-                            f"{self.batch_size} are {self.steps} SGD step(s), too few to train (one-cycle needs at "
-                            f"least {MIN_STEPS}); raise {{epochs}} or {{train_limit}}, or lower {{batch_size}}"
-                            + (" or {val_size}" if self.val_size else ""))
 
     @property
     def train_images(self) -> int:

@@ -53,9 +53,9 @@ def default_jobs(device: torch.device, runs: int) -> int:
     return max(1, min(cpu_cores() + 1, runs)) if device.type == "cpu" else 1
 
 
-def run_in_threads(jobs: list[Job], threads: int, data: Dataset, device: torch.device,
+def run_in_threads(jobs: list[Job], runs_at_once: int, data: Dataset, device: torch.device,
                    log: Callable[[str], None]) -> None:
-    """Train ``jobs`` as threads of this process, at most ``threads`` at once; on a GPU each on its own CUDA
+    """Train ``jobs`` as threads of this process, at most ``runs_at_once`` at once; on a GPU each on its own CUDA
     stream, so that the small kernels of several runs overlap.
 
     Raises UserError, once every other job has ended, when a job stopped on one; any other exception stops
@@ -65,7 +65,7 @@ def run_in_threads(jobs: list[Job], threads: int, data: Dataset, device: torch.d
     todo, errors, lock, stop = list(jobs), [], threading.Lock(), StopFlag()
     crashes: list[Exception] = []  # anything else (a full disk, a bug) goes on to the caller as it is
     say_lock = threading.Lock()
-    sharing = {"backend": "local", "runs_at_once": min(threads, len(jobs))}
+    sharing = {"backend": "local", "runs_at_once": min(runs_at_once, len(jobs))}
 
     def say(line: str) -> None:  # print writes a line and its newline apart: one thread's line at a time
         with say_lock:
@@ -91,7 +91,7 @@ def run_in_threads(jobs: list[Job], threads: int, data: Dataset, device: torch.d
                     stop.set()
                     return
 
-    workers = [threading.Thread(target=work, daemon=True) for _ in range(min(threads, len(jobs)))]
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(min(runs_at_once, len(jobs)))]
     for worker in workers:
         worker.start()
     try:

@@ -20,7 +20,7 @@ from normlab.errors import UserError
 from normlab.files import check_folder
 from normlab.model import check_groups
 from normlab.norms import CONV_MODIFIERS, NORMS, canonical_norm, names_where
-from normlab.runs import CONFIG, SavedRun, Status, inspect
+from normlab.runs import CONFIG, SavedRun, Status, read_run
 
 VARIANTS = ("bn+l1", "gn", "ln")  # the three models of the exercise
 L1_LAMBDA = 1e-5                  # λ of every "+l1" variant
@@ -178,7 +178,7 @@ class PlannedRun:
     def read_back(self) -> SavedRun:
         """What the run left once trained: a finished or failed run, else a one-line error."""
         if not self.ended:
-            self.saved = inspect(self.folder, self.config)
+            self.saved = read_run(self.folder, self.config)
         if not self.ended:
             raise UserError(f"{self.folder}: the run did not finish; run the same command again to resume it")
         return self.saved  # type: ignore[return-value]
@@ -220,7 +220,7 @@ def plan_run(folder: Path, variant: Variant, seed: int, config: TrainConfig, for
     """What the run's folder holds now; a file that cannot be read is an error, unless ``force`` retrains it."""
     check_folder(folder, CONFIG, "run")
     try:
-        saved: SavedRun | None = inspect(folder, config)
+        saved: SavedRun | None = read_run(folder, config)
     except UserError:
         if not force:
             raise

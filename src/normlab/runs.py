@@ -44,7 +44,7 @@ NOT_HASHED = ("device", "threads", "data_dir")  # where or how fast a run goes, 
 ADDED_LATER = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale": 0.05, "dataset": "mnist", "val_size": 0,
                "cuda_graph": True, "bn_batch": None, "weight_std": False, "norm_eps": None, "norm_momentum": 0.1,
                "renorm_r_max": 3.0, "renorm_d_max": 5.0, "renorm_from": 0.05, "renorm_to": 0.25,
-               "freeze_bn_epochs": 0}
+               "freeze_bn_epochs": 0, "lr_warmup": 0.3, "lr_start_div": 25.0, "lr_end_div": 1e4}
 
 
 def config_hash(config: TrainConfig) -> str:
@@ -95,9 +95,9 @@ def _read_json(path: Path) -> Any:
         raise _broken(path, f"cannot be read ({type(e).__name__})") from None
 
 
-def read_metrics(run_dir: Path, config: TrainConfig) -> list[dict[str, float]]:
+def read_metrics(folder: Path, config: TrainConfig) -> list[dict[str, float]]:
     """metrics.json: a list of rows, each with every column of ``config``'s run as a finite number."""
-    path = run_dir / METRICS_JSON
+    path = folder / METRICS_JSON
     rows = _read_json(path)
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise _broken(path, "is not a list of per-epoch rows")
@@ -115,9 +115,9 @@ def read_metrics(run_dir: Path, config: TrainConfig) -> list[dict[str, float]]:
     return rows
 
 
-def check_metrics_csv(run_dir: Path, metrics: list[dict[str, float]], config: TrainConfig) -> None:
+def check_metrics_csv(folder: Path, metrics: list[dict[str, float]], config: TrainConfig) -> None:
     """metrics.csv must say what metrics.json says: the same rows, to the last digit."""
-    path = run_dir / METRICS_CSV
+    path = folder / METRICS_CSV
     try:
         same = path.read_text() == metrics_csv(metrics, config)
     except (OSError, UnicodeDecodeError) as e:
@@ -126,9 +126,9 @@ def check_metrics_csv(run_dir: Path, metrics: list[dict[str, float]], config: Tr
         raise _broken(path, f"does not hold the rows of {METRICS_JSON}")
 
 
-def load_weights(run_dir: Path, config: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
+def load_weights(folder: Path, config: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
     """The run's final model, model.pt loaded into ``config``'s model; a broken file is a one-line error."""
-    path = run_dir / WEIGHTS
+    path = folder / WEIGHTS
     model = config.model().to(device)
     try:
         model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
@@ -144,43 +144,43 @@ def _differences(saved: dict[str, Any], config: TrainConfig) -> str:
     return "; ".join(changed) or "another normlab version (another model layout)"
 
 
-def inspect(run_dir: Path, config: TrainConfig) -> SavedRun:
-    """What ``run_dir`` holds for ``config``; raises a one-line UserError for a file that cannot be read."""
-    if not (run_dir / CONFIG).is_file():
+def read_run(folder: Path, config: TrainConfig) -> SavedRun:
+    """What ``folder`` holds for ``config``; raises a one-line UserError for a file that cannot be read."""
+    if not (folder / CONFIG).is_file():
         return SavedRun(Status.NEW)
-    saved = _read_json(run_dir / CONFIG)
+    saved = _read_json(folder / CONFIG)
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise _broken(run_dir / CONFIG, "is not a normlab run config")
-    has_work = any((run_dir / name).is_file() for name in (METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED))
+        raise _broken(folder / CONFIG, "is not a normlab run config")
+    has_work = any((folder / name).is_file() for name in (METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED))
     if saved.get("config_hash") != config_hash(config):
         return SavedRun(Status.OTHER, differences=_differences(saved["config"], config)) if has_work \
             else SavedRun(Status.NEW)
     parameters = saved.get("parameters")
     if not isinstance(parameters, int):
-        raise _broken(run_dir / CONFIG, "does not give the model's parameter count")
-    if (run_dir / FAILED).is_file():
-        failure = _read_json(run_dir / FAILED)
+        raise _broken(folder / CONFIG, "does not give the model's parameter count")
+    if (folder / FAILED).is_file():
+        failure = _read_json(folder / FAILED)
         if not isinstance(failure, dict) or not {"epoch", "step", "reason"} <= failure.keys():
-            raise _broken(run_dir / FAILED, "does not say where the run failed")
-        metrics = read_metrics(run_dir, config) if (run_dir / METRICS_JSON).is_file() else []
+            raise _broken(folder / FAILED, "does not say where the run failed")
+        metrics = read_metrics(folder, config) if (folder / METRICS_JSON).is_file() else []
         return SavedRun(Status.FAILED, metrics, failure, parameters, environment=saved.get("environment") or {})
-    if (run_dir / WEIGHTS).is_file():  # the weights are written last: the run finished, its files must agree
-        if not (run_dir / METRICS_JSON).is_file():
-            raise _broken(run_dir / METRICS_JSON, "is missing from a finished run")
-        metrics = read_metrics(run_dir, config)
+    if (folder / WEIGHTS).is_file():  # the weights are written last: the run finished, its files must agree
+        if not (folder / METRICS_JSON).is_file():
+            raise _broken(folder / METRICS_JSON, "is missing from a finished run")
+        metrics = read_metrics(folder, config)
         if len(metrics) != config.epochs:
-            raise _broken(run_dir / METRICS_JSON, f"holds {len(metrics)} of the finished run's {config.epochs} epochs")
-        check_metrics_csv(run_dir, metrics, config)
-        return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(run_dir, config),
-                        evaluation=read_evaluation(run_dir), environment=saved.get("environment") or {})
-    if (run_dir / CHECKPOINT).is_file():
+            raise _broken(folder / METRICS_JSON, f"holds {len(metrics)} of the finished run's {config.epochs} epochs")
+        check_metrics_csv(folder, metrics, config)
+        return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(folder, config),
+                        evaluation=read_evaluation(folder), environment=saved.get("environment") or {})
+    if (folder / CHECKPOINT).is_file():
         return SavedRun(Status.PARTIAL, parameters=parameters)
     return SavedRun(Status.NEW)
 
 
-def read_evaluation(run_dir: Path) -> dict[str, float] | None:
+def read_evaluation(folder: Path) -> dict[str, float] | None:
     """evaluation.json, when the run has one: finite accuracies from 0 to 100 under each evaluation statistics."""
-    path = run_dir / EVALUATION
+    path = folder / EVALUATION
     if not path.is_file():
         return None
     values = _read_json(path)
@@ -191,12 +191,12 @@ def read_evaluation(run_dir: Path) -> dict[str, float] | None:
     return values
 
 
-def save_evaluation(run_dir: Path, evaluation: dict[str, float]) -> None:
-    write_atomic(run_dir / EVALUATION, json.dumps(evaluation, indent=2))
+def save_evaluation(folder: Path, evaluation: dict[str, float]) -> None:
+    write_atomic(folder / EVALUATION, json.dumps(evaluation, indent=2))
 
 
-def is_finished(run_dir: Path, config: TrainConfig) -> bool:
-    return inspect(run_dir, config).status is Status.FINISHED
+def is_finished(folder: Path, config: TrainConfig) -> bool:
+    return read_run(folder, config).status is Status.FINISHED
 
 
 def metrics_csv(metrics: list[dict[str, float]], config: TrainConfig) -> str:
@@ -274,7 +274,7 @@ def open_run(out: Path | None, config: TrainConfig, force: bool = False, resume:
         return
     prepare_folder(out, CONFIG, "run")
     with FolderLock(out):
-        saved = SavedRun(Status.NEW) if force else inspect(out, config)
+        saved = SavedRun(Status.NEW) if force else read_run(out, config)
         if saved.status is Status.OTHER:
             raise UserError(f"holds a run made with a different config ({saved.differences}); add {{force}} to "
                             "replace it, or choose another {out}", "out", out)

@@ -168,6 +168,8 @@ def sgd_one_cycle(parameters: Iterable[Tensor], config: TrainConfig
     optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
                                 nesterov=config.momentum > 0, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
+                                                   pct_start=config.lr_warmup, div_factor=config.lr_start_div,
+                                                   final_div_factor=config.lr_end_div,
                                                    base_momentum=round(config.momentum - config.swing, 12),
                                                    max_momentum=round(config.momentum + config.swing, 12))
     return optimizer, schedule
