@@ -68,3 +68,15 @@ def test_how_it_is_built_has_a_line_for_each_module_and_no_other():
     named = set(re.findall(r"^  ([a-z_]+\.py) ", text, re.M))
     modules = {p.name for p in (ROOT / "src" / "normlab").glob("*.py")} - {"__init__.py", "__main__.py"}
     assert named == modules
+
+
+def test_each_module_reads_in_one_sitting():
+    """What "How it is built" promises a newcomer: no module over 350 lines, no function over 60."""
+    import ast
+
+    for path in (ROOT / "src" / "normlab").glob("*.py"):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 350, path.name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 60, f"{path.name}: {node.name}"

@@ -35,7 +35,7 @@ from normlab.jobs import Job, default_jobs, run_in_threads
 from normlab.machine import check_threads, cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
 from normlab.norms import NORMS
-from normlab.plan import TARGET_ACC, VARIANTS, PlannedRun, Point, Variant, plan_grid, plan_points, unique
+from normlab.plan import TARGET_ACC, VARIANTS, Grid, PlannedRun, Point, Variant, plan_grid, plan_points, unique
 from normlab.plots import batch_size_figure, lr_figure, metric_figure
 from normlab.report import LR_GRAPH, batch_axis, write_report
 from normlab.results import chosen_lrs, size_text, summarize
@@ -95,30 +95,16 @@ def run_study(
     """Train every variant × batch size × learning rate × seed not yet in ``out``, then write results, graphs,
     grids and report.
 
-    ``batch_sizes``: None trains at ``base.batch_size`` only. ``lrs``: peak learning rates at ``base.batch_size``
-    (None: ``base.lr`` alone); with more than one, ``base.val_size`` must hold images out, and each variant
-    (at each batch size) is reported at the rate its validation accuracy chooses. ``tune_seeds``: the seeds that
-    choose it, trained at every rate; the other seeds train at the chosen rate only (None: every seed chooses).
-    ``lr_scaling``: each batch size B trains at ``lr · B / base.batch_size``; else every run at ``lr``.
-    ``ghost``: the batch sizes are batch norm's images per statistics group (the GroupNorm paper's images per
-    GPU), every run stepping SGD on ``base.batch_size`` images at its unscaled rate; a norm without batch
-    statistics trains once and stands at every batch size.
-    ``jobs``: runs trained at once, as threads (None: normlab.jobs.default_jobs); with
-    ``backend`` "ray", tasks in flight on the Ray cluster at ``address`` (None: a local instance; normlab.cluster),
-    each of ``base.threads`` CPUs (None: 1).
-    ``force``: retrain runs in ``out`` made with other settings, or whose files cannot be read.
-    Nothing is written before every input and every run folder has been checked.
+    The grid (``batch_sizes``, ``lrs``, ``tune_seeds``, ``lr_scaling``, ``ghost``) is normlab.plan's: None trains
+    at ``base.batch_size`` and ``base.lr`` only; with several rates each variant is reported at the one its
+    validation accuracy chooses. ``jobs``: runs trained at once, as threads (None: normlab.jobs.default_jobs);
+    with ``backend`` "ray", tasks in flight on the Ray cluster at ``address`` (None: a local instance;
+    normlab.cluster), each of ``base.threads`` CPUs (None: 1). ``force``: retrain runs in ``out`` made with other
+    settings, or whose files cannot be read. Nothing is written before every input and run folder is checked.
     """
     base = base or TrainConfig()
     grid = plan_grid(variants, seeds, base, batch_sizes, lrs, tune_seeds, lr_scaling, ghost)
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend; choose {' or '.join(BACKENDS)}", "backend", backend)
-    if backend == "local":  # a Ray worker checks its own cores
-        check_threads(base.threads)
-    if jobs is not None and jobs < 1:
-        raise UserError("must be at least 1", "jobs", jobs)
-    if address is not None and backend != "ray":
-        raise UserError("is for {backend} ray only; add {backend} ray or drop it", "address", address)
+    check_backend(backend, address, jobs, base)
     out = Path(out)
     if not (out / STUDY_MARKER).is_file() and any(out.glob(f"*/*/seed*/{CONFIG}")):
         raise UserError(f"holds normlab run folders but no {STUDY_MARKER} (removed?); each run is checked against "
@@ -141,18 +127,37 @@ def run_study(
             if not all(p.run.ended for p in points):  # until every run has ended, no report describes other runs
                 for path in study_outputs(out):
                     path.unlink()
-            tune = [p for p in points if p.run.seed in grid.tuning]
-            train_runs(unique(tune), data, device, jobs, threads, progress, log, ray)
-            if len(grid.tuning) < len(grid.seeds):  # the other seeds at each variant's chosen rate only
-                chosen = chosen_lrs({**grid.settings(), "runs": [record(p, out, 0) for p in tune]})
-                later = [p for p in points if p.run.seed not in grid.tuning
-                         and chosen.get((p.run.variant.name, p.batch)) == p.run.config.lr]
-                train_runs(unique(later), data, device, jobs, threads, progress, log, ray)
-                points = tune + later
+            points = train_grid(out, grid, points, lambda todo: train_runs(todo, data, device, jobs, threads,
+                                                                              progress, log, ray))
             study = {**grid.settings(), "dataset_title": data.info.title, "backend": backend,
                      "jobs": min(jobs, n_runs) if jobs else None, "threads": threads,
                      "graph_batch": base.batch_size if base.batch_size in grid.sizes else max(grid.sizes)}
             return collect(out, points, grid.variants, study, data, device, log)
+
+
+def check_backend(backend: str, address: str | None, jobs: int | None, base: TrainConfig) -> None:
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend; choose {' or '.join(BACKENDS)}", "backend", backend)
+    if backend == "local":  # a Ray worker checks its own cores
+        check_threads(base.threads)
+    if jobs is not None and jobs < 1:
+        raise UserError("must be at least 1", "jobs", jobs)
+    if address is not None and backend != "ray":
+        raise UserError("is for {backend} ray only; add {backend} ray or drop it", "address", address)
+
+
+def train_grid(out: Path, grid: Grid, points: list[Point], trainer: Callable[[list[PlannedRun]], None]) -> list[Point]:
+    """The tuning seeds at every rate, then the other seeds at each variant's chosen rate only: the points that
+    stand in the study."""
+    tune = [p for p in points if p.run.seed in grid.tuning]
+    trainer(unique(tune))
+    if len(grid.tuning) == len(grid.seeds):
+        return tune
+    chosen = chosen_lrs({**grid.settings(), "runs": [record(p, out, 0) for p in tune]})
+    later = [p for p in points if p.run.seed not in grid.tuning
+             and chosen.get((p.run.variant.name, p.batch)) == p.run.config.lr]
+    trainer(unique(later))
+    return tune + later
 
 
 def train_runs(plan: list[PlannedRun], data: Dataset, device: torch.device, jobs: int | None, threads: int | None,

@@ -36,6 +36,7 @@ from normlab.norms import NORMS, batch_stat_layers
 from normlab.predict import evaluate, normalize
 from normlab.runs import RunFolder, SavedRun, metric_columns, open_run
 
+NON_FINITE = "the training loss became NaN or infinite"
 INIT_LOCK = threading.Lock()  # runs in threads (normlab.jobs) share torch's global RNG, which seeds the weights
 
 
@@ -56,19 +57,13 @@ class RunResult:
 def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | None = None, progress: bool = True,
           log: Callable[[str], None] = print, force: bool = False, resume: bool = False,
           stop: StopFlag | None = None, sharing: dict[str, Any] | None = None) -> RunResult:
-    """Train one model as ``config`` says; with ``out``, write its run folder as the epochs finish.
-
-    ``resume`` continues the run in ``out`` from its checkpoint (or reads back a run that ended there);
-    ``force`` replaces what ``out`` holds. Nothing is written before every input has been checked.
-    ``stop``, once set, raises Interrupted at the next step: how a run in a thread is told of a signal.
-    ``sharing`` (recorded in config.json): how the run shares the machine, {"backend", "runs_at_once"}.
-    """
+    """Train one model as ``config`` says; with ``out``, write its run folder as the epochs finish. ``resume``
+    continues the run in ``out`` from its checkpoint, or reads back a run that ended there; ``force`` replaces
+    what it holds; nothing is written before every input is checked. ``stop``, once set, raises Interrupted at
+    the next step (how a run in a thread hears of a signal). ``sharing``, recorded in config.json: how the run
+    shares the machine, {"backend", "runs_at_once"}."""
     out = Path(out) if out is not None else None
-    device = resolve_device(config.device)
-    if config.compile:
-        check_compiler(device)
-    check_threads(config.threads)
-    torch.set_num_threads(config.threads or cpu_cores())
+    device = use_machine(config)
     data = data or load_dataset(config.dataset, config.data_dir)
     rest, val_x, val_y = data.split(config.val_size, config.seed)
     train_x, train_y, test_x, test_y = rest.limit(config.train_limit, config.test_limit).to(device).tensors()
@@ -101,9 +96,8 @@ def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | No
                 loss, accuracy, bad_step = train_epoch(forward, optimizer, schedule, config, info, train_x, train_y,
                                                        generator, augment, batches)
             if bad_step is not None:
-                reason = "the training loss became NaN or infinite"
-                result.failure = {"epoch": epoch, "step": bad_step, "reason": reason}
-                log(f"normlab train: FAILED at epoch {epoch}, step {bad_step}: {reason}")
+                result.failure = {"epoch": epoch, "step": bad_step, "reason": NON_FINITE}
+                log(f"normlab train: FAILED at epoch {epoch}, step {bad_step}: {NON_FINITE}")
                 folder.fail(result.metrics, result.failure)
                 return result
             row = {"epoch": epoch, "train_loss": loss, "train_acc": accuracy}
@@ -119,6 +113,16 @@ def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | No
             result.evaluation = evaluation_statistics(model, config, data, device, result.final_test_acc)
         folder.finish(model, result.evaluation)
     return result
+
+
+def use_machine(config: TrainConfig) -> torch.device:
+    """The run's device, checked, and torch's CPU threads set as the config says."""
+    device = resolve_device(config.device)
+    if config.compile:
+        check_compiler(device)
+    check_threads(config.threads)
+    torch.set_num_threads(config.threads or cpu_cores())
+    return device
 
 
 def setup(config: TrainConfig, device: torch.device
