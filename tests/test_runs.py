@@ -4,14 +4,15 @@ import json
 
 import pytest
 import torch
-from conftest import quick, quiet
+from conftest import quick, quiet, without_seconds
 
-from normlab.errors import UserError
+from normlab.errors import Interrupted, StopFlag, UserError
 from normlab.runs import (
     CHECKPOINT,
     CONFIG,
     METRICS_CSV,
     METRICS_JSON,
+    SCHEMA,
     WEIGHTS,
     Status,
     config_hash,
@@ -64,6 +65,46 @@ def test_what_a_folder_holds(finished, tmp_path):
     (partial / WEIGHTS).unlink()
     (partial / CHECKPOINT).write_bytes(b"")
     assert read_run(partial, CONFIG_A).status is Status.PARTIAL
+
+
+def as_schema_1(folder, config):
+    """The folder's config.json as normlab wrote it before schema 2: no schema or layout, the older hash, and
+    no keys for the settings added since its first folders."""
+    saved = json.loads((folder / CONFIG).read_text())
+    for key in ("schema", "layout", "lr_warmup", "lr_start_div", "lr_end_div"):
+        saved.pop(key, None)
+        saved["config"].pop(key, None)
+    saved["config_hash"] = config_hash(config, schema=1)
+    (folder / CONFIG).write_text(json.dumps(saved))
+    return saved["config_hash"]
+
+
+def test_a_folder_of_the_first_schema_is_read_as_it_was_and_resumes(finished, tmp_path, mnist):
+    """Committed studies hold schema-1 folders: the same command reuses them, and continues a partial one from
+    its checkpoint to what an uninterrupted run ends with."""
+    assert json.loads((finished / CONFIG).read_text())["schema"] == SCHEMA
+    old = copy_of(finished, tmp_path)
+    as_schema_1(old, CONFIG_A)
+    assert config_hash(CONFIG_A, schema=1) != config_hash(CONFIG_A)
+    assert read_run(old, CONFIG_A).status is Status.FINISHED
+    assert read_run(old, quick(norm="layer", epochs=2, lr_warmup=0.2)).status is Status.OTHER
+    stop, partial = StopFlag(), tmp_path / "partial"
+    with pytest.raises(Interrupted):
+        train(CONFIG_A, out=partial, data=mnist, progress=False, stop=stop,
+              log=lambda line: stop.set() if line.lstrip().startswith("1 ") else None)
+    state = torch.load(partial / CHECKPOINT, weights_only=False)
+    state["config_hash"] = as_schema_1(partial, CONFIG_A)
+    torch.save(state, partial / CHECKPOINT)
+    resumed = train(CONFIG_A, out=partial, data=mnist, progress=False, log=quiet, resume=True)
+    assert without_seconds(resumed.metrics) == without_seconds(read_metrics(finished, CONFIG_A))
+
+
+def test_a_folder_of_a_later_schema_is_one_line(finished, tmp_path):
+    later = copy_of(finished, tmp_path)
+    saved = json.loads((later / CONFIG).read_text())
+    (later / CONFIG).write_text(json.dumps({**saved, "schema": SCHEMA + 1}))
+    with pytest.raises(UserError, match=f"written by another normlab version \\(schema {SCHEMA + 1}"):
+        read_run(later, CONFIG_A)
 
 
 def test_finished_work_is_never_replaced_unasked(finished):

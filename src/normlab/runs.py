@@ -39,18 +39,21 @@ CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
 CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
 RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED, EVALUATION)
 NOT_HASHED = ("device", "threads", "data_dir")  # where or how fast a run goes, not what it computes
-# Settings added after run folders were first written, at the values that compute what runs did before they
-# existed: left out of the hash at those values, so those folders stay valid for the same command.
-ADDED_LATER = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale": 0.05, "dataset": "mnist", "val_size": 0,
-               "cuda_graph": True, "bn_batch": None, "weight_std": False, "norm_eps": None, "norm_momentum": 0.1,
-               "renorm_r_max": 3.0, "renorm_d_max": 5.0, "renorm_from": 0.05, "renorm_to": 0.25,
-               "freeze_bn_epochs": 0, "lr_warmup": 0.3, "lr_start_div": 25.0, "lr_end_div": 1e4}
+SCHEMA = 2  # config.json: a run is named by the hash of every setting but NOT_HASHED, and the model's layout
+# Schema 1 hashed a setting added after its first folders only where it differed from the value those folders
+# computed with; its folders are read with these values, so they stay valid for the same command.
+SCHEMA_1_VALUES = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale": 0.05, "dataset": "mnist",
+                   "val_size": 0, "cuda_graph": True, "bn_batch": None, "weight_std": False, "norm_eps": None,
+                   "norm_momentum": 0.1, "renorm_r_max": 3.0, "renorm_d_max": 5.0, "renorm_from": 0.05,
+                   "renorm_to": 0.25, "freeze_bn_epochs": 0, "lr_warmup": 0.3, "lr_start_div": 25.0,
+                   "lr_end_div": 1e4}
 
 
-def config_hash(config: TrainConfig) -> str:
-    """What a run computes: its config and the model's layout (a run of another layout is another run)."""
-    values = {k: v for k, v in config.to_dict().items()
-              if k not in NOT_HASHED and not (k in ADDED_LATER and ADDED_LATER[k] == v)}
+def config_hash(config: TrainConfig, schema: int = SCHEMA) -> str:
+    """What a run computes: every setting but where it runs, and the model's layout (another layout, another
+    run); as config.json of ``schema`` records it."""
+    values = {k: v for k, v in config.to_dict().items() if k not in NOT_HASHED
+              and not (schema == 1 and k in SCHEMA_1_VALUES and SCHEMA_1_VALUES[k] == v)}
     values["layout"] = repr(LAYOUT)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -75,6 +78,7 @@ class SavedRun:
     model: nn.Module | None = None  # for FINISHED: its final weights, loaded (on the CPU)
     evaluation: dict[str, float] | None = None  # for FINISHED, with batch statistics: normlab.evalstats
     environment: dict[str, Any] = field(default_factory=dict)  # where and how it trained (config.json)
+    hash: str = ""           # for PARTIAL: the run's hash as its config.json (and so its checkpoint) records it
 
 
 def metric_columns(config: TrainConfig) -> list[tuple[str, int, str]]:
@@ -139,8 +143,8 @@ def load_weights(folder: Path, config: TrainConfig, device: torch.device | str =
 
 def _differences(saved: dict[str, Any], config: TrainConfig) -> str:
     asked = config.to_dict()
-    changed = [f"{k} {saved.get(k, ADDED_LATER.get(k))!r}, not {v!r}" for k, v in asked.items()
-               if k not in NOT_HASHED and saved.get(k, ADDED_LATER.get(k)) != v]
+    changed = [f"{k} {saved.get(k, SCHEMA_1_VALUES.get(k))!r}, not {v!r}" for k, v in asked.items()
+               if k not in NOT_HASHED and saved.get(k, SCHEMA_1_VALUES.get(k)) != v]
     return "; ".join(changed) or "another normlab version (another model layout)"
 
 
@@ -152,7 +156,11 @@ def read_run(folder: Path, config: TrainConfig) -> SavedRun:
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise _broken(folder / CONFIG, "is not a normlab run config")
     has_work = any((folder / name).is_file() for name in (METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED))
-    if saved.get("config_hash") != config_hash(config):
+    schema = saved.get("schema", 1)
+    if schema not in (1, SCHEMA):
+        raise UserError(f"{folder / CONFIG}: written by another normlab version (schema {schema!r}, this one reads "
+                        f"1 and {SCHEMA}); use that version, or add {{force}} to retrain this run here")
+    if saved.get("config_hash") != config_hash(config, schema):
         return SavedRun(Status.OTHER, differences=_differences(saved["config"], config)) if has_work \
             else SavedRun(Status.NEW)
     parameters = saved.get("parameters")
@@ -174,7 +182,7 @@ def read_run(folder: Path, config: TrainConfig) -> SavedRun:
         return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(folder, config),
                         evaluation=read_evaluation(folder), environment=saved.get("environment") or {})
     if (folder / CHECKPOINT).is_file():
-        return SavedRun(Status.PARTIAL, parameters=parameters)
+        return SavedRun(Status.PARTIAL, parameters=parameters, hash=saved["config_hash"])
     return SavedRun(Status.NEW)
 
 
@@ -211,15 +219,16 @@ class RunFolder:
     """The folder of one run while it trains; ``resume_state`` is the checkpoint it continues from, if any."""
 
     def __init__(self, path: Path, config: TrainConfig, resume_state: dict[str, Any] | None = None,
-                 finished: SavedRun | None = None) -> None:
-        self.path, self.config, self.hash = path, config, config_hash(config)
+                 finished: SavedRun | None = None, recorded_hash: str | None = None) -> None:
+        self.path, self.config, self.hash = path, config, recorded_hash or config_hash(config)
         self.resume_state, self.finished = resume_state, finished
 
     def start(self, parameters: int, environment: dict[str, Any]) -> None:
         """A fresh run writes its config.json, then removes what an earlier run left (a failed write keeps it all)."""
         if self.resume_state is not None:
             return
-        write_atomic(self.path / CONFIG, json.dumps({"config": self.config.to_dict(), "config_hash": self.hash,
+        write_atomic(self.path / CONFIG, json.dumps({"schema": SCHEMA, "config": self.config.to_dict(),
+                                                     "config_hash": self.hash, "layout": repr(LAYOUT),
                                                      "parameters": parameters, "environment": environment}, indent=2))
         for name in RUN_FILES:
             if name != CONFIG:
@@ -284,10 +293,10 @@ def open_run(out: Path | None, config: TrainConfig, force: bool = False, resume:
                             "or choose another {out}", "out", out)
         if saved.status is Status.PARTIAL:
             state = load_checkpoint(out / CHECKPOINT)
-            if state["config_hash"] != config_hash(config):
+            if state["config_hash"] != saved.hash:
                 raise UserError(f"{out / CHECKPOINT}: made with a different config; resume with the same settings, "
                                 "or add {force} to start over")
-            yield RunFolder(out, config, resume_state=state)
+            yield RunFolder(out, config, resume_state=state, recorded_hash=saved.hash)
         elif saved.status in (Status.FINISHED, Status.FAILED):
             yield RunFolder(out, config, finished=saved)
         else:
