@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from normlab.config import TrainConfig
-from normlab.model import Net, count_parameters
+from normlab.model import Net, count_parameters, l1_parameters
 from normlab.norms import ALIASES, NORMS, StdConv2d
 
 
@@ -65,3 +65,10 @@ def test_the_model_is_built_from_its_config():
     config = TrainConfig(norm="brn", epochs=2, renorm_from=0.1, renorm_to=0.5, renorm_r_max=2.0)
     layer = next(m for m in config.model().modules() if hasattr(m, "clips"))
     assert (layer.s.relax_from, layer.s.relax_to, layer.s.r_max) == (round(0.1 * config.steps), config.steps // 2, 2.0)
+
+
+def test_l1_penalty_covers_conv_weights_only_unless_asked():
+    model = TrainConfig(norm="batch").model()
+    weights = l1_parameters(model, include_norm=False)
+    assert all(p.dim() == 4 for p in weights) and len(weights) == 6  # 5 conv blocks + head
+    assert len(l1_parameters(model, include_norm=True)) == len(list(model.parameters()))

@@ -8,7 +8,6 @@ from conftest import quick, quiet, without_seconds
 
 from normlab.config import TrainConfig
 from normlab.data import DATASETS
-from normlab.model import l1_parameters
 from normlab.predict import evaluate, model_input
 from normlab.train import setup, sgd_one_cycle, train, train_epoch
 
@@ -30,13 +29,6 @@ def test_a_short_real_run_learns(mnist, norm):
     result = train(config, data=mnist, progress=False, log=quiet)
     assert result.metrics[0]["test_loss"] > result.metrics[1]["test_loss"]
     assert result.final_test_acc > 85
-
-
-def test_l1_penalty_covers_conv_weights_only_unless_asked():
-    model = TrainConfig(norm="batch").model()
-    weights = l1_parameters(model, include_norm=False)
-    assert all(p.dim() == 4 for p in weights) and len(weights) == 6  # 5 conv blocks + head
-    assert len(l1_parameters(model, include_norm=True)) == len(list(model.parameters()))
 
 
 def test_the_step_adds_l1_to_the_gradient_of_the_cross_entropy():
