@@ -164,3 +164,17 @@ def test_an_early_ctrl_c_is_one_line_and_claims_nothing(tmp_path, delay):
     assert proc.wait(timeout=60) == 130
     err = proc.stderr.read()
     assert err.strip() == "normlab: stopped by SIGINT; nothing was saved", err
+
+
+def test_a_study_of_small_sgd_batches_is_judged_by_its_runs_not_the_unused_base_batch(tmp_path, capsys, mnist):
+    """--batch-size 128 only scales the rate when --batch-sizes are real SGD batches: 300 images make 2 steps at
+    128 but 150 at 2, so the study trains; a size whose runs are too short is named as the user typed it."""
+    small = ["--variants", "gn", "--epochs", "1", "--train-limit", "300", "--test-limit", "100", "--no-progress"]
+    assert main(["study", *small, "--batch-sizes", "2", "8", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "gn" / "b2" / "seed0" / "model.pt").is_file()
+    capsys.readouterr()
+    assert main(["study", *small, "--batch-sizes", "8", "64", "--out", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "normlab: error: 1 epoch(s) of 300 images at --batch-sizes 64 are 5 SGD step(s), too few to train (one-cycle "
+        "needs at least 10); raise --epochs or --train-limit, or lower --batch-sizes")
+    assert not (tmp_path / "t").exists()

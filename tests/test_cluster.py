@@ -4,6 +4,7 @@ a worker killed mid-run retried, and the errors a user can make."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, quiet, without_seconds
 
+from normlab.cluster import check_reachable
 from normlab.config import TrainConfig
 from normlab.errors import UserError
-from normlab.machine import command_line
+from normlab.machine import command_line, cpu_cores
 from normlab.study import run_study
 
 ray = pytest.importorskip("ray")
@@ -64,6 +66,31 @@ def ray_workers_running(name: str) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """The processes below ``pid`` (Ray's own among them), with their command lines."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            try:
+                found.append((child, (Path("/proc") / str(child) / "cmdline").read_bytes().split(b"\0")[0].decode()))
+            except OSError:
+                continue
+            todo.append(child)
+    return found
+
+
+def first_epoch_line(study: subprocess.Popen) -> None:
+    for line in study.stdout:  # type: ignore[union-attr]
+        if line.startswith("[") and line.split("]")[1].split()[:1] == ["1"]:  # some run finished its first epoch
+            return
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker in /proc")
 def test_a_worker_killed_mid_run_is_retried_and_the_study_completes(tmp_path):
     out = tmp_path / "s"
@@ -90,12 +117,17 @@ def test_a_worker_killed_mid_run_is_retried_and_the_study_completes(tmp_path):
 
 
 def test_ctrl_c_stops_a_ray_study_cleanly_and_the_same_command_finishes_it(tmp_path):
-    out = tmp_path / "s"
+    """...and the cancelled tasks' scratch folders do not stay behind, nor does a dead task's from before."""
+    out, scratch = tmp_path / "s", tmp_path / "tmp"
+    scratch.mkdir()
+    dead = scratch / "normlab-ray-dead" / "run"  # a task killed earlier: its lock file, no holder, long ago
+    dead.mkdir(parents=True)
+    (dead / ".lock").write_text("pid 1 on elsewhere")
+    os.utime(dead.parent, (time.time() - 3600, time.time() - 3600))
+    env = {**os.environ, "TMPDIR": str(scratch), "RAY_TMPDIR": "/tmp"}  # Ray's own sockets stay in a short path
     command = ray_study(out, epochs=6)
-    study = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in study.stdout:  # type: ignore[union-attr]
-        if line.startswith("[") and line.split("]")[1].split()[:1] == ["1"]:  # some run finished its first epoch
-            break
+    study = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first_epoch_line(study)
     study.send_signal(signal.SIGINT)
     _, err = study.communicate(timeout=120)
     assert study.returncode == 130, err
@@ -103,7 +135,8 @@ def test_ctrl_c_stops_a_ray_study_cleanly_and_the_same_command_finishes_it(tmp_p
     kept = any(out.glob("*/*/seed*/metrics.json"))
     said = "finished runs are kept in" if kept else "nothing was saved"
     assert "Traceback" not in err and f"stopped by SIGINT; {said}" in err
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert not list(scratch.glob("normlab-ray-*"))
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr
     for variant in ("gn", "ln"):
         assert len(json.loads((out / variant / "b128" / "seed0" / "metrics.json").read_text())) == 6
@@ -120,9 +153,68 @@ def test_cli_errors_are_one_line(tmp_path):
     nobody = run("--backend", "ray", "--address", "127.0.0.1:1")  # this machine, a port where nothing listens
     assert nobody.returncode == 2 and len(nobody.stderr.strip().splitlines()) == 1
     assert nobody.stderr.startswith("normlab: error: --address 127.0.0.1:1: nothing answers there")
+    far = run("--backend", "ray", "--address", "127.0.0.1:70000")
+    assert far.returncode == 2 and far.stderr.strip().splitlines() == [
+        "normlab: error: --address 127.0.0.1:70000: the port must be from 1 to 65535; give the address `ray start "
+        "--head` printed"]
+    with socket.socket() as silent:  # something that accepts connections and says nothing: not a Ray head
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        start = time.time()
+        mute = run("--backend", "ray", "--address", f"127.0.0.1:{silent.getsockname()[1]}")
+    assert mute.returncode == 2 and len(mute.stderr.strip().splitlines()) == 1 and time.time() - start < 60
+    assert "something answers there, but not a Ray cluster's head" in mute.stderr
+    greedy = run("--backend", "ray", "--threads", str(cpu_cores() + 1))  # no node of the local instance has as many
+    assert greedy.returncode == 2 and greedy.stderr.strip().splitlines()[-1] == (
+        f"normlab: error: --threads {cpu_cores() + 1}: each run asks for that many CPUs, more than any node of the "
+        f"Ray cluster has (at most {cpu_cores()}); give at most {cpu_cores()}")
     stray = run("--address", "auto")
     assert stray.returncode == 2 and "--address auto: is for --backend ray only" in stray.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_ray_heads_address_passes_the_check_a_silent_port_fails():
+    ray.init(include_dashboard=False, logging_level="ERROR", num_cpus=1)
+    try:
+        check_reachable(ray.get_runtime_context().gcs_address)  # this machine's own instance: a real GCS
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds Ray's processes in /proc")
+@pytest.mark.parametrize("phase", ["start-up", "report"])
+def test_sigterm_while_ray_starts_or_the_report_is_written_is_one_line_and_143(tmp_path, phase):
+    """ray.init puts in SIGTERM handlers of its own (exit 15 or 1, no word); normlab's answer holds in every phase."""
+    study = subprocess.Popen(ray_study(tmp_path / "s", epochs=2), cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    if phase == "start-up":
+        deadline = time.time() + 120
+        while time.time() < deadline and not any("gcs_server" in c for _, c in descendants(study.pid)):
+            time.sleep(0.02)
+        time.sleep(0.3)  # inside ray.init: the head's processes start
+    else:
+        for line in study.stdout:  # type: ignore[union-attr]
+            if line.startswith("ray: 2 done"):  # the runs are in; the report is next
+                break
+    study.send_signal(signal.SIGTERM)
+    _, err = study.communicate(timeout=120)
+    assert study.returncode == 143, err
+    said = "nothing was saved" if phase == "start-up" else "finished runs are kept in"
+    assert "Traceback" not in err and f"normlab: stopped by SIGTERM; {said}" in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the raylet in /proc")
+def test_a_killed_raylet_is_one_line_exit_1_and_the_same_command_finishes_the_study(tmp_path):
+    command = ray_study(tmp_path / "s", epochs=4)
+    study = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_epoch_line(study)
+    raylet = next(pid for pid, line in descendants(study.pid) if line.endswith("/raylet"))
+    os.kill(raylet, signal.SIGKILL)
+    _, err = study.communicate(timeout=180)
+    assert study.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("normlab: the Ray cluster stopped answering (")
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
 
 
 def test_a_missing_ray_is_one_error_with_the_install_hint(tmp_path, monkeypatch):

@@ -57,7 +57,8 @@ def cmd_study(args: argparse.Namespace) -> None:
     if args.lr is not None and args.lrs is not None:
         raise UserError("--lr sets one rate for every run, --lrs several to choose among: give one of them")
     try:
-        results = run_study(out, args.variants, args.seeds, config_from_args(args), progress=args.progress,
+        base = config_from_args(args, check_length=not args.batch_sizes or args.ghost)  # real batches: per run
+        results = run_study(out, args.variants, args.seeds, base, progress=args.progress,
                             jobs=args.jobs, force=args.force, batch_sizes=args.batch_sizes, lrs=args.lrs,
                             tune_seeds=args.tune_seeds,
                             lr_scaling=args.lr is None, ghost=args.ghost, backend=args.backend,

@@ -14,8 +14,12 @@ unfinished one starts again from the last checkpoint the driver holds).
 
 from __future__ import annotations
 
+import shutil
+import signal
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +27,8 @@ from queue import Empty
 from typing import Any
 
 from normlab.data import Dataset
-from normlab.errors import Interrupted, UserError, signals_recorded
-from normlab.files import FolderLock, replace_atomic
+from normlab.errors import Interrupted, RunFailed, UserError, signals_recorded
+from normlab.files import LOCK, FolderLock, lock_is_held, replace_atomic
 from normlab.jobs import GPU_RUNS_AT_ONCE, Job
 from normlab.machine import command_line
 from normlab.runs import CHECKPOINT, WEIGHTS
@@ -34,6 +38,7 @@ RETRIES = 3           # times Ray runs a task again whose worker died
 POLL_SECONDS = 0.2
 CONNECT_SECONDS = 5  # for a cluster's head to answer
 INSTALL_HINT = "pip install 'normlab[ray]'"
+SCRATCH_PREFIX = "normlab-ray-"  # a task's run folder on its worker, in the temporary directory
 
 
 def connect(address: str | None) -> Any:
@@ -44,41 +49,83 @@ def connect(address: str | None) -> Any:
         raise UserError(f"{{backend}} ray needs the ray package; install it with {INSTALL_HINT}") from None
     if address not in (None, "auto", "local") and not address.startswith("ray://"):
         check_reachable(address)  # ray.init would wait minutes on an address where nothing answers
-    try:  # address "local" always starts a new instance: never a cluster found through RAY_ADDRESS
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot join a Ray cluster there ({first}); start one with `ray start --head` or leave "
-                        "out {address} for a local instance", "address", address) from None
+    with own_signal_handlers():
+        try:  # address "local" always starts a new instance: never a cluster found through RAY_ADDRESS
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+        except SystemExit:  # Ray's own SIGTERM handler, in place while it starts
+            raise Interrupted(signal.SIGTERM) from None
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot join a Ray cluster there ({first}); start one with `ray start --head` or "
+                            "leave out {address} for a local instance", "address", address) from None
     return ray
 
 
+@contextmanager
+def own_signal_handlers() -> Iterator[None]:
+    """ray.init installs SIGTERM handlers that exit with 15 or 1 and no word; normlab's are put back after it, so
+    a signal while the study trains or writes its report is normlab's one line and 143."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def check_reachable(address: str) -> None:
+    """A Ray head's GCS is a gRPC server: it answers HTTP/2's connection preface with a SETTINGS frame. Anything
+    else (no listener, a port out of range, another kind of server) is one line, within CONNECT_SECONDS."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdecimal():
         raise UserError("give auto or HOST:PORT, the address `ray start --head` printed", "address", address)
+    if not 1 <= int(port) <= 65535:
+        raise UserError("the port must be from 1 to 65535; give the address `ray start --head` printed",
+                        "address", address)
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+        with socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS) as sock:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            reply = sock.recv(9)
+    except TimeoutError:
+        reply = b""
     except OSError as e:
         raise UserError(f"nothing answers there ({e.strerror or e}); is the cluster's head running (`ray start "
                         "--head`)? Leave out {address} for a local instance", "address", address) from None
+    if len(reply) < 4 or reply[3] != 0x04:
+        raise UserError(f"something answers there, but not a Ray cluster's head (no gRPC reply within "
+                        f"{CONNECT_SECONDS} s); give the address `ray start --head` printed, or leave out "
+                        "{address} for a local instance", "address", address)
 
 
 @contextmanager
 def ray_session(address: str | None) -> Iterator[Any]:
-    """Connected for the block; afterwards a local instance is stopped, a cluster left running."""
+    """Connected for the block; afterwards a local instance is stopped (and the scratch folders of its tasks that
+    were cancelled or killed removed), a cluster left running."""
     ray = connect(address)
     try:
         yield ray
     finally:
         ray.shutdown()
+        if address is None:
+            remove_dead_scratch(Path(tempfile.gettempdir()), older_than=5)
+
+
+def check_cpus(ray: Any, cpus: int) -> None:
+    """A task asking for more CPUs than any node has would wait for ever: one line, before anything is written."""
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    if cpus > largest:
+        raise UserError(f"each run asks for that many CPUs, more than any node of the Ray cluster has (at most "
+                        f"{largest:g}); give at most {int(largest)}", "threads", cpus)
 
 
 def train_task(job: Job, files: dict[str, bytes], data: Dataset, messages: Any, command: str) -> dict[str, bytes]:
     """On a worker: continue the run from ``files`` (none: from the start) in a scratch folder; its files back.
     Its config.json records the driver's ``command``, and its log lines name the study's run folder."""
-    with tempfile.TemporaryDirectory(prefix="normlab-") as scratch:
+    root = Path(tempfile.gettempdir())
+    remove_dead_scratch(root)
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=root) as scratch:
         folder = Path(scratch) / "run"
         folder.mkdir()
         for name, content in files.items():
@@ -87,6 +134,19 @@ def train_task(job: Job, files: dict[str, bytes], data: Dataset, messages: Any, 
               log=lambda line: messages.put((job.label, line.replace(str(folder), str(job.out)))),
               sharing={"backend": "ray", "runs_at_once": None, "command": command})
         return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+def remove_dead_scratch(root: Path, older_than: float = 60) -> None:
+    """Scratch folders of tasks that died without cleaning up (cancelled on Ctrl-C, their worker killed): no live
+    lock on their run folder (a running task's train() holds one), and older than ``older_than`` seconds (a task
+    takes its lock within a moment of making the folder)."""
+    for scratch in root.glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            if time.time() - scratch.stat().st_mtime < older_than or lock_is_held(scratch / "run" / LOCK):
+                continue
+        except OSError:  # removed meanwhile, or not ours to read
+            continue
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def files_to_send(job: Job) -> dict[str, bytes]:
@@ -112,50 +172,66 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
                at_once: int | None) -> None:
     """Train ``jobs`` as Ray tasks of ``cpus`` CPUs (and a share of a GPU unless ``device`` is cpu and where the
     cluster has GPUs), at most ``at_once`` in flight (None: as many as the cluster takes); return when every
-    run's files are in its folder. ``ray``: the module, connected (``connect``)."""
+    run's files are in its folder. ``ray``: the module, connected (``connect``). A run's own error is one line;
+    the cluster failing (a raylet killed, a node lost) is RunFailed: the runs that finished stay in their folders."""
     from ray.util.queue import Queue
 
     in_flight: dict[Any, Job] = {}
     with signals_recorded() as stop:  # inside Ray's calls an exception from a handler turns into SystemError
-        messages = Queue(actor_options={"num_cpus": 0})  # the runs' log lines; an actor holding no CPU
         resources = ray.cluster_resources()
         gpu = device != "cpu" and resources.get("GPU", 0) > 0
         task = ray.remote(num_cpus=cpus, num_gpus=1 / GPU_RUNS_AT_ONCE if gpu else 0, max_retries=RETRIES,
                           retry_exceptions=False)(train_task)
-        data_ref = ray.put(data)
-        waiting, running, errors, done = list(jobs), set(), [], 0
         log(f"ray: {len(jobs)} runs on {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; each run "
             f"asks for {cpus} CPU(s)" + (f" and 1/{GPU_RUNS_AT_ONCE} GPU" if gpu else ""))
-        while (waiting or in_flight) and not stop:
-            while waiting and (at_once is None or len(in_flight) < at_once):
-                job = waiting.pop(0)
-                in_flight[task.remote(job, files_to_send(job), data_ref, messages, command_line())] = job
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
-            before = len(running)
-            while True:
-                try:
-                    label, line = messages.get_nowait()
-                except Empty:
-                    break
-                running.add(label)
-                log(f"[{label}] {line}")
-            for ref in ready:
-                job = in_flight.pop(ref)
-                running.discard(job.label)
-                try:
-                    write_run(job.out, ray.get(ref))
-                    done += 1
-                except ray.exceptions.RayError as e:  # a UserError in the run, or its retries used up
-                    cause = getattr(e, "cause", None)
-                    text = str(cause if isinstance(cause, UserError) else e).strip() or type(e).__name__
-                    errors.append(f"{job.label}: {text.splitlines()[-1]}")
-            if ready or len(running) != before:
-                queued = len(jobs) - done - len(errors) - len(running)
-                log(f"ray: {done} done, {len(running)} running, {queued} waiting" +
-                    (f", {len(errors)} failed" if errors else ""))
+        waiting, running, errors, done = list(jobs), set(), [], 0
+        try:
+            messages = Queue(actor_options={"num_cpus": 0})  # the runs' log lines; an actor holding no CPU
+            data_ref = ray.put(data)
+            while (waiting or in_flight) and not stop:
+                while waiting and (at_once is None or len(in_flight) < at_once):
+                    job = waiting.pop(0)
+                    in_flight[task.remote(job, files_to_send(job), data_ref, messages, command_line())] = job
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
+                before = len(running)
+                relay_lines(messages, running, log)
+                for ref in ready:
+                    job = in_flight.pop(ref)
+                    running.discard(job.label)
+                    error = receive_run(ray, ref, job)
+                    done, errors = (done, [*errors, error]) if error else (done + 1, errors)
+                if ready or len(running) != before:
+                    queued = len(jobs) - done - len(errors) - len(running)
+                    log(f"ray: {done} done, {len(running)} running, {queued} waiting" +
+                        (f", {len(errors)} failed" if errors else ""))
+        except ray.exceptions.RayError as e:
+            raise RunFailed(f"the Ray cluster stopped answering ({type(e).__name__}); the {done} run(s) that "
+                            "finished are in their folders, and the same command trains the rest") from None
     if stop:  # the runs in flight stop; finished ones are in their folders, and the same command resumes
         for ref in in_flight:
             ray.cancel(ref, force=True)
         raise Interrupted(stop[0])
     if errors:
         raise UserError("; ".join(errors))
+
+
+def relay_lines(messages: Any, running: set[str], log: Callable[[str], None]) -> None:
+    """The runs' log lines so far, each under its run's label; a run that speaks is running."""
+    while True:
+        try:
+            label, line = messages.get_nowait()
+        except Empty:
+            return
+        running.add(label)
+        log(f"[{label}] {line}")
+
+
+def receive_run(ray: Any, ref: Any, job: Job) -> str | None:
+    """A finished task's files into its run folder; or the one line that says why it has none."""
+    try:
+        write_run(job.out, ray.get(ref))
+        return None
+    except ray.exceptions.RayError as e:  # a UserError in the run reads as its message; else its retries used up
+        cause = getattr(e, "cause", None)
+        text = str(cause if isinstance(cause, UserError) else e).strip() or type(e).__name__
+        return f"{job.label}: {text.splitlines()[-1]}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import InitVar, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,11 @@ class TrainConfig:
     threads: int | None = None    # CPU threads for torch (None: one per core available)
     compile: bool = False         # torch.compile the training step
     cuda_graph: bool = True       # on a GPU, replay each SGD step as one CUDA graph (normlab.graphed)
+    # A study's base over real SGD batch sizes is no run itself (its batch size only scales the rate): False skips
+    # the check that the run is long enough, which each run made from it (dataclasses.replace) does again.
+    check_length: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, check_length: bool) -> None:
         """Check every value and normalise names, so a bad value fails before any work is done."""
         self.norm = canonical_norm(self.norm)
         if self.dataset not in DATASETS:
@@ -100,6 +103,10 @@ class TrainConfig:
                                                                and self.device[5:].isdecimal()):
             raise UserError("choose auto, cpu, cuda or cuda:N", "device", self.device)
         self._check_norm_settings()
+        if check_length:
+            self._check_length()
+
+    def _check_length(self) -> None:
         if self.steps < MIN_STEPS:
             raise UserError(f"{self.epochs} epoch(s) of {self.train_images} images at {{batch_size}} "
                             f"{self.batch_size} are {self.steps} SGD step(s), too few to train (one-cycle needs at "

@@ -67,6 +67,21 @@ def prepare_folder(out: Path, marker: str, what: str) -> bool:
     return bool(present)
 
 
+def lock_is_held(path: Path) -> bool:
+    """Whether a live process holds the FolderLock whose file is ``path`` (False for no file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 class FolderLock:
     """An exclusive lock on a folder: ``<folder>/.lock``, held with flock(2) and naming its holder.
 

@@ -172,10 +172,11 @@ def add_out_flags(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--force", action="store_true", help="replace the run in --out and start over (default: off)")
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
+def config_from_args(args: argparse.Namespace, check_length: bool = True) -> Any:
     from dataclasses import fields
 
     from normlab.config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None},
+                       check_length=check_length)

@@ -149,7 +149,13 @@ def plan_grid(variants: list[str] | tuple[str, ...], seeds: list[int] | tuple[in
             ghosted = NORMS[variant.norm].batch_stats and batch < base.batch_size
             return variant.config(replace(base, bn_batch=batch if ghosted else None, lr=lr), seed)
         scaled = lr * batch / base.batch_size if lr_scaling else lr
-        return variant.config(replace(base, batch_size=batch, lr=scaled), seed)
+        try:
+            return variant.config(replace(base, batch_size=batch, lr=scaled), seed)
+        except UserError as e:  # a run's batch size is one the user gave in batch_sizes: say so
+            if batch_sizes is None or e.setting not in (None, "batch_size"):
+                raise
+            raise UserError(e.message.replace("{batch_size}", "{batch_sizes}"), e.setting and "batch_sizes",
+                            e.value) from None
 
     configs = {(v, b, lr, s): run_config(v, b, lr, s) for v in parsed for b in sizes for lr in rates for s in seeds}
     tuning = list(tune_seeds) if tune_seeds is not None else list(seeds)

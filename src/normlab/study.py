@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from normlab.cluster import ray_session, run_on_ray
+from normlab.cluster import check_cpus, ray_session, run_on_ray
 from normlab.config import TrainConfig
 from normlab.data import Dataset, load_dataset
 from normlab.errors import UserError
@@ -120,6 +120,8 @@ def run_study(
         jobs = jobs or default_jobs(device, n_runs)
         threads = (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
     with ray_session(address) if backend == "ray" else contextlib.nullcontext() as ray:  # unreachable: nothing written
+        if ray is not None:
+            check_cpus(ray, threads)
         prepare_folder(out, STUDY_MARKER, "study")
         with FolderLock(out):
             points = plan_points(out, grid, threads, force)
