@@ -2,7 +2,7 @@
 
 from normlab.findings import failures, findings
 from normlab.plan import TARGET_ACC as TARGETS
-from normlab.report import batch_table, chosen_table, results_table, to_markdown
+from normlab.report import batch_table, chosen_table, results_table, to_markdown, what_was_run
 from normlab.results import chosen_lrs, summarize
 
 
@@ -150,3 +150,14 @@ def test_the_shared_rate_ranking_compares_the_seeds_that_every_rate_has():
     text = findings(summarize(r), r)
     assert ("By mean test accuracy over seeds 0, 1, all at lr 0.1: ln, gn; each at its chosen rate: gn, ln: the "
             "ranking changes.") in text
+
+
+def test_the_first_line_says_what_was_run_without_running_seeds_into_epochs():
+    results = {"variants": ["gn"], "seeds": [0], "batch_sizes": [2, 8], "lrs": [0.1], "lr_scaling": True,
+               "base_config": {"epochs": 1, "lr": 0.1, "batch_size": 128, "val_size": 0}, "dataset_title": "MNIST",
+               "runs": [{"test_images": 200, "trained": {"backend": "local", "runs_at_once": 1, "threads": 2}}]}
+    line = what_was_run(results)
+    assert line.startswith("1 variant × batch sizes 2, 8 × seed 0; 1 epoch each, on real MNIST (200 test images).")
+    many = what_was_run({**results, "variants": ["bn", "gn"], "seeds": [0, 1], "batch_sizes": [128],
+                         "base_config": {**results["base_config"], "epochs": 20}})
+    assert many.startswith("2 variants × seeds 0, 1; 20 epochs each, on real MNIST")

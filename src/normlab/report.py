@@ -144,9 +144,10 @@ def what_was_run(results: dict[str, Any]) -> str:
                "test set chooses nothing.")
     val = (f", {base['val_size']:,} training images held out for validation, chosen by the seed"
            if base.get("val_size") else "")
-    return (f"{len(results['variants'])} variants{batches} × seeds {', '.join(map(str, results['seeds']))}, "
-            f"{base['epochs']} epochs each, on real {results['dataset_title']} ({run['test_images']:,} test "
-            f"images{val}).{lr} {how_trained(results)}")
+    n, seeds, epochs = len(results["variants"]), results["seeds"], base["epochs"]
+    return (f"{n} variant{'s' * (n != 1)}{batches} × seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}; "
+            f"{epochs} epoch{'s' * (epochs != 1)} each, on real {results['dataset_title']} ({run['test_images']:,} "
+            f"test images{val}).{lr} {how_trained(results)}")
 
 
 def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, Any]]:
