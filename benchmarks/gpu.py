@@ -10,7 +10,8 @@
 3. the standard study: ``normlab study`` (3 variants × 20 epochs, all 60k images, evaluation after each
    epoch, graphs and report) timed from the shell: with graphs and the default 3 runs at once (threads,
    one CUDA stream each), twice more (warm caches), with graphs one run at a time, without graphs, and
-   with 5 seeds;
+   with 5 seeds, fused (``--fuse auto``: each variant's seeds as one model) and not; the ghost sweep of
+   docs/batch_mnist (36 runs), fused;
 4. a cProfile of the study, one run at a time: where the seconds outside the training steps go.
 Each stage is written to ``<out>/gpu.json`` as soon as it ends, so a lease cut short keeps what finished.
 """
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="MNIST's IDX files (default: normlab's sources)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
     parser.add_argument("--skip", nargs="*", default=[],
-                        help="stages to skip: check study repeat seeds small eager profile")
+                        help="stages to skip: check study repeat seeds fused small eager profile")
     args = parser.parse_args()
     from normlab.data import load_dataset
 
@@ -130,6 +131,12 @@ def main() -> None:
     if "seeds" not in args.skip:
         stage(results, args.out, "study_graph_5_seeds", lambda: study(work, "study_5_seeds", [
             *study_args, "--seeds", "0", "1", "2", "3", "4"]))
+    if "fused" not in args.skip:  # the 5-seed study again, each run on its own: what fusing its seeds saves
+        stage(results, args.out, "study_5_seeds_fuse_off", lambda: study(work, "study_5_seeds_off", [
+            *study_args, "--seeds", "0", "1", "2", "3", "4", "--fuse", "off"]))
+        ghost = ["--variants", "bn", "gn", "ln", "--batch-sizes", "2", "8", "32", "128", "--ghost", "--seeds", "0",
+                 "1", "2"]
+        stage(results, args.out, "ghost_sweep_fused", lambda: study(work, "ghost_sweep", [*study_args, *ghost]))
     if "small" not in args.skip:
         stage(results, args.out, "small_batches", lambda: small_batches(
             device, (2, 8, 32, 128), 20 if args.quick else 400, graph=True))

@@ -41,12 +41,12 @@ class ConvBlock(nn.Sequential):
 
     def __init__(self, cin: int, cout: int, kernel: int, norm: str, settings: NormSettings, dropout: float,
                  weight_std: bool) -> None:
-        entry = NORMS[norm]
+        entry, n = NORMS[norm], settings.copies
         conv = StdConv2d if weight_std else nn.Conv2d
         super().__init__(
-            conv(cin, cout, kernel, bias=not entry.shift),
+            conv(cin * n, cout * n, kernel, bias=not entry.shift, groups=n),
             nn.Identity() if entry.activation else nn.ReLU(inplace=True),
-            entry.build(cout, settings),
+            entry.build(cout * n, settings),
             nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
         )
 
@@ -55,14 +55,17 @@ class Net(nn.Module):
     """The study's CNN with ``norm`` (a registry name or alias) after every conv. ``groups`` is for grouped norms
     (default 4), ``bn_batch`` (ghost images per statistics group) for batch-statistics norms; ``settings``
     carries the rest of a norm's hyperparameters (ε, momentum, Batch Renorm's clips), the registry's defaults
-    when omitted."""
+    when omitted. ``copies`` models side by side make one (normlab.fused): each its own channels, every conv
+    grouped by copy, input and logits (N, copies, ...) flattened on the channels."""
 
     def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0,
-                 bn_batch: int | None = None, weight_std: bool = False, settings: NormSettings | None = None) -> None:
+                 bn_batch: int | None = None, weight_std: bool = False, settings: NormSettings | None = None,
+                 copies: int = 1) -> None:
         super().__init__()
-        self.norm = canonical_norm(norm)
+        self.norm, self.copies = canonical_norm(norm), copies
         settings = settings or NormSettings()
-        settings = replace(settings, groups=groups or settings.groups, bn_batch=bn_batch or settings.bn_batch)
+        settings = replace(settings, groups=groups or settings.groups, bn_batch=bn_batch or settings.bn_batch,
+                           copies=copies)
         self.groups = settings.groups if NORMS[self.norm].grouped else None
         self.weight_std = weight_std
         self.features = nn.Sequential()
@@ -73,7 +76,7 @@ class Net(nn.Module):
                 name, cin, cout, kernel = layer
                 self.features.add_module(name, ConvBlock(cin, cout, kernel, self.norm, settings, dropout, weight_std))
         self.gap = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Conv2d(LAYOUT[-1][2], NUM_CLASSES, 1)  # type: ignore[index]
+        self.head = nn.Conv2d(LAYOUT[-1][2] * copies, NUM_CLASSES * copies, 1, groups=copies)  # type: ignore[index]
         # channels_last is a memory layout only, the same function either way; on a 2-core CPU it makes the
         # group- and layer-norm steps 24-37 % faster, batch norm's no slower (docs/performance.md).
         self.channels_last = True

@@ -38,6 +38,8 @@ class NormSettings:
     d_max: float = 5.0
     relax_from: int = 0           # Batch Renorm is plain BN (r = 1, d = 0) until this step, then its clips widen
     relax_to: int = 0             # linearly to r_max, d_max at this step (the defaults: open from the start)
+    copies: int = 1               # models stacked side by side on the channels (normlab.fused): a per-sample
+                                  # norm keeps its groups within each copy's channels
 
 
 @dataclass(frozen=True)
@@ -256,11 +258,12 @@ def batch_norm(c: int, s: NormSettings, eps: float) -> nn.Module:
 NORMS: dict[str, Norm] = {
     "batch": Norm(batch_norm, 1e-5, batch_stats=True),
     "brn": Norm(BatchRenorm2d, 1e-5, batch_stats=True),
-    "group": Norm(lambda c, s, eps: nn.GroupNorm(s.groups, c, eps=eps), 1e-5, grouped=True),
-    "layer": Norm(lambda c, s, eps: nn.GroupNorm(1, c, eps=eps), 1e-5),  # per sample over (C, H, W), any H, W
+    "group": Norm(lambda c, s, eps: nn.GroupNorm(s.groups * s.copies, c, eps=eps), 1e-5, grouped=True),
+    "layer": Norm(lambda c, s, eps: nn.GroupNorm(s.copies, c, eps=eps), 1e-5),  # per sample over (C, H, W)
     "instance": Norm(lambda c, s, eps: nn.GroupNorm(c, c, eps=eps), 1e-5),
     "frn": Norm(lambda c, s, eps: FilterResponseNorm2d(c, eps), 1e-6, activation=True),
-    "evonorm-s0": Norm(lambda c, s, eps: EvoNormS0(c, s.groups, eps), 1e-5, activation=True, grouped=True),
+    "evonorm-s0": Norm(lambda c, s, eps: EvoNormS0(c, s.groups * s.copies, eps), 1e-5, activation=True,
+                       grouped=True),
     "evonorm-b0": Norm(EvoNormB0, 1e-5, batch_stats=True, activation=True),
     "none": Norm(lambda c, s, eps: nn.Identity(), 0.0, shift=False),
 }

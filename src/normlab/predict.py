@@ -22,7 +22,7 @@ def normalize(images: Tensor, info: DatasetInfo) -> Tensor:
 
 def model_input(images: Tensor, info: DatasetInfo) -> Tensor:
     """uint8 images N×28×28 -> the normalized float batch N×1×28×28 the model takes."""
-    return normalize(images.unsqueeze(1).float() / 255, info)
+    return normalize(images.unsqueeze(1).to(torch.get_default_dtype()) / 255, info)
 
 
 @torch.inference_mode()

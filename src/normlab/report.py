@@ -26,12 +26,15 @@ GN_PAPER = {"images per GPU": (32, 16, 8, 4, 2), "BN": (23.6, 23.7, 24.8, 27.3, 
 def how_trained(results: dict[str, Any]) -> str:
     """How the runs shared the machine, which is what their seconds per run mean: as each run's config.json
     recorded it when it trained, not as this invocation would have trained it."""
-    ways = {(t.get("backend"), t.get("runs_at_once"), t.get("threads"))
+    ways = {(t.get("backend"), t.get("runs_at_once"), t.get("threads"), t.get("fused", False))
             for t in (r.get("trained") or {} for r in results["runs"])}
     if len(ways) != 1 or next(iter(ways))[0] is None:
         return ("Runs trained in different ways or before normlab recorded how (each run's config.json says): "
                 "seconds per run are wall-clock times, of runs that may have shared the machine.")
-    backend, at_once, threads = next(iter(ways))
+    backend, at_once, threads, fused = next(iter(ways))
+    if fused:
+        return (f"Runs trained {at_once} at a time as one fused model (normlab.fused), on {threads} CPU thread(s): "
+                "seconds per run are the wall-clock time of the fused model's epochs.")
     if backend == "ray":
         return (f"Runs trained as Ray tasks of {threads} CPU thread(s) each, as many at a time as the cluster "
                 "had room for: seconds per run are the wall-clock time of runs sharing their nodes.")

@@ -31,6 +31,7 @@ from normlab.data import Dataset, load_dataset
 from normlab.errors import UserError
 from normlab.evalstats import evaluation_statistics
 from normlab.files import FolderLock, prepare_folder, write_atomic
+from normlab.fused import train_jobs_fused
 from normlab.jobs import Job, default_jobs, run_in_threads
 from normlab.machine import check_threads, cpu_cores, resolve_device
 from normlab.misclassified import save_misclassified
@@ -45,6 +46,7 @@ from normlab.train import train
 STUDY_MARKER = "study.json"
 OUTPUTS = ("results.json", "report.md", "report.html", "graph*.png", "misclassified_*.png", "misclassified_*.json")
 BACKENDS = ("local", "ray")  # where a study's runs train: normlab.jobs here, normlab.cluster on Ray
+FUSE = ("auto", "on", "off")  # runs as one fused model (normlab.fused): auto on a GPU only
 
 
 def record(point: Point, out: Path, test_images: int) -> dict[str, Any]:
@@ -91,6 +93,7 @@ def run_study(
     ghost: bool = False,
     backend: str = "local",
     address: str | None = None,
+    fuse: str = "auto",
 ) -> dict[str, Any]:
     """Train every variant × batch size × learning rate × seed not yet in ``out``, then write results, graphs,
     grids and report.
@@ -99,12 +102,14 @@ def run_study(
     at ``base.batch_size`` and ``base.lr`` only; with several rates each variant is reported at the one its
     validation accuracy chooses. ``jobs``: runs trained at once, as threads (None: normlab.jobs.default_jobs);
     with ``backend`` "ray", tasks in flight on the Ray cluster at ``address`` (None: a local instance;
-    normlab.cluster), each of ``base.threads`` CPUs (None: 1). ``force``: retrain runs in ``out`` made with other
-    settings, or whose files cannot be read. Nothing is written before every input and run folder is checked.
+    normlab.cluster), each of ``base.threads`` CPUs (None: 1). ``fuse``: on, runs that differ only in seed, rate,
+    L1 and weight decay train as one fused model (normlab.fused); auto: on a GPU. ``force``: retrain runs in ``out``
+    made with other settings, or whose files cannot be read. Nothing is written before every input and run folder
+    is checked.
     """
     base = base or TrainConfig()
     grid = plan_grid(variants, seeds, base, batch_sizes, lrs, tune_seeds, lr_scaling, ghost)
-    check_backend(backend, address, jobs, base)
+    check_backend(backend, address, jobs, base, fuse)
     out = Path(out)
     if not (out / STUDY_MARKER).is_file() and any(out.glob(f"*/*/seed*/{CONFIG}")):
         raise UserError(f"holds normlab run folders but no {STUDY_MARKER} (removed?); each run is checked against "
@@ -113,12 +118,7 @@ def run_study(
     device = resolve_device(base.device)
     data = load_dataset(base.dataset, base.data_dir)
     n_runs = grid.runs(out)
-    # Fixed by the whole study, not by what is left to do, so that a resumed study trains like an uninterrupted one.
-    if backend == "ray":
-        threads = base.threads or 1
-    else:
-        jobs = jobs or default_jobs(device, n_runs)
-        threads = (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
+    jobs, threads = share_machine(backend, base, jobs, device, n_runs)
     with ray_session(address) if backend == "ray" else contextlib.nullcontext() as ray:  # unreachable: nothing written
         if ray is not None:
             check_cpus(ray, threads)
@@ -129,17 +129,32 @@ def run_study(
             if not all(p.run.ended for p in points):  # until every run has ended, no report describes other runs
                 for path in study_outputs(out):
                     path.unlink()
+            fused = fuse == "on" or (fuse == "auto" and device.type == "cuda" and backend == "local")
             points = train_grid(out, grid, points, lambda todo: train_runs(todo, data, device, jobs, threads,
-                                                                              progress, log, ray))
+                                                                              progress, log, ray, fused))
             study = {**grid.settings(), "dataset_title": data.info.title, "backend": backend,
                      "jobs": min(jobs, n_runs) if jobs else None, "threads": threads,
                      "graph_batch": base.batch_size if base.batch_size in grid.sizes else max(grid.sizes)}
             return collect(out, points, grid.variants, study, data, device, log)
 
 
-def check_backend(backend: str, address: str | None, jobs: int | None, base: TrainConfig) -> None:
+def share_machine(backend: str, base: TrainConfig, jobs: int | None, device: torch.device,
+                  n_runs: int) -> tuple[int | None, int | None]:
+    """Runs at once and torch threads per run, fixed by the whole study, not by what is left to do, so that a
+    resumed study trains like an uninterrupted one."""
+    if backend == "ray":
+        return jobs, base.threads or 1
+    jobs = jobs or default_jobs(device, n_runs)
+    return jobs, (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
+
+
+def check_backend(backend: str, address: str | None, jobs: int | None, base: TrainConfig, fuse: str) -> None:
     if backend not in BACKENDS:
         raise UserError(f"unknown backend; choose {' or '.join(BACKENDS)}", "backend", backend)
+    if fuse not in FUSE:
+        raise UserError(f"choose {', '.join(FUSE)}", "fuse", fuse)
+    if fuse == "on" and backend == "ray":
+        raise UserError("fuses runs on this machine; with {backend} ray each run is a task: drop one", "fuse", fuse)
     if backend == "local":  # a Ray worker checks its own cores
         check_threads(base.threads)
     if jobs is not None and jobs < 1:
@@ -163,8 +178,9 @@ def train_grid(out: Path, grid: Grid, points: list[Point], trainer: Callable[[li
 
 
 def train_runs(plan: list[PlannedRun], data: Dataset, device: torch.device, jobs: int | None, threads: int | None,
-               progress: bool, log: Callable[[str], None], ray: Any = None) -> None:
-    """Train every run that has not ended: as Ray tasks, side by side in threads, or one after another."""
+               progress: bool, log: Callable[[str], None], ray: Any = None, fused: bool = False) -> None:
+    """Train every run that has not ended: as Ray tasks, as fused models (``fused``), side by side in threads, or
+    one after another."""
     for run in plan:
         if run.ended:
             log(f"=== {run.label}: {run.saved.status.value} run found in {run.folder}, reusing it")  # type: ignore[union-attr]
@@ -175,6 +191,8 @@ def train_runs(plan: list[PlannedRun], data: Dataset, device: torch.device, jobs
             run_on_ray(ray, todo, data, log, threads or 1, todo[0].config.device, jobs)
         return
     assert jobs is not None
+    if fused:
+        todo = train_jobs_fused(todo, data, device, log)
     if jobs > 1 and len(todo) > 1:
         where = "each on its own CUDA stream" if device.type == "cuda" else f"{threads} torch thread(s) each"
         log(f"training {len(todo)} runs, {min(jobs, len(todo))} at a time, {where}")

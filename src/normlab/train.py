@@ -149,7 +149,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: An
     bad_step = torch.full((), -1, device=images.device, dtype=torch.int64)
     for i in batches:
         idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-        x, y = images[idx].unsqueeze(1).float() / 255, labels[idx]
+        x, y = images[idx].unsqueeze(1).to(torch.get_default_dtype()) / 255, labels[idx]
         if augment is not None:
             x = augment(x, generator)
         logits = model(normalize(x, info))

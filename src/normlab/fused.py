@@ -1,0 +1,278 @@
+"""Several runs trained as one model: N copies of Net side by side on the channels, every conv grouped by copy,
+one SGD step for all of them.
+
+A step of this model costs about the kernels of one run, so on a GPU, where a small model's step is all
+kernel launches, N runs cost about one. Each run keeps everything that makes it that run: its seeded
+initial weights, its own validation split, data order and augmentation (its own generator, drawn in the
+order a separate run draws), its learning rate and schedule, L1 λ and weight decay, its momentum buffers.
+After every epoch each run's weights, optimizer, schedule and generator are put back into its own objects,
+evaluated and saved exactly as normlab.train saves a run, so a run folder does not depend on how it was
+trained (its config.json's environment says), and resumes either way. In float64 k fused steps give the
+weights of k separate steps to rounding (tests/test_fused.py).
+
+Runs fuse when they differ only in FUSED_APART; dropout draws its masks from torch's global generator, not
+per run, so runs with dropout train separately.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normlab.augment import Affine
+from normlab.checkpoint import restore_training_state, training_state
+from normlab.config import TrainConfig
+from normlab.data import Dataset, DatasetInfo
+from normlab.errors import StopFlag
+from normlab.evalstats import evaluation_statistics
+from normlab.graphed import Epoch
+from normlab.jobs import Job
+from normlab.machine import cpu_cores
+from normlab.model import Net, count_parameters, l1_parameters
+from normlab.norms import NORMS
+from normlab.predict import evaluate, normalize
+from normlab.runs import RunFolder, metric_columns, open_run
+from normlab.train import NON_FINITE, RunResult, read_back, set_training_mode, setup, start_log
+
+FUSED_APART = ("seed", "lr", "l1", "weight_decay", "threads")  # what the runs of one fused model may differ in
+
+
+def fuse_key(config: TrainConfig) -> str | None:
+    """Runs with equal keys can train as one fused model; None: this run trains on its own."""
+    if config.dropout > 0 or config.compile:
+        return None
+    return json.dumps(replace(config, **{k: getattr(TrainConfig, k) for k in FUSED_APART}).to_dict(), sort_keys=True)
+
+
+@dataclass
+class Member:
+    """One run inside a fused model: its own objects, as normlab.train.setup makes them, and its data."""
+
+    config: TrainConfig
+    folder: RunFolder
+    log: Callable[[str], None]
+    result: RunResult
+    optimizer: torch.optim.SGD
+    schedule: Any
+    generator: torch.Generator
+    augment: Affine | None
+    images: Tensor
+    labels: Tensor
+    val: tuple[Tensor, Tensor]
+    failed: bool = False
+
+
+class FusedModel:
+    """The members' models as one Net(copies=N), and the SGD step that moves all of them at once."""
+
+    def __init__(self, members: list[Member], device: torch.device) -> None:
+        first = members[0].config
+        self.members, self.n = members, len(members)
+        self.net = Net(first.norm, first.groups, 0.0, first.bn_batch, first.weight_std, first.norm_settings(),
+                       copies=self.n).to(device)
+        self.params = list(self.net.parameters())
+        self.penalized = {id(p) for p in l1_parameters(self.net, first.l1_norm_params)}
+        self.l1 = torch.tensor([m.config.l1 for m in members], device=device, dtype=self.params[0].dtype)
+        self.decay = torch.tensor([m.config.weight_decay for m in members], device=device, dtype=self.l1.dtype)
+        self.nesterov = first.momentum > 0
+        self.any_l1, self.any_decay = bool(self.l1.any()), bool(self.decay.any())
+
+    def pack(self) -> None:
+        """Every member's weights, running statistics and momentum buffers into the fused model."""
+        states = [m.result.model.state_dict() for m in self.members]
+        with torch.no_grad():
+            for name, t in self.net.state_dict().items():
+                t.copy_(states[0][name] if t.dim() == 0 else torch.cat([s[name] for s in states]))
+        per_member = [[m.optimizer.state[p].get("momentum_buffer") for p in m.result.model.parameters()]
+                      for m in self.members]
+        self.buffers = [None if any(b[i] is None for b in per_member) else torch.cat([b[i] for b in per_member])
+                        for i in range(len(self.params))]
+
+    def unpack(self) -> None:
+        """The fused model's state back into each member's model and optimizer."""
+        with torch.no_grad():
+            for name, t in self.net.state_dict().items():
+                for i, m in enumerate(self.members):
+                    own = m.result.model.state_dict()[name]
+                    own.copy_(t if t.dim() == 0 else t.unflatten(0, (self.n, -1))[i])
+            for i, m in enumerate(self.members):
+                for own, buffer in zip(m.result.model.parameters(), self.buffers, strict=True):
+                    if buffer is not None:
+                        m.optimizer.state[own]["momentum_buffer"] = buffer.unflatten(0, (self.n, -1))[i].clone()
+
+    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One SGD step of every copy on its own batch: ``x`` (B, N, 28, 28) normalized, ``y`` (B, N). Returns each
+        copy's logits (B, N, 10) and cross-entropy (N), without L1."""
+        b = len(x)
+        logits = self.net(x).view(b, self.n, -1)
+        losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)
+        objective = losses.sum()
+        for p in self.params:
+            p.grad = None
+            if id(p) in self.penalized and self.any_l1:
+                objective = objective + (self.l1 * p.abs().unflatten(0, (self.n, -1)).flatten(1).sum(1)).sum()
+        objective.backward()
+        lr = torch.tensor([m.optimizer.param_groups[0]["lr"] for m in self.members], dtype=self.l1.dtype,
+                          device=x.device)
+        momentum = torch.tensor([m.optimizer.param_groups[0]["momentum"] for m in self.members],
+                                dtype=self.l1.dtype, device=x.device)
+        with torch.no_grad():
+            for k, p in enumerate(self.params):
+                self._update(k, p, lr, momentum)
+        with warnings.catch_warnings():  # each run's schedule follows the fused step; its optimizer never steps
+            warnings.simplefilter("ignore", UserWarning)
+            for m in self.members:
+                m.schedule.step()
+        return logits.detach(), losses.detach()
+
+    def _update(self, k: int, p: Tensor, lr: Tensor, momentum: Tensor) -> None:
+        """torch.optim.SGD's arithmetic (weight decay, momentum, Nesterov), each copy at its own rates."""
+        def per_copy(v: Tensor) -> Tensor:
+            return v.view(self.n, *[1] * p.dim())
+
+        weights, grad = p.unflatten(0, (self.n, -1)), p.grad.unflatten(0, (self.n, -1))  # type: ignore[union-attr]
+        grad = grad + per_copy(self.decay) * weights if self.any_decay else grad
+        if self.nesterov:
+            if self.buffers[k] is None:
+                self.buffers[k] = grad.clone().flatten(0, 1)
+            else:
+                buf = self.buffers[k].unflatten(0, (self.n, -1))  # type: ignore[union-attr]
+                buf.mul_(per_copy(momentum)).add_(grad)
+            buf = self.buffers[k].unflatten(0, (self.n, -1))  # type: ignore[union-attr]
+            grad = grad + per_copy(momentum) * buf
+        weights.sub_(per_copy(lr) * grad)
+
+
+def fused_epoch(fused: FusedModel, info: DatasetInfo, batch_size: int, steps: int,
+                stop: StopFlag | None) -> list[Epoch]:
+    """One pass of every copy over its own training images in its own seeded order and augmentation."""
+    members, device = fused.members, fused.members[0].images.device
+    orders = [torch.randperm(len(m.images), generator=m.generator, device=device) for m in members]
+    loss_sums = torch.zeros(fused.n, device=device)
+    correct = torch.zeros(fused.n, device=device, dtype=torch.int64)
+    bad = torch.full((fused.n,), -1, device=device, dtype=torch.int64)
+    for i in range(steps):
+        if stop is not None:
+            stop.check()
+        xs, ys = [], []
+        for m, order in zip(members, orders, strict=True):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            x = m.images[idx].unsqueeze(1).to(torch.get_default_dtype()) / 255
+            xs.append(normalize(m.augment(x, m.generator) if m.augment is not None else x, info))
+            ys.append(m.labels[idx])
+        x, y = torch.cat(xs, 1).to(fused.params[0].dtype), torch.stack(ys, 1)
+        logits, losses = fused.step(x, y)
+        bad = torch.where((bad < 0) & ~torch.isfinite(losses), i, bad)
+        loss_sums += losses.to(loss_sums.dtype) * len(x)
+        correct += (logits.argmax(2) == y).sum(0)
+    n = len(members[0].images)
+    return [Epoch(float(loss_sums[k]) / n, int(correct[k]) * 100 / n, int(bad[k]) + 1 if bad[k] >= 0 else None)
+            for k in range(fused.n)]
+
+
+def train_fused(configs: list[TrainConfig], outs: list[Path], data: Dataset, device: torch.device,
+                logs: list[Callable[[str], None]] | None = None, force: list[bool] | None = None,
+                stop: StopFlag | None = None) -> list[RunResult]:
+    """Train the runs of ``configs`` (equal fuse_key) into ``outs`` as one fused model, each resumed or read back
+    as normlab.train would (``logs``: each run's log); those that ended are read back, the rest must stand at
+    the same epoch."""
+    force, logs = force or [False] * len(configs), logs or [print] * len(configs)
+    with ExitStack() as stack:
+        folders = [stack.enter_context(open_run(out, c, force=f, resume=True))
+                   for c, out, f in zip(configs, outs, force, strict=True)]
+        results: list[RunResult | None] = [read_back(f.finished, c, device) if f.finished else None
+                                           for c, f in zip(configs, folders, strict=True)]
+        members = [member(c, out, f, data, device, len(configs), log) for c, out, f, r, log in
+                   zip(configs, outs, folders, results, logs, strict=True) if r is None]
+        for start in sorted({len(m.result.metrics) for m in members}):  # resumed runs: those at one epoch together
+            train_members([m for m in members if len(m.result.metrics) == start], data, device, stop)
+        done = iter(m.result for m in members)
+        return [r if r is not None else next(done) for r in results]
+
+
+def member(config: TrainConfig, out: Path, folder: RunFolder, data: Dataset, device: torch.device, n: int,
+           log: Callable[[str], None]) -> Member:
+    """A run ready to join a fused model: set up and resumed as normlab.train does, its start logged."""
+    model, optimizer, schedule, generator, augment = setup(config, device)
+    result = RunResult(config, model, count_parameters(model))
+    if folder.resume_state is not None:
+        result.metrics = restore_training_state(folder.resume_state, model, optimizer, schedule, generator)
+        log(f"normlab train: resuming {out} after epoch {len(result.metrics)}")
+    rest, val_x, val_y = data.split(config.val_size, config.seed)
+    train_x, train_y, _, _ = rest.limit(config.train_limit, config.test_limit).to(device).tensors()
+    start_log(folder, result, device, data, len(train_x), len(val_x), config.test_limit or len(data.test_labels),
+              {"backend": "local", "runs_at_once": n, "fused": True}, log)
+    return Member(config, folder, log, result, optimizer, schedule, generator, augment, train_x, train_y,
+                  (val_x.to(device), val_y.to(device)))
+
+
+def train_members(members: list[Member], data: Dataset, device: torch.device, stop: StopFlag | None) -> None:
+    """The fused epochs, each run evaluated and saved after every one as normlab.train saves it."""
+    first = members[0].config
+    test = data.limit(None, first.test_limit).to(device)
+    fused = FusedModel(members, device)
+    for epoch in range(len(members[0].result.metrics) + 1, first.epochs + 1):
+        fused.pack()
+        start, lrs = time.perf_counter(), [m.schedule.get_last_lr()[0] for m in members]
+        set_training_mode(fused.net, epoch, first)
+        epochs = fused_epoch(fused, data.info, first.batch_size, first.steps_per_epoch, stop)
+        fused.unpack()
+        seconds = time.perf_counter() - start
+        for m, (loss, accuracy, bad_step), lr in zip(members, epochs, lrs, strict=True):
+            if m.failed:
+                continue
+            if bad_step is not None:
+                m.failed, m.result.failure = True, {"epoch": epoch, "step": bad_step, "reason": NON_FINITE}
+                m.log(f"normlab train: FAILED at epoch {epoch}, step {bad_step}: {NON_FINITE}")
+                m.folder.fail(m.result.metrics, m.result.failure)
+                continue
+            model = m.result.model
+            row = {"epoch": epoch, "train_loss": loss, "train_acc": accuracy}
+            if m.config.val_size:
+                row["val_loss"], row["val_acc"] = evaluate(model, *m.val, data.info)
+            row["test_loss"], row["test_acc"] = evaluate(model, test.test_images, test.test_labels, data.info)
+            row.update(lr=lr, seconds=seconds)
+            m.result.metrics.append(row)
+            m.log(" ".join(format(row[name], f">{width}{spec}") for name, width, spec in metric_columns(m.config)))
+            m.folder.save_epoch(m.result.metrics, training_state(model, m.optimizer, m.schedule, m.generator,
+                                                                 m.result.metrics, m.folder.hash))
+    for m in members:
+        if not m.failed:
+            if NORMS[first.norm].batch_stats:
+                m.result.evaluation = evaluation_statistics(m.result.model, m.config, data, device,
+                                                            m.result.final_test_acc)
+            m.folder.finish(m.result.model, m.result.evaluation)
+
+
+
+
+def train_jobs_fused(jobs: list[Job], data: Dataset, device: torch.device, log: Callable[[str], None],
+                     stop: StopFlag | None = None) -> list[Job]:
+    """Train every group of two or more jobs with one fuse_key as one fused model, one group after another;
+    returns the jobs left to train on their own."""
+    groups: dict[str, list[Job]] = {}
+    alone = []
+    for job in jobs:
+        key = fuse_key(job.config)
+        (groups.setdefault(key, []) if key is not None else alone).append(job)
+    for group in groups.values():
+        if len(group) < 2:
+            alone += group
+            continue
+        log(f"training {len(group)} runs as one fused model ({group[0].config.norm}): "
+            + ", ".join(job.label for job in group))
+        torch.set_num_threads(cpu_cores() if device.type == "cpu" else torch.get_num_threads())
+        train_fused([job.config for job in group], [job.out for job in group], data, device,
+                    [lambda line, label=job.label: log(f"[{label}] {line}") for job in group],
+                    [job.force for job in group], stop)
+    return alone

@@ -1,0 +1,104 @@
+"""Runs trained as one fused model equal the same runs trained apart: in float64 on a CPU to rounding, for every
+norm of the registry; their folders are those of runs trained alone, resumable either way."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import quiet, without_seconds
+
+from normlab.config import TrainConfig
+from normlab.errors import Interrupted, StopFlag
+from normlab.fused import fuse_key, train_fused
+from normlab.norms import NORMS
+from normlab.runs import FAILED, read_metrics
+from normlab.study import run_study
+from normlab.train import train
+
+CPU = torch.device("cpu")
+BASE = TrainConfig(epochs=2, train_limit=640, test_limit=200, val_size=200, batch_size=64, threads=1)
+
+
+@pytest.fixture
+def float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def three(**values):
+    """Three runs of one model that differ in all a fused model lets them: seed, rate, L1, weight decay."""
+    base = replace(BASE, **values)
+    return [replace(base, seed=0, lr=0.1), replace(base, seed=1, lr=0.05, l1=1e-4),
+            replace(base, seed=2, lr=0.2, weight_decay=1e-3)]
+
+
+def assert_same_runs(fused, apart, rel=1e-9, atol=1e-10):
+    for a, b in zip(fused, apart, strict=True):
+        for ra, rb in zip(without_seconds(a.metrics), without_seconds(b.metrics), strict=True):
+            assert ra == pytest.approx(rb, rel=rel, abs=atol)
+        for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+            assert torch.allclose(x.double(), y.double(), rtol=0, atol=atol, equal_nan=True), name
+        assert a.failure == b.failure
+
+
+CASES = [{"norm": n} for n in NORMS] + [{"norm": "batch", "bn_batch": 8}, {"norm": "brn", "bn_batch": 4},
+                                        {"norm": "evonorm-b0", "bn_batch": 4}, {"norm": "group", "weight_std": True},
+                                        {"norm": "batch", "freeze_bn_epochs": 1}, {"norm": "layer", "momentum": 0.0},
+                                        {"norm": "group", "groups": 2, "l1_norm_params": True}]
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("values", CASES, ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()))
+def test_fused_steps_give_the_weights_and_metrics_of_separate_runs(tmp_path, mnist, values):
+    configs = three(**values)
+    assert len({fuse_key(c) for c in configs}) == 1
+    fused = train_fused(configs, [tmp_path / f"f{i}" for i in range(3)], mnist, CPU, [quiet] * 3)
+    apart = [train(c, out=tmp_path / f"s{i}", data=mnist, progress=False, log=quiet) for i, c in enumerate(configs)]
+    assert_same_runs(fused, apart)
+    for i, c in enumerate(configs):  # what the folders hold: the run, finished or failed as trained apart
+        assert read_metrics(tmp_path / f"f{i}", c) == fused[i].metrics
+        assert (tmp_path / f"f{i}" / "model.pt").is_file() == (fused[i].failure is None)
+
+
+@pytest.mark.usefixtures("float64")
+def test_a_fused_run_stopped_after_an_epoch_resumes_alone_as_if_never_fused(tmp_path, mnist):
+    configs = three(norm="batch", epochs=3)
+    outs, stop = [tmp_path / f"f{i}" for i in range(3)], StopFlag()
+    logs = [lambda line: stop.set() if line.lstrip().startswith("1 ") else None] + [quiet] * 2
+    with pytest.raises(Interrupted):
+        train_fused(configs, outs, mnist, CPU, logs, stop=stop)
+    assert all(len(read_metrics(out, c)) == 1 for out, c in zip(outs, configs, strict=True))
+    resumed = [train(c, out=out, data=mnist, progress=False, log=quiet, resume=True)
+               for out, c in zip(outs, configs, strict=True)]
+    apart = [train(c, data=mnist, progress=False, log=quiet) for c in configs]
+    assert_same_runs(resumed, apart)
+
+
+@pytest.mark.usefixtures("float64")
+def test_a_run_that_diverges_fails_alone_and_the_others_train_on(tmp_path, mnist):
+    configs = three(norm="group")
+    configs[1] = replace(configs[1], lr=1e12)
+    fused = train_fused(configs, [tmp_path / f"f{i}" for i in range(3)], mnist, CPU, [quiet] * 3)
+    assert fused[1].failure is not None and fused[1].metrics == [] and (tmp_path / "f1" / FAILED).is_file()
+    apart = [train(c, data=mnist, progress=False, log=quiet) for c in (configs[0], configs[2])]
+    assert fused[1].failure == train(configs[1], data=mnist, progress=False, log=quiet).failure
+    assert_same_runs([fused[0], fused[2]], apart)
+
+
+def test_what_may_differ_within_a_fused_model():
+    a = TrainConfig(norm="gn")
+    assert fuse_key(a) == fuse_key(replace(a, seed=3, lr=0.4, l1=1e-5, weight_decay=1e-4, threads=2))
+    assert fuse_key(a) != fuse_key(TrainConfig(norm="ln")) and fuse_key(a) != fuse_key(replace(a, groups=2))
+    assert fuse_key(replace(a, dropout=0.1)) is None  # its masks come from torch's one generator, not each run's
+
+
+def test_a_fused_study_writes_the_folders_an_unfused_one_reuses(tmp_path, mnist):
+    base = replace(BASE, val_size=0, epochs=1)
+    lines: list[str] = []
+    fused = run_study(tmp_path, ["gn", "bn+l1"], [0, 1], base, progress=False, log=lines.append, fuse="on")
+    assert sum(line.startswith("training 2 runs as one fused model") for line in lines) == 2
+    assert {r["trained"]["fused"] for r in fused["runs"]} == {True}
+    again: list[str] = []
+    run_study(tmp_path, ["gn", "bn+l1"], [0, 1], base, progress=False, log=again.append, fuse="off")
+    assert sum("reusing it" in line for line in again) == 4
