@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runs from a clone without installing
 
-from normlab.cli import exercise_main, exit_now
+from normlab.cli import exercise_main, finish
 
 if __name__ == "__main__":
-    exit_now(exercise_main())
+    finish(exercise_main)

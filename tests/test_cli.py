@@ -163,7 +163,8 @@ def test_an_early_ctrl_c_is_one_line_and_claims_nothing(tmp_path, delay):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     err = proc.stderr.read()
-    assert err.strip() == "normlab: stopped by SIGINT; nothing was saved", err
+    assert err.strip() in ("normlab: stopped by SIGINT; nothing was saved",  # while the work starts
+                           "normlab: stopped by SIGINT; no work was in progress: nothing is lost"), err  # importing
 
 
 def test_a_study_of_small_sgd_batches_is_judged_by_its_runs_not_the_unused_base_batch(tmp_path, capsys, mnist):

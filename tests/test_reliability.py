@@ -134,6 +134,26 @@ def test_sigterm_stops_a_study_running_side_by_side_and_the_same_command_resumes
     assert study_metrics(out) == study_metrics(reference)
 
 
+@pytest.mark.parametrize("phase", ["start-up", "report"])
+def test_sigterm_at_start_up_or_while_the_report_is_written_is_one_line_and_143(tmp_path, phase):
+    """The local backend's other phases: before anything trained, and once the runs are in and the graphs and
+    report are being drawn."""
+    out = tmp_path / "study"
+    proc = subprocess.Popen([sys.executable, "-m", "normlab", "study", "--variants", "gn", "--epochs", "1",
+                             "--train-limit", "1280", "--test-limit", "200", "--no-progress", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    if phase == "start-up":
+        time.sleep(0.5)  # importing torch
+    while phase == "report" and not list(out.glob("gn/*/seed0/model.pt")) and time.time() < deadline:
+        time.sleep(0.01)  # the run has ended: the graphs, grids and report are being drawn
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    message = proc.stderr.read()
+    assert "Traceback" not in message and message.startswith("normlab: stopped by SIGTERM; ")
+    assert ("nothing was saved" in message or "nothing is lost" in message) == (phase == "start-up")
+
+
 def test_full_disk_during_a_run_is_one_line_and_keeps_earlier_files(tmp_path, monkeypatch, capsys, mnist):
     out = tmp_path / "run"
     assert main(["train", *FLAGS, "--epochs", "1", "--out", str(out)]) == 0

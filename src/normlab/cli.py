@@ -6,12 +6,14 @@
     normlab explain --format markdown
 
 Errors below this module name settings by their config names; here they become flags (batch_size ->
---batch-size). Only the standard library is imported up front, so even an early Ctrl-C ends cleanly.
+--batch-size). A signal is one line and exit 130/143 in every phase: while torch and the rest import and as
+the process exits, ``finish`` ends it at once; during the work it raises Interrupted, which saves what can be.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shlex
 import signal
@@ -21,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from normlab import __version__
-from normlab.errors import Interrupted, RunFailed, UserError, signals_raise_interrupted
+from normlab.errors import Interrupted, RunFailed, UserError, exit_on_signal, signals_raise_interrupted
 from normlab.flags import Parser, add_model_args, add_out_flags, add_train_args, config_from_args, flag
+
+PRELOADED = ("normlab.study", "normlab.explain", "normlab.summary")  # torch, numpy, matplotlib and normlab
 
 
 def train_one(config: Any, out: Path, args: argparse.Namespace, data: Any = None) -> Any:
@@ -168,18 +172,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The ``normlab`` command. A study stopped by a signal leaves no run training (each stopped at its next
-    step), but PyTorch's teardown at exit can still abort (SIGABRT, "terminate called without an active
-    exception") after threads trained in it: such an exit skips the teardown, with its output flushed."""
-    exit_now(main())
+    """The ``normlab`` command."""
+    finish(main)
 
 
-def exit_now(code: int) -> None:
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+def finish(command: Callable[[], int]) -> None:
+    """Run ``command`` and exit with its code, skipping the interpreter's teardown: after torch it takes a second,
+    in which Python has put the default signal handlers back (a SIGTERM then kills with no word), and after threads
+    trained it can abort (SIGABRT, "terminate called without an active exception"). The output is flushed first;
+    a signal outside the work (before it starts, as it exits) is one line too."""
+    exit_on_signal("no work was in progress: nothing is lost")
+    code = command()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def exercise_main(argv: list[str] | None = None) -> int:
@@ -196,11 +202,17 @@ def resume_command(prog: str, argv: list[str]) -> str:
 def _run(make_parser: Callable[[], Parser], argv: list[str] | None,
          func: Callable[[argparse.Namespace], None] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    for module in PRELOADED:  # before signals raise: one raised inside an import can leave a module half made
+        importlib.import_module(module)
     try:
-        with signals_raise_interrupted():
+        with signals_raise_interrupted() as received:
             parser = make_parser()
             args = parser.parse_args(argv)
             (func or args.func)(args)
+            if received:  # a signal that a weakref callback or __del__ swallowed: the work went on to its end
+                print(f"normlab: stopped by {signal.Signals(received[0]).name}; it came as the work ended: "
+                      "everything is saved", file=sys.stderr)
+                return 128 + received[0]
     except UserError as e:
         print(f"normlab: error: {e.render(flag)}", file=sys.stderr)
         return 2

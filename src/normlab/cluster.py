@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from queue import Empty
 from typing import Any
 
 from normlab.data import Dataset
-from normlab.errors import Interrupted, RunFailed, UserError, signals_recorded
+from normlab.errors import Interrupted, RunFailed, UserError, signal_handlers_kept, signals_recorded
 from normlab.files import LOCK, FolderLock, lock_is_held, replace_atomic
 from normlab.jobs import GPU_RUNS_AT_ONCE, Job
 from normlab.machine import command_line
@@ -49,7 +48,7 @@ def connect(address: str | None) -> Any:
         raise UserError(f"{{backend}} ray needs the ray package; install it with {INSTALL_HINT}") from None
     if address not in (None, "auto", "local") and not address.startswith("ray://"):
         check_reachable(address)  # ray.init would wait minutes on an address where nothing answers
-    with own_signal_handlers():
+    with signal_handlers_kept():
         try:  # address "local" always starts a new instance: never a cluster found through RAY_ADDRESS
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR")
@@ -60,19 +59,6 @@ def connect(address: str | None) -> Any:
             raise UserError(f"cannot join a Ray cluster there ({first}); start one with `ray start --head` or "
                             "leave out {address} for a local instance", "address", address) from None
     return ray
-
-
-@contextmanager
-def own_signal_handlers() -> Iterator[None]:
-    """ray.init installs SIGTERM handlers that exit with 15 or 1 and no word; normlab's are put back after it, so
-    a signal while the study trains or writes its report is normlab's one line and 143."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def check_reachable(address: str) -> None:

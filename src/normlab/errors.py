@@ -9,8 +9,10 @@ line, ``batch_size`` from Python.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,9 +48,10 @@ class RunFailed(Exception):
     """A run (or some runs of a study) ended without a result: exit code 1, not a usage error."""
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """SIGINT or SIGTERM stopped the work; ``code`` is 128 + the signal, as a shell reports it; ``saved`` says
-    what was kept, once the caller knows."""
+    what was kept, once the caller knows. A BaseException, as KeyboardInterrupt is: the ``except Exception`` of
+    a library (or of normlab's own file checks) must not take it for an error of its own."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
@@ -56,22 +59,45 @@ class Interrupted(Exception):
 
 
 @contextmanager
-def signals_raise_interrupted() -> Iterator[None]:
+def signals_raise_interrupted() -> Iterator[list[int]]:
     """SIGINT and SIGTERM raise Interrupted wherever the program is, so ``finally`` blocks and atomic writes
-    clean up; what a run had saved (its last epoch's checkpoint) stays. Only in the main thread."""
+    clean up; what a run had saved (its last epoch's checkpoint) stays. Only in the main thread. Each signal is
+    also appended to the list yielded: one that lands in a weakref callback or a ``__del__`` is swallowed there
+    (Python prints "Exception ignored") and the work goes on, so the caller looks there when the work ends."""
+    received: list[int] = []
 
     def handle(signum: int, frame: object) -> None:
+        received.append(signum)
         raise Interrupted(signum)
 
+    def unraisable(hook: Any) -> None:  # the swallowed Interrupted is noted in ``received``, not printed
+        if not isinstance(hook.exc_value, Interrupted):
+            default(hook)
+
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    default, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
-        yield
+        yield received
     finally:
+        sys.unraisablehook = default
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def exit_on_signal(message: str) -> None:
+    """From here to the process's end (the interpreter's teardown takes a second after torch), SIGINT or SIGTERM
+    print ``message`` after the signal's name and exit 128 + the signal at once."""
+
+    def handle(signum: int, frame: object) -> None:
+        print(f"normlab: stopped by {signal.Signals(signum).name}; {message}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handle)
 
 
 class StopFlag(threading.Event):
@@ -94,6 +120,19 @@ def signals_recorded() -> Iterator[list[int]]:
                                                                                                  signal.SIGTERM)}
     try:
         yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def signal_handlers_kept() -> Iterator[None]:
+    """The SIGINT and SIGTERM handlers as they were before the block, put back after it: ray.init installs its own,
+    which exit with 15 or 1 and no word. Only in the main thread."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

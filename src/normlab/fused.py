@@ -40,7 +40,7 @@ from normlab.jobs import Job
 from normlab.machine import cpu_cores
 from normlab.model import Net, count_parameters, l1_parameters
 from normlab.norms import NORMS
-from normlab.predict import evaluate, normalize
+from normlab.predict import evaluate, normalize, pixels
 from normlab.runs import RunFolder, metric_columns, open_run
 from normlab.train import NON_FINITE, RunResult, read_back, set_training_mode, setup, start_log
 
@@ -167,7 +167,7 @@ def fused_epoch(fused: FusedModel, info: DatasetInfo, batch_size: int, steps: in
         xs, ys = [], []
         for m, order in zip(members, orders, strict=True):
             idx = order[i * batch_size:(i + 1) * batch_size]
-            x = m.images[idx].unsqueeze(1).to(torch.get_default_dtype()) / 255
+            x = pixels(m.images[idx])
             xs.append(normalize(m.augment(x, m.generator) if m.augment is not None else x, info))
             ys.append(m.labels[idx])
         x, y = torch.cat(xs, 1).to(fused.params[0].dtype), torch.stack(ys, 1)

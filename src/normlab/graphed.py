@@ -26,7 +26,7 @@ from normlab.augment import Affine
 from normlab.config import TrainConfig
 from normlab.data import DatasetInfo
 from normlab.model import l1_parameters
-from normlab.predict import normalize
+from normlab.predict import normalize, pixels
 
 ScheduleFor = Callable[[list[Tensor]], torch.optim.lr_scheduler.OneCycleLR]
 CAPTURE_LOCK = threading.Lock()  # one capture at a time in a process
@@ -113,7 +113,7 @@ class GraphedEpochs:
         """One SGD step on the next ``size`` images of the epoch's order, reading every input from the device."""
         positions = self.step_in_epoch * self.batch + self.positions[:size]
         index = self.order.index_select(0, positions)
-        x = self.images.index_select(0, index).unsqueeze(1).to(torch.get_default_dtype()) / 255
+        x = pixels(self.images.index_select(0, index))
         if self.augment is not None and self.noise is not None:
             x = self.augment.warp(x, self.noise.index_select(0, positions))
         y = self.labels.index_select(0, index)

@@ -1,4 +1,4 @@
-"""What the model sees and what it says: pixels to model input, and chunked inference over many images.
+"""What the model sees and what it says: images to pixels to model input, and chunked inference over many images.
 
 One home for both, so training, evaluation, the misclassified grids and BN's evaluation statistics feed the
 model the same normalized input.
@@ -15,6 +15,11 @@ from normlab.data import DatasetInfo
 EVAL_BATCH = 1000  # images per forward pass when evaluating: memory only, the results do not depend on it
 
 
+def pixels(images: Tensor) -> Tensor:
+    """uint8 images N×28×28 -> pixels in [0, 1], N×1×28×28 in torch's default float type: what augmentation warps."""
+    return images.unsqueeze(1).to(torch.get_default_dtype()) / 255
+
+
 def normalize(images: Tensor, info: DatasetInfo) -> Tensor:
     """Pixels in [0, 1] -> the dataset's zero-mean, unit-variance input."""
     return (images - info.mean) / info.std
@@ -22,7 +27,7 @@ def normalize(images: Tensor, info: DatasetInfo) -> Tensor:
 
 def model_input(images: Tensor, info: DatasetInfo) -> Tensor:
     """uint8 images N×28×28 -> the normalized float batch N×1×28×28 the model takes."""
-    return normalize(images.unsqueeze(1).to(torch.get_default_dtype()) / 255, info)
+    return normalize(pixels(images), info)
 
 
 @torch.inference_mode()

@@ -33,7 +33,7 @@ from normlab.graphed import Epoch, GraphedRun
 from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
 from normlab.model import Net, count_parameters, l1_parameters
 from normlab.norms import NORMS, batch_stat_layers
-from normlab.predict import evaluate, normalize
+from normlab.predict import evaluate, normalize, pixels
 from normlab.runs import RunFolder, SavedRun, metric_columns, open_run
 
 NON_FINITE = "the training loss became NaN or infinite"
@@ -149,7 +149,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: An
     bad_step = torch.full((), -1, device=images.device, dtype=torch.int64)
     for i in batches:
         idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-        x, y = images[idx].unsqueeze(1).to(torch.get_default_dtype()) / 255, labels[idx]
+        x, y = pixels(images[idx]), labels[idx]
         if augment is not None:
             x = augment(x, generator)
         logits = model(normalize(x, info))
