@@ -83,8 +83,9 @@ def profile_study(work: Path, out: Path, study_args: list[str]) -> dict[str, Any
 
     folder, stats = work / "study_profiled", work / "study.prof"
     shutil.rmtree(folder, ignore_errors=True)
-    command = [sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "normlab", "study", "--out", str(folder),
-               "--no-progress", *study_args, "--jobs", "1"]
+    profiled = "import cProfile, sys; from normlab.cli import main; cProfile.run('main(sys.argv[1:])', sys.argv.pop(1))"
+    command = [sys.executable, "-c", profiled, str(stats), "study", "--out", str(folder), "--no-progress",
+               *study_args, "--jobs", "1"]  # main(), not the command: that exits without the teardown cProfile needs
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
