@@ -100,11 +100,11 @@ class FusedModel:
 
     def unpack(self) -> None:
         """The fused model's state back into each member's model and optimizer."""
+        states = [m.result.model.state_dict() for m in self.members]  # views of each member's tensors
         with torch.no_grad():
             for name, t in self.net.state_dict().items():
-                for i, m in enumerate(self.members):
-                    own = m.result.model.state_dict()[name]
-                    own.copy_(t if t.dim() == 0 else t.unflatten(0, (self.n, -1))[i])
+                for i, state in enumerate(states):
+                    state[name].copy_(t if t.dim() == 0 else t.unflatten(0, (self.n, -1))[i])
             for i, m in enumerate(self.members):
                 for own, buffer in zip(m.result.model.parameters(), self.buffers, strict=True):
                     if buffer is not None:
