@@ -49,7 +49,7 @@ def test_backends_train_the_same_metrics_locally_and_on_ray():
 
 def test_schedule_times_both_ways_of_sharing_the_cores():
     out = run("schedule.py", "--quick")
-    assert "threads2:" in out and "threads3:" in out
+    assert all(f"{way}:" in out for way in ("threads2", "threads3", "seeds-threads3", "seeds-fused"))
 
 
 @pytest.mark.parametrize("args", [(), ("--speed",), ("--profile",)])
