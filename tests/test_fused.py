@@ -102,3 +102,13 @@ def test_a_fused_study_writes_the_folders_an_unfused_one_reuses(tmp_path, mnist)
     again: list[str] = []
     run_study(tmp_path, ["gn", "bn+l1"], [0, 1], base, progress=False, log=again.append, fuse="off")
     assert sum("reusing it" in line for line in again) == 4
+
+
+def test_fuse_flag_errors_are_one_line_before_anything_is_written(tmp_path, capsys):
+    from normlab.cli import main
+
+    assert main(["study", "--fuse", "maybe", "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.strip() == "normlab: error: --fuse maybe: choose auto, on, off"
+    assert main(["study", "--fuse", "on", "--backend", "ray", "--out", str(tmp_path / "s")]) == 2
+    assert "--fuse on: fuses runs on this machine; with --backend ray each run is a task" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
