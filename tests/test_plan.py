@@ -19,10 +19,19 @@ def test_parse_variant(text, norm, groups, l1, ws):
     assert (config.norm, config.l1, config.weight_std, config.seed) == (norm, l1, ws, 4)
 
 
+@pytest.mark.parametrize("text, frozen", [("bn+frozen2", 2), ("brn+ws+frozen1", 1), ("evonorm-b0+frozen5+l1", 5)])
+def test_frozen_bn_is_a_variant_of_a_norm_with_batch_statistics(text, frozen):
+    config = parse_variant(text).config(TrainConfig(), seed=0)
+    assert config.freeze_bn_epochs == frozen and parse_variant(text).folder == text
+    assert config != parse_variant(text.split("+")[0]).config(TrainConfig(), seed=0)  # not the plain norm
+
+
 @pytest.mark.parametrize("text, message", [
     ("bogus", "unknown variant 'bogus'"), ("ln:2", r"only a grouped norm \(group, evonorm-s0\) takes a group"),
     ("gn:3", "variant 'gn:3': 3 groups does not divide"), ("gn:²", "takes a group count, a number"),
     ("gn:-1", "only a grouped norm"), ("gn+l2", "unknown variant 'gn\\+l2'"), ("gn+ws+ws", "unknown variant"),
+    ("gn+frozen2", "FrozenBN freezes batch statistics, which only batch, brn, evonorm-b0 have"),
+    ("bn+frozen0", "unknown variant"), ("bn+frozen1+frozen2", "unknown variant"),
 ])
 def test_bad_variants(text, message):
     with pytest.raises(UserError, match=message):

@@ -11,6 +11,7 @@ at each variant's chosen rate only.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,15 @@ TARGET_ACC = {"mnist": 99.4}      # test accuracy (%) the report and Graph 2 mea
 
 @dataclass(frozen=True)
 class Variant:
-    """One model of a study: a norm, its group count, Weight Standardization or not, and the L1 penalty."""
+    """One model of a study: a norm, its group count, Weight Standardization or not, the L1 penalty, and FrozenBN's
+    last epochs (0: none)."""
 
     name: str
     norm: str
     groups: int | None
     l1: float
     weight_std: bool = False
+    frozen_epochs: int = 0
 
     @property
     def folder(self) -> str:
@@ -46,23 +49,30 @@ class Variant:
         return f"L1 λ={self.l1:g}" if self.l1 else "no L1"
 
     def config(self, base: TrainConfig, seed: int) -> TrainConfig:
-        return replace(base, norm=self.norm, groups=self.groups, l1=self.l1, weight_std=self.weight_std, seed=seed)
+        frozen = self.frozen_epochs or base.freeze_bn_epochs
+        return replace(base, norm=self.norm, groups=self.groups, l1=self.l1, weight_std=self.weight_std, seed=seed,
+                       freeze_bn_epochs=frozen)
 
 
 def parse_variant(text: str) -> Variant:
     """A norm name or alias (``bn``, ``gn``, ``brn``, ``frn``, ...), then ``:G`` for G channel groups (``gn:2``),
-    ``+ws`` for Weight Standardization and ``+l1`` for the L1 penalty, in any order (``gn:2+ws``, ``bn+ws+l1``)."""
+    ``+ws`` for Weight Standardization, ``+l1`` for the L1 penalty and ``+frozenK`` for FrozenBN in the last K
+    epochs, in any order (``gn:2+ws``, ``bn+ws+l1``, ``bn+frozen2``)."""
     base, *suffixes = text.lower().split("+")
-    unknown = [s for s in suffixes if s not in ("l1", *CONV_MODIFIERS)]
+    frozen = [int(s[6:]) for s in suffixes if re.fullmatch(r"frozen[1-9][0-9]*", s)]
+    unknown = [s for s in suffixes if s not in ("l1", *CONV_MODIFIERS) and not re.fullmatch(r"frozen[1-9][0-9]*", s)]
     base, _, groups_text = base.partition(":")
     try:
         norm = canonical_norm(base)
-        if unknown or len(set(suffixes)) != len(suffixes):
+        if unknown or len(set(suffixes)) != len(suffixes) or len(frozen) > 1:
             raise UserError("")
     except UserError:
         raise UserError(f"unknown variant {text!r}; use a norm ({', '.join(NORMS)}; aliases bn, gn, ln, in), "
-                        "then :G for a group count (gn:2), +ws for Weight Standardization, +l1 for the L1 penalty "
-                        "(bn+ws+l1)") from None
+                        "then :G for a group count (gn:2), +ws for Weight Standardization, +l1 for the L1 penalty, "
+                        "+frozenK for FrozenBN's last K epochs (bn+ws+l1, bn+frozen2)") from None
+    if frozen and not NORMS[norm].batch_stats:
+        raise UserError(f"variant {text!r}: FrozenBN freezes batch statistics, which only "
+                        f"{names_where('batch_stats')} have")
     l1 = L1_LAMBDA if "l1" in suffixes else 0.0
     groups = None
     if groups_text:
@@ -74,7 +84,7 @@ def parse_variant(text: str) -> Variant:
             check_groups(groups)
         except UserError as e:
             raise UserError(f"variant {text!r}: {groups} groups {e.message}") from None
-    return Variant(text.lower(), norm, groups, l1, "ws" in suffixes)
+    return Variant(text.lower(), norm, groups, l1, "ws" in suffixes, frozen[0] if frozen else 0)
 
 
 def check_axis(name: str, values: list[Any] | tuple[Any, ...], kind: type) -> list[Any]:
@@ -121,7 +131,7 @@ def plan_grid(variants: list[str] | tuple[str, ...], seeds: list[int] | tuple[in
               tune_seeds: list[int] | tuple[int, ...] | None, lr_scaling: bool, ghost: bool) -> Grid:
     """Every axis checked and every run's config made (and so checked), before anything is written."""
     parsed = [parse_variant(v) for v in variants]
-    models = [TrainConfig(norm=v.norm, groups=v.groups, l1=v.l1, weight_std=v.weight_std) for v in parsed]
+    models = [v.config(TrainConfig(), 0) for v in parsed]
     same = [(a.name, b.name) for i, a in enumerate(parsed) for b, m in zip(parsed[i + 1:], models[i + 1:], strict=True)
             if m == models[i]]
     if same:
