@@ -148,8 +148,8 @@ def test_sigterm_at_start_up_or_while_the_report_is_written_is_one_line_and_143(
     while phase == "report" and not list(out.glob("gn/*/seed0/model.pt")) and time.time() < deadline:
         time.sleep(0.01)  # the run has ended: the graphs, grids and report are being drawn
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
-    message = proc.stderr.read()
+    _, message = proc.communicate(timeout=120)
+    assert proc.returncode == 143, message
     assert "Traceback" not in message and message.startswith("normlab: stopped by SIGTERM; ")
     assert ("nothing was saved" in message or "nothing is lost" in message) == (phase == "start-up")
 
