@@ -205,6 +205,7 @@ def _run(make_parser: Callable[[], Parser], argv: list[str] | None,
     argv = sys.argv[1:] if argv is None else argv
     for module in PRELOADED:  # before signals raise: one raised inside an import can leave a module half made
         importlib.import_module(module)
+    received: list[int] = []
     try:
         with signals_raise_interrupted() as received:
             parser = make_parser()
@@ -235,4 +236,11 @@ def _run(make_parser: Callable[[], Parser], argv: list[str] | None,
         print(f"normlab: error: {e.strerror or e}{where}; fix that and run the same command again{resume}",
               file=sys.stderr)
         return 2
+    except Exception:  # Interrupted raised inside C code (torch's, matplotlib's) comes out as another error
+        if not received:
+            raise
+        prog = "python main.py" if func is cmd_exercise else "normlab"
+        print(f"normlab: stopped by {signal.Signals(received[0]).name}; what had finished is kept. Resume with:\n"
+              f"  {resume_command(prog, argv)}", file=sys.stderr)
+        return 128 + received[0]
     return 0
