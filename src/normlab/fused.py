@@ -40,9 +40,9 @@ from normlab.jobs import Job
 from normlab.machine import cpu_cores
 from normlab.model import Net, count_parameters, l1_parameters
 from normlab.norms import NORMS
-from normlab.predict import evaluate, normalize, pixels
+from normlab.predict import normalize, pixels
 from normlab.runs import RunFolder, metric_columns, open_run
-from normlab.train import NON_FINITE, RunResult, read_back, set_training_mode, setup, start_log
+from normlab.train import NON_FINITE, RunResult, epoch_row, read_back, set_training_mode, setup, start_log
 
 FUSED_APART = ("seed", "lr", "l1", "weight_decay", "threads")  # what the runs of one fused model may differ in
 
@@ -237,11 +237,9 @@ def train_members(members: list[Member], data: Dataset, device: torch.device, st
                 m.folder.fail(m.result.metrics, m.result.failure)
                 continue
             model = m.result.model
-            row = {"epoch": epoch, "train_loss": loss, "train_acc": accuracy}
-            if m.config.val_size:
-                row["val_loss"], row["val_acc"] = evaluate(model, *m.val, data.info)
-            row["test_loss"], row["test_acc"] = evaluate(model, test.test_images, test.test_labels, data.info)
-            row.update(lr=lr, seconds=seconds)
+            row = epoch_row(model, m.config, data.info, epoch, Epoch(loss, accuracy, None), m.val,
+                            (test.test_images, test.test_labels), lr, start)
+            row["seconds"] = seconds  # the fused epoch's, as every member trained through all of it
             m.result.metrics.append(row)
             m.log(" ".join(format(row[name], f">{width}{spec}") for name, width, spec in metric_columns(m.config)))
             m.folder.save_epoch(m.result.metrics, training_state(model, m.optimizer, m.schedule, m.generator,

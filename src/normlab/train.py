@@ -100,11 +100,8 @@ def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | No
                 log(f"normlab train: FAILED at epoch {epoch}, step {bad_step}: {NON_FINITE}")
                 folder.fail(result.metrics, result.failure)
                 return result
-            row = {"epoch": epoch, "train_loss": loss, "train_acc": accuracy}
-            if config.val_size:
-                row["val_loss"], row["val_acc"] = evaluate(model, val_x, val_y, info)
-            row["test_loss"], row["test_acc"] = evaluate(model, test_x, test_y, info)
-            row.update(lr=lr, seconds=time.perf_counter() - start)
+            row = epoch_row(model, config, info, epoch, Epoch(loss, accuracy, None), (val_x, val_y), (test_x, test_y),
+                            lr, start)
             result.metrics.append(row)
             log(" ".join(format(row[name], f">{width}{spec}") for name, width, spec in metric_columns(config)))
             folder.save_epoch(result.metrics, training_state(model, optimizer, schedule, generator, result.metrics,
@@ -123,6 +120,18 @@ def use_machine(config: TrainConfig) -> torch.device:
     check_threads(config.threads)
     torch.set_num_threads(config.threads or cpu_cores())
     return device
+
+
+def epoch_row(model: nn.Module, config: TrainConfig, info: DatasetInfo, number: int, epoch: Epoch,
+              val: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], lr: float, start: float) -> dict[str, float]:
+    """Epoch ``number``'s row of metrics.csv: its training loss and accuracy, then the model evaluated on the
+    validation and test images, the epoch's learning rate and its seconds since ``start``."""
+    row = {"epoch": number, "train_loss": epoch.loss, "train_acc": epoch.accuracy}
+    if config.val_size:
+        row["val_loss"], row["val_acc"] = evaluate(model, *val, info)
+    row["test_loss"], row["test_acc"] = evaluate(model, *test, info)
+    row.update(lr=lr, seconds=time.perf_counter() - start)
+    return row
 
 
 def setup(config: TrainConfig, device: torch.device
