@@ -82,8 +82,9 @@ def test_each_module_reads_in_one_sitting():
                 assert node.end_lineno - node.lineno < 60, f"{path.name}: {node.name}"
 
 
-def test_the_tuned_ghost_headline_is_the_committed_report():
-    report = (ROOT / "docs" / "tuned_ghost_mnist" / "report.md").read_text()
+@pytest.mark.parametrize("study", ["tuned_ghost_mnist", "tuned_ghost_fashion"])
+def test_the_tuned_ghost_headline_is_the_committed_report(study):
+    report = (ROOT / "docs" / study / "report.md").read_text()
     start = report.index("| test error (%) at images per BN group")
     assert report[start:report.index("\n\n", start)] in README
     findings = report[report.index("## Findings"):report.index("## Graph 1")].splitlines()
