@@ -94,8 +94,8 @@ def ray_session(address: str | None) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
-        if address is None:
-            remove_dead_scratch(Path(tempfile.gettempdir()), older_than=5)
+        if address is None:  # its workers are gone: a folder whose task had taken its lock is dead at once
+            remove_dead_scratch(Path(tempfile.gettempdir()), older_than=0, locked_only=True)
 
 
 def check_cpus(ray: Any, cpus: int) -> None:
@@ -122,13 +122,15 @@ def train_task(job: Job, files: dict[str, bytes], data: Dataset, messages: Any, 
         return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
 
 
-def remove_dead_scratch(root: Path, older_than: float = 60) -> None:
+def remove_dead_scratch(root: Path, older_than: float = 60, locked_only: bool = False) -> None:
     """Scratch folders of tasks that died without cleaning up (cancelled on Ctrl-C, their worker killed): no live
     lock on their run folder (a running task's train() holds one), and older than ``older_than`` seconds (a task
-    takes its lock within a moment of making the folder)."""
+    takes its lock within a moment of making the folder); with ``locked_only``, only those whose task had taken it."""
     for scratch in root.glob(f"{SCRATCH_PREFIX}*"):
+        lock = scratch / "run" / LOCK
         try:
-            if time.time() - scratch.stat().st_mtime < older_than or lock_is_held(scratch / "run" / LOCK):
+            if time.time() - scratch.stat().st_mtime < older_than or lock_is_held(lock) \
+                    or (locked_only and not lock.exists()):
                 continue
         except OSError:  # removed meanwhile, or not ours to read
             continue
