@@ -221,8 +221,8 @@ def train_members(members: list[Member], data: Dataset, device: torch.device, st
     first = members[0].config
     test = data.limit(None, first.test_limit).to(device)
     fused = FusedModel(members, device)
+    fused.pack()  # once: after each epoch unpack copies the fused state out, which stays the state of record
     for epoch in range(len(members[0].result.metrics) + 1, first.epochs + 1):
-        fused.pack()
         start, lrs = time.perf_counter(), [m.schedule.get_last_lr()[0] for m in members]
         set_training_mode(fused.net, epoch, first)
         epochs = fused_epoch(fused, data.info, first.batch_size, first.steps_per_epoch, stop)
