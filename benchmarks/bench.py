@@ -167,14 +167,14 @@ def study_ratio(quick: bool, workers: int) -> dict[str, Any]:
 def epochs_runner(config: Any, data: Any, device: Any, graph: bool, capture: bool = True) -> Any:
     """A model and a function that trains one epoch of ``config`` on ``device``, eagerly or as graph replays."""
     from normlab.graphed import GraphedEpochs
-    from normlab.train import setup, sgd_one_cycle, train_epoch
+    from normlab.train import setup, train_epoch
 
     images = data.train_images[:config.train_images].to(device)
     labels = data.train_labels[:config.train_images].to(device)
     model, optimizer, schedule, generator, augment = setup(config, device)
     if graph:
-        graphed = GraphedEpochs(model, optimizer, schedule, lambda p: sgd_one_cycle(p, config)[1], config, data.info,
-                                images, labels, augment, capture=capture and device.type == "cuda")
+        graphed = GraphedEpochs(model, optimizer, schedule, config, data.info, images, labels, augment,
+                                capture=capture and device.type == "cuda")
         return model, lambda: graphed.run_epoch(generator)
     return model, lambda: train_epoch(model, optimizer, schedule, config, data.info, images, labels, generator,
                                       augment, range(config.steps_per_epoch))

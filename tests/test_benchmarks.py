@@ -61,3 +61,11 @@ def test_layouts_build_train_and_time_each_candidate(args):
 def test_reproduce_retrains_a_run_to_the_last_digit(tmp_path, mnist):
     train(quick(norm="gn", epochs=2), out=tmp_path / "run", data=mnist, progress=False, log=quiet)
     assert "2 of 2 epochs identical" in run("reproduce.py", str(tmp_path / "run"))
+
+
+def test_startup_times_each_phase_and_names_what_imported_torch_dynamo():
+    out = run("startup.py", "--quick")
+    assert re.search(r"normlab median of repeats 2-2: import [\d.]+ s, data [\d.]+ s, setup [\d.]+ s, first step "
+                     r"[\d.]+ s, to the first step [\d.]+ s", out), out
+    assert out.count("normlab #") == 2 and "torch._dynamo imported: False" in out.split("torch #1")[0]
+    assert "torch #2: " in out and out.split("torch #2: ")[1].split("\n")[0].count("torch._dynamo imported: True") == 1

@@ -105,7 +105,7 @@ def test_the_schedules_shape_reaches_one_cycle():
     optimizer, schedule = sgd_one_cycle([torch.zeros(1, requires_grad=True)], config)
     rates = []
     for _ in range(config.steps):
-        rates.append(optimizer.param_groups[0]["lr"])
+        rates.append(optimizer.lr)
         optimizer.step()
         schedule.step()
     assert rates[0] == pytest.approx(0.02) and max(rates) == pytest.approx(0.2, rel=1e-3)

@@ -3,7 +3,7 @@ import torch
 from conftest import quick
 
 from normlab.augment import Affine
-from normlab.graphed import GraphedEpochs, one_cycle_values
+from normlab.graphed import GraphedEpochs
 from normlab.train import setup, sgd_one_cycle, train_epoch
 
 CPU = torch.device("cpu")
@@ -24,7 +24,7 @@ def two_threads():
                                     {"norm": "layer", "weight_decay": 1e-3, "batch_size": 48},
                                     {"norm": "brn", "bn_batch": 8, "renorm_from": 0.0, "renorm_to": 0.3},
                                     {"norm": "evonorm-b0", "weight_std": True}, {"norm": "frn"}])
-def test_the_device_driven_step_trains_as_torch_sgd_and_one_cycle_do(mnist, values):
+def test_the_device_driven_step_trains_as_sgd_and_one_cycle_do(mnist, values):
     """Two epochs (the last batch short) through GraphedEpochs' step, run eagerly on the CPU, against the eager
     loop: same data order, so the weights, momentum buffers and metrics agree to float rounding (which SGD
     grows over the steps: torch's fused multiply-adds round differently from our multiply, then add)."""
@@ -35,24 +35,24 @@ def test_the_device_driven_step_trains_as_torch_sgd_and_one_cycle_do(mnist, valu
                          range(config.steps_per_epoch)) for _ in range(2)]
 
     model2, optimizer2, schedule2, generator, _ = setup(config, CPU)
-    graphed = GraphedEpochs(model2, optimizer2, schedule2, lambda p: sgd_one_cycle(p, config)[1], config, mnist.info,
-                            images, labels, None, capture=False)
+    graphed = GraphedEpochs(model2, optimizer2, schedule2, config, mnist.info, images, labels, None, capture=False)
     ours = [graphed.run_epoch(generator) for _ in range(2)]
 
     for (loss, acc, bad), (loss2, acc2, bad2) in zip(eager, ours, strict=True):
         assert loss2 == pytest.approx(loss, rel=1e-3) and acc2 == pytest.approx(acc, abs=0.5) and bad is bad2 is None
     for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=2e-3)
-    buffers = [optimizer.state[p]["momentum_buffer"] for p in model.parameters()] if config.momentum else []
+    buffers = optimizer.buffers if config.momentum else []
     for a, b in zip(buffers, graphed.buffers, strict=False):
         assert torch.allclose(a, b, rtol=1e-3, atol=2e-3)
     assert schedule2.state_dict() == schedule.state_dict()  # what a checkpoint saves
-    assert optimizer2.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert optimizer2.lr == optimizer.lr
 
 
 def test_schedule_values_are_one_cycles():
     config = quick(epochs=3)
-    lrs, momentums = one_cycle_values(lambda p: sgd_one_cycle(p, config)[1], config.steps)
+    _, schedule = sgd_one_cycle([torch.zeros(1)], config)
+    lrs, momentums = zip(*(schedule.at(step) for step in range(config.steps)), strict=True)
     assert len(lrs) == config.steps and max(lrs) == pytest.approx(config.lr, rel=1e-3)
     assert min(momentums) == pytest.approx(config.momentum - config.swing, abs=1e-3)
     assert lrs[0] < lrs[config.steps // 3] > lrs[-1]
@@ -62,14 +62,14 @@ def test_a_non_finite_loss_names_its_step(mnist):
     config = quick(lr=1e30, augment=False)
     images, labels = mnist.train_images[:1000], mnist.train_labels[:1000]
     model, optimizer, schedule, _, _ = setup(config, CPU)
-    graphed = GraphedEpochs(model, optimizer, schedule, lambda p: sgd_one_cycle(p, config)[1], config, mnist.info,
-                            images, labels, Affine(7, 1, 0.05), capture=False)
+    graphed = GraphedEpochs(model, optimizer, schedule, config, mnist.info, images, labels, Affine(7, 1, 0.05),
+                            capture=False)
     _, _, bad = graphed.run_epoch(torch.Generator().manual_seed(0))
     assert bad is not None and 1 < bad <= config.steps_per_epoch
 
 
 @pytest.mark.parametrize("values", [{}, {"momentum": 0.0}, {"weight_decay": 0.01}, {"momentum": 0.5}])
-def test_each_update_is_torch_sgds_at_that_steps_lr_and_momentum(values):
+def test_each_update_is_sgds_at_that_steps_lr_and_momentum(values):
     """Given the same gradients, step by step through one-cycle's warm-up: equal to float rounding."""
     config = quick(epochs=2, **values)
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def test_each_update_is_torch_sgds_at_that_steps_lr_and_momentum(values):
     graphed = GraphedEpochs.__new__(GraphedEpochs)  # the update alone, without a model
     graphed.params, graphed.nesterov, graphed.weight_decay = ours, config.momentum > 0, config.weight_decay
     graphed.buffers = [torch.zeros_like(p) for p in ours]
-    lrs, momentums = one_cycle_values(lambda p: sgd_one_cycle(p, config)[1], config.steps)
+    lrs, momentums = zip(*(schedule.at(step) for step in range(config.steps)), strict=True)
     graphed.lrs, graphed.momentums = torch.tensor(lrs), torch.tensor(momentums)
     graphed.step = torch.zeros((), dtype=torch.int64)
     for _ in range(12):

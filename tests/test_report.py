@@ -2,7 +2,7 @@
 
 from normlab.findings import failures, findings
 from normlab.plan import TARGET_ACC as TARGETS
-from normlab.report import batch_table, chosen_table, results_table, to_markdown, what_was_run
+from normlab.report import batch_table, chosen_table, results_table, small_batch_table, to_markdown, what_was_run
 from normlab.results import chosen_lrs, summarize
 
 
@@ -161,3 +161,31 @@ def test_the_first_line_says_what_was_run_without_running_seeds_into_epochs():
     many = what_was_run({**results, "variants": ["bn", "gn"], "seeds": [0, 1], "batch_sizes": [128],
                          "base_config": {**results["base_config"], "epochs": 20}})
     assert many.startswith("2 variants × seeds 0, 1; 20 epochs each, on real MNIST")
+
+
+def test_every_variant_at_the_smallest_size_is_paired_against_bn_at_the_largest_and_gn_at_the_smallest():
+    def with_eval(variant, seed, acc, batch, precise, batch_stats=True):
+        return run(variant, seed, acc, batch=batch, batch_stats=batch_stats, evaluation={
+            "moving": acc, "precise": acc + precise, "batch": acc - 5.0, "group": batch, "precise_images": 9984})
+    bn_large, bn_small = (99.40, 99.42, 99.38), (99.00, 99.03, 98.97)  # a loss of 0.40 the seeds support
+    runs = [with_eval("bn", s, a, 128, 0.0) for s, a in enumerate(bn_large)]
+    runs += [with_eval("bn", s, a, 2, 0.1) for s, a in enumerate(bn_small)]  # PreciseBN wins back a quarter
+    runs += [with_eval("brn", s, a, 2, 0.0) for s, a in enumerate((99.40, 99.30, 99.50))]  # within noise of bn
+    runs += [run("gn", s, a, batch=b) for s, a in enumerate((99.41, 99.45, 99.37)) for b in (2, 128)]
+    r = {**results(runs, batch_sizes=(2, 128), ghost=True), "variants": ["bn", "brn", "gn"]}
+    text, (header, table) = small_batch_table(r)
+    assert header == ["variant", "test error (%)", "extra error vs bn at 128 images per BN group",
+                      "extra error vs gn at 2 images per BN group", "of bn's loss recovered"]
+    rows = {line[0]: line for line in table}
+    assert list(rows) == ["bn", "bn, PreciseBN", "bn, test batch statistics", "brn", "brn, PreciseBN",
+                          "brn, test batch statistics", "gn"]
+    assert rows["bn"][1:3] == ["1.00 ± 0.07", "+0.40 (+0.38 to +0.42)"] and rows["bn"][4] == "none"
+    assert rows["bn, PreciseBN"][2].startswith("+0.30") and rows["bn, PreciseBN"][4] == "25%"
+    assert rows["brn"][4] == "all (within noise)" and rows["gn"][3] == "reference"
+    assert rows["bn, test batch statistics"][4] == "none" and "PreciseBN" in text
+    sentence = [t for t in findings(summarize(r), r) if t.startswith("At 2 images per BN group, against bn")]
+    assert sentence == ["At 2 images per BN group, against bn at 128 images per BN group: as good or better (within "
+                        "noise or less error): brn, brn with PreciseBN, gn; more error the seeds support: bn with "
+                        "PreciseBN (+0.30), bn (+0.40), brn with test batch statistics (+5.00), bn with test batch "
+                        "statistics (+5.40)."]
+    assert small_batch_table(results(runs[:3])) is None  # one size: no such table

@@ -57,14 +57,13 @@ def test_momentum_reaches_the_optimizer_and_swings_against_the_lr():
     for momentum, nesterov in ((0.9, True), (0.5, True), (0.0, False)):
         config = TrainConfig(momentum=momentum)
         optimizer, schedule = sgd_one_cycle(config.model().parameters(), config)
-        group = optimizer.param_groups[0]
-        assert group["nesterov"] is nesterov
-        assert group["momentum"] == pytest.approx(momentum + config.swing)  # high while the LR is low
+        assert optimizer.nesterov is nesterov
+        assert optimizer.momentum == pytest.approx(momentum + config.swing)  # high while the LR is low
         for _ in range(int(config.steps * 0.3)):
             optimizer.step()
             schedule.step()
-        assert group["momentum"] == pytest.approx(momentum - config.swing, abs=1e-3)  # low at the LR peak
-        assert group["lr"] == pytest.approx(config.lr, rel=1e-3)
+        assert optimizer.momentum == pytest.approx(momentum - config.swing, abs=1e-3)  # low at the LR peak
+        assert optimizer.lr == pytest.approx(config.lr, rel=1e-3)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")

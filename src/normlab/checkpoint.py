@@ -16,9 +16,10 @@ from torch import nn
 
 from normlab.errors import UserError
 from normlab.files import replace_atomic
+from normlab.sgd import SGD, OneCycle
 
 
-def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, generator: torch.Generator,
+def training_state(model: nn.Module, optimizer: SGD, schedule: OneCycle, generator: torch.Generator,
                    metrics: list[dict[str, float]], config_hash: str) -> dict[str, Any]:
     return {
         "config_hash": config_hash, "metrics": metrics,
@@ -28,7 +29,7 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedule:
     }
 
 
-def restore_training_state(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
+def restore_training_state(state: dict[str, Any], model: nn.Module, optimizer: SGD, schedule: OneCycle,
                            generator: torch.Generator) -> list[dict[str, float]]:
     """Put the state back into the objects; returns the metrics of the epochs it covers."""
     model.load_state_dict(state["model"])

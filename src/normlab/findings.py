@@ -10,7 +10,7 @@ import statistics
 from typing import Any
 
 from normlab.plan import TARGET_ACC
-from normlab.results import evaluation_rows, final_accs, finished_runs, size_text
+from normlab.results import evaluation_rows, final_accs, finished_runs, size_text, small_batch_rows
 from normlab.stats import paired_difference
 
 
@@ -53,7 +53,7 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
         out.append(f"{top['variant']} ends best{at}: {top['final'].mean:.2f}% {what} after {top['epochs']} epochs.")
         out += [comparison(results, top, other) for other in ranked[1:]]
     if len(results["batch_sizes"]) > 1:
-        out += batch_findings(rows, results)
+        out += batch_findings(rows, results) + small_batch_findings(results)
     out += evaluation_findings(results)
     target = TARGET_ACC.get(results["base_config"]["dataset"])
     reached = [name_of(r, results) for r in rows if target is not None and r["final"].mean >= target]
@@ -161,3 +161,26 @@ def evaluation_findings(results: dict[str, Any]) -> list[str]:
         out.append(f"{r['variant']}{at}, evaluated against its running averages ({r['moving'].mean:.2f}%): "
                    + "; ".join(parts) + ".")
     return out
+
+
+def small_batch_findings(results: dict[str, Any]) -> list[str]:
+    """At the smallest size: which variants (and evaluation statistics) keep the large-size reference's test error
+    and which the seeds put above it."""
+    refs, rows = small_batch_rows(results)
+    paired = [r for r in rows if r["vs_large"] is not None and r["vs_large"].n > 1]
+    if not paired:
+        return []
+    names = {"moving": "", "precise": " with PreciseBN", "batch": " with test batch statistics"}
+    above = sorted((r for r in paired if r["vs_large"].excludes_zero() and r["vs_large"].mean > 0),
+                   key=lambda r: r["vs_large"].mean)
+    kept = [r["variant"] + names[r["way"]] for r in paired if r not in above]
+    small, large = min(results["batch_sizes"]), max(results["batch_sizes"])
+    at = size_text(results, small)
+    sentence = f"{at[0].upper()}{at[1:]}, against {refs['large']} {size_text(results, large)}: "
+    parts = []
+    if kept:
+        parts.append(f"as good or better (within noise or less error): {', '.join(kept)}")
+    if above:
+        parts.append("more error the seeds support: " + ", ".join(
+            f"{r['variant']}{names[r['way']]} ({points(r['vs_large'].mean)})" for r in above))
+    return [sentence + "; ".join(parts) + "."]

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +40,7 @@ from normlab.model import Net, count_parameters, l1_parameters
 from normlab.norms import NORMS
 from normlab.predict import normalize, pixels
 from normlab.runs import RunFolder, metric_columns, open_run
+from normlab.sgd import SGD, OneCycle
 from normlab.train import NON_FINITE, RunResult, epoch_row, read_back, set_training_mode, setup, start_log
 
 FUSED_APART = ("seed", "lr", "l1", "weight_decay", "threads")  # what the runs of one fused model may differ in
@@ -62,8 +61,8 @@ class Member:
     folder: RunFolder
     log: Callable[[str], None]
     result: RunResult
-    optimizer: torch.optim.SGD
-    schedule: Any
+    optimizer: SGD
+    schedule: OneCycle
     generator: torch.Generator
     augment: Affine | None
     images: Tensor
@@ -93,8 +92,7 @@ class FusedModel:
         with torch.no_grad():
             for name, t in self.net.state_dict().items():
                 t.copy_(states[0][name] if t.dim() == 0 else torch.cat([s[name] for s in states]))
-        per_member = [[m.optimizer.state[p].get("momentum_buffer") for p in m.result.model.parameters()]
-                      for m in self.members]
+        per_member = [m.optimizer.buffers for m in self.members]
         self.buffers = [None if any(b[i] is None for b in per_member) else torch.cat([b[i] for b in per_member])
                         for i in range(len(self.params))]
 
@@ -106,9 +104,8 @@ class FusedModel:
                 for i, state in enumerate(states):
                     state[name].copy_(t if t.dim() == 0 else t.unflatten(0, (self.n, -1))[i])
             for i, m in enumerate(self.members):
-                for own, buffer in zip(m.result.model.parameters(), self.buffers, strict=True):
-                    if buffer is not None:
-                        m.optimizer.state[own]["momentum_buffer"] = buffer.unflatten(0, (self.n, -1))[i].clone()
+                m.optimizer.buffers = [None if buffer is None else buffer.unflatten(0, (self.n, -1))[i].clone()
+                                       for buffer in self.buffers]
 
     def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """One SGD step of every copy on its own batch: ``x`` (B, N, 28, 28) normalized, ``y`` (B, N). Returns each
@@ -122,21 +119,17 @@ class FusedModel:
             if id(p) in self.penalized and self.any_l1:
                 objective = objective + (self.l1 * p.abs().unflatten(0, (self.n, -1)).flatten(1).sum(1)).sum()
         objective.backward()
-        lr = torch.tensor([m.optimizer.param_groups[0]["lr"] for m in self.members], dtype=self.l1.dtype,
-                          device=x.device)
-        momentum = torch.tensor([m.optimizer.param_groups[0]["momentum"] for m in self.members],
-                                dtype=self.l1.dtype, device=x.device)
+        lr = torch.tensor([m.optimizer.lr for m in self.members], dtype=self.l1.dtype, device=x.device)
+        momentum = torch.tensor([m.optimizer.momentum for m in self.members], dtype=self.l1.dtype, device=x.device)
         with torch.no_grad():
             for k, p in enumerate(self.params):
                 self._update(k, p, lr, momentum)
-        with warnings.catch_warnings():  # each run's schedule follows the fused step; its optimizer never steps
-            warnings.simplefilter("ignore", UserWarning)
-            for m in self.members:
-                m.schedule.step()
+        for m in self.members:  # each run's schedule follows the fused step
+            m.schedule.step()
         return logits.detach(), losses.detach()
 
     def _update(self, k: int, p: Tensor, lr: Tensor, momentum: Tensor) -> None:
-        """torch.optim.SGD's arithmetic (weight decay, momentum, Nesterov), each copy at its own rates."""
+        """normlab.sgd.SGD's arithmetic (weight decay, momentum, Nesterov), each copy at its own rates."""
         def per_copy(v: Tensor) -> Tensor:
             return v.view(self.n, *[1] * p.dim())
 
@@ -223,7 +216,7 @@ def train_members(members: list[Member], data: Dataset, device: torch.device, st
     fused = FusedModel(members, device)
     fused.pack()  # once: after each epoch unpack copies the fused state out, which stays the state of record
     for epoch in range(len(members[0].result.metrics) + 1, first.epochs + 1):
-        start, lrs = time.perf_counter(), [m.schedule.get_last_lr()[0] for m in members]
+        start, lrs = time.perf_counter(), [m.optimizer.lr for m in members]
         set_training_mode(fused.net, epoch, first)
         epochs = fused_epoch(fused, data.info, first.batch_size, first.steps_per_epoch, stop)
         fused.unpack()

@@ -4,7 +4,7 @@ A 7.6k-parameter model keeps each GPU kernel busy for microseconds, so eager PyT
 launching kernels, not running them. Here the whole step (batch gather, augmentation, forward, backward,
 L1, the Nesterov update at the one-cycle schedule's LR and momentum, the epoch's metric sums) is captured
 once and replayed from device tensors alone; the host sets each epoch's data order and noise and reads
-the sums when the epoch ends. The update is torch.optim.SGD's arithmetic with the LR and momentum read
+the sums when the epoch ends. The update is normlab.sgd.SGD's arithmetic with the LR and momentum read
 from device tensors (SGD takes them as Python numbers, which a graph would freeze), on SGD's own momentum
 buffers, so checkpoints and resume are those of the eager loop.
 
@@ -14,7 +14,6 @@ With ``capture=False`` the same step runs eagerly on any device: how the tests c
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -27,8 +26,8 @@ from normlab.config import TrainConfig
 from normlab.data import DatasetInfo
 from normlab.model import l1_parameters
 from normlab.predict import normalize, pixels
+from normlab.sgd import SGD, OneCycle
 
-ScheduleFor = Callable[[list[Tensor]], torch.optim.lr_scheduler.OneCycleLR]
 CAPTURE_LOCK = threading.Lock()  # one capture at a time in a process
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graphs need (cuDNN, allocator)
 
@@ -41,35 +40,20 @@ class Epoch(NamedTuple):
     bad_step: int | None
 
 
-def one_cycle_values(schedule_for: ScheduleFor, steps: int) -> tuple[list[float], list[float]]:
-    """The LR and momentum of every step, read off a one-cycle schedule built the same way as the run's."""
-    schedule = schedule_for([torch.zeros(1, requires_grad=True)])
-    group = schedule.optimizer.param_groups[0]
-    lrs, momentums = [], []
-    with warnings.catch_warnings():  # stepping a schedule whose optimizer never steps
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(steps):
-            lrs.append(group["lr"])
-            momentums.append(group["momentum"])
-            schedule.step()
-    return lrs, momentums
-
-
 class GraphedEpochs:
     """Epochs of SGD on ``images``/``labels`` (uint8, on the device), each step one graph replay."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.SGD, schedule: torch.optim.lr_scheduler.OneCycleLR,
-                 schedule_for: ScheduleFor, config: TrainConfig, info: DatasetInfo, images: Tensor, labels: Tensor,
-                 augment: Affine | None, capture: bool) -> None:
+    def __init__(self, model: nn.Module, optimizer: SGD, schedule: OneCycle, config: TrainConfig, info: DatasetInfo,
+                 images: Tensor, labels: Tensor, augment: Affine | None, capture: bool) -> None:
         device = images.device
         self.model, self.schedule, self.augment, self.info, self.l1 = model, schedule, augment, info, config.l1
         self.penalized = l1_parameters(model, config.l1_norm_params) if config.l1 > 0 else []
         self.images, self.labels, self.batch = images, labels, config.batch_size
-        group = optimizer.param_groups[0]
-        self.nesterov, self.weight_decay = group["nesterov"], group["weight_decay"]
-        self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.buffers = [optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in self.params]
-        lrs, momentums = one_cycle_values(schedule_for, config.steps)
+        self.nesterov, self.weight_decay, self.params = optimizer.nesterov, optimizer.weight_decay, optimizer.params
+        optimizer.buffers = [torch.zeros_like(p) if b is None else b for p, b in zip(self.params, optimizer.buffers,
+                                                                                      strict=True)]
+        self.buffers = optimizer.buffers
+        lrs, momentums = zip(*(schedule.at(step) for step in range(config.steps)), strict=True)
         self.lrs = torch.tensor(lrs, dtype=torch.float32, device=device)
         self.momentums = torch.tensor(momentums, dtype=torch.float32, device=device)
         n = len(images)
@@ -100,12 +84,7 @@ class GraphedEpochs:
         for replay, count in self.replays:
             for _ in range(count):
                 replay()
-        steps = sum(count for _, count in self.replays)
-        with warnings.catch_warnings():  # the host-side schedule follows the graph, for checkpoints
-            warnings.simplefilter("ignore", UserWarning)
-            self.schedule.last_epoch = start + steps - 1  # one-cycle's LR is a closed form of the step
-            self.schedule._step_count += steps - 1
-            self.schedule.step()
+        self.schedule.step(sum(count for _, count in self.replays))  # the host-side schedule follows, for checkpoints
         bad = int(self.bad_step.item())
         return Epoch(self.loss_sum.item() / n, self.correct.item() * 100 / n, bad + 1 if bad >= 0 else None)
 
@@ -133,7 +112,7 @@ class GraphedEpochs:
             self.step.add_(1)
 
     def _update(self, grads: list[Tensor]) -> None:
-        """torch.optim.SGD's step (weight decay, momentum, Nesterov) at this step's LR and momentum."""
+        """SGD's step (weight decay, momentum, Nesterov) at this step's LR and momentum."""
         lr = self.lrs.index_select(0, self.step.view(1)).squeeze(0)
         momentum = self.momentums.index_select(0, self.step.view(1)).squeeze(0)
         if self.weight_decay:
@@ -173,10 +152,9 @@ class GraphedEpochs:
 class GraphedRun:
     """A run's epochs as graph replays, one captured step for each mode it trains in (BN training, or frozen)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.SGD, schedule: torch.optim.lr_scheduler.OneCycleLR,
-                 schedule_for: ScheduleFor, config: TrainConfig, info: DatasetInfo, images: Tensor, labels: Tensor,
-                 augment: Affine | None) -> None:
-        self.args = model, optimizer, schedule, schedule_for, config, info, images, labels, augment
+    def __init__(self, model: nn.Module, optimizer: SGD, schedule: OneCycle, config: TrainConfig, info: DatasetInfo,
+                 images: Tensor, labels: Tensor, augment: Affine | None) -> None:
+        self.args = model, optimizer, schedule, config, info, images, labels, augment
         self.graphs: dict[bool, GraphedEpochs] = {}  # a graph replays the modes it was captured in
 
     def run_epoch(self, frozen: bool, generator: torch.Generator) -> Epoch:

@@ -13,7 +13,7 @@ from typing import Any
 
 from normlab.files import write_atomic
 from normlab.findings import failures, findings
-from normlab.results import evaluation_rows, summarize
+from normlab.results import evaluation_rows, size_text, small_batch_rows, summarize
 from normlab.stats import Interval
 
 LR_GRAPH = "graph4_val_error_vs_lr.png"
@@ -108,6 +108,54 @@ def evaluation_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tup
                      mean_std(r["batch"]), gain(r["precise_gain"]), gain(r["batch_gain"])] for r in rows]
 
 
+WAYS = {"moving": "", "precise": ", PreciseBN", "batch": ", test batch statistics"}
+
+
+def small_batch_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
+    """Every variant at the smallest size against the two references of normlab.results.small_batch_rows:
+    the paragraph that says what the columns are, and the table."""
+    refs, rows = small_batch_rows(results)
+    if not rows:
+        return None
+    large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
+
+    def diff(i: Interval | None) -> str:
+        if i is None or i.n == 0:
+            return "—"
+        return f"{i.mean:+.2f}" + (f" ({i.low:+.2f} to {i.high:+.2f})" if i.n > 1 else "")
+
+    header = ["variant", "test error (%)", f"extra error vs {refs['large']} {size_text(results, large)}",
+              *([f"extra error vs {refs['small']} {size_text(results, small)}"] if "small" in refs else []),
+              f"of {refs['large']}'s loss recovered"]
+    table = [[r["variant"] + WAYS[r["way"]], f"{r['error'].mean:.2f}" + (f" ± {r['error'].half_width:.2f}"
+                                                                         if r["error"].n > 1 else ""),
+              diff(r["vs_large"]),
+              *(["reference" if (r["variant"], r["way"]) == (refs["small"], "moving") else diff(r["vs_small"])]
+                if "small" in refs else []),
+              recovered(r)] for r in rows]
+    text = (f"Test error (%, mean ± half the 95% CI over seeds) {size_text(results, small)}, each variant at its "
+            f"chosen rate, and its extra error against {refs['large']} {size_text(results, large)}"
+            + (f" and against {refs['small']} {size_text(results, small)}" if "small" in refs else "")
+            + ", paired over seeds (mean, 95% CI; + is more error). The norms with batch statistics also appear "
+            "evaluated with PreciseBN and with the test images' own batch statistics. The last column is the "
+            f"share of {refs['large']}'s own loss from {large} to {small} that a row wins back, where the seeds "
+            f"support that loss: all where its extra error against {refs['large']} {size_text(results, large)} is "
+            "within noise, none where it is no smaller than that loss.")
+    return text, (header, table)
+
+
+def recovered(row: dict[str, Any]) -> str:
+    """The share of the reference's loss a row wins back, in words where the seeds put it at all or none."""
+    extra = row["vs_large"]
+    if row["recovered"] is None:
+        return "—"
+    if not extra.excludes_zero():
+        return "all (within noise)"
+    if extra.mean < 0:
+        return "all, and less error"
+    return f"{100 * row['recovered']:.0f}%" if row["recovered"] > 0 else "none"
+
+
 def paper_table() -> tuple[list[str], list[list[str]]]:
     sizes, *rows = GN_PAPER.items()
     return [sizes[0], *map(str, sizes[1])], [[name, *map(str, values)] for name, values in rows]
@@ -164,6 +212,11 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
                    ("p", "For comparison, the GroupNorm paper (Wu & He 2018, Table 2): ResNet-50 on ImageNet, "
                          "top-1 error (%) by images per GPU:"), ("table", paper_table()),
                    ("img", "graph3_error_vs_batch_size.png")]
+        small = small_batch_table(results)
+        if small is not None:
+            text, table = small
+            blocks += [("h2", f"Every variant {size_text(results, min(results['batch_sizes']))}"), ("p", text),
+                       ("table", table)]
     if len(results.get("lrs", [])) > 1:
         blocks += [("h2", "Graph 4: validation error by learning rate"), ("table", chosen_table(rows, results)),
                    ("img", LR_GRAPH)]

@@ -96,3 +96,46 @@ def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                          **{f"{way}_gain": paired_difference(by_seed[way], by_seed["moving"])
                             for way in ("precise", "batch")}})
     return rows
+
+
+def chosen_accs(results: dict[str, Any], variant: str, batch: int, way: str = "moving") -> dict[int, float]:
+    """Seed -> test accuracy of a variant at one batch size and its chosen rate, under one evaluation statistics
+    ("moving" is the run's own test accuracy)."""
+    lr = chosen_lrs(results).get((variant, batch))
+    runs = [r for r in finished_runs(results) if (r["variant"], r["batch_size"], r["lr"]) == (variant, batch, lr)]
+    if way == "moving":
+        return {r["seed"]: r["final_test_acc"] for r in runs}
+    return {r["seed"]: r["evaluation"][way] for r in runs if r.get("evaluation")}
+
+
+def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """At the smallest batch size: each variant's test error (and, for the norms with batch statistics, under
+    PreciseBN and test batch statistics too), paired over seeds against two references: the first variant with
+    batch statistics at the largest size (the figure small-batch remedies try to keep) and the first without them
+    at the smallest (the batch-independent answer). ``recovered``: the share of the first reference's own loss
+    between the two sizes that the row wins back, where that loss is one the seeds support."""
+    large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
+    batch_stats = {r["variant"]: r["batch_stats"] for r in finished_runs(results)}
+    present = [v for v in results["variants"] if chosen_accs(results, v, small)]
+    with_stats = [v for v in present if batch_stats.get(v)]
+    without = [v for v in present if not batch_stats.get(v)]
+    if large == small or not present:
+        return {}, []
+    refs = {"large": with_stats[0] if with_stats else present[0], **({"small": without[0]} if without else {})}
+    ref_large = chosen_accs(results, refs["large"], large)
+    ref_small = chosen_accs(results, refs["small"], small) if without else {}
+    loss = paired_difference(ref_large, chosen_accs(results, refs["large"], small)) if ref_large else None
+    rows = []
+    for variant in present:
+        ways = ("moving", "precise", "batch") if batch_stats.get(variant) else ("moving",)
+        for way in ways:
+            accs = chosen_accs(results, variant, small, way)
+            if not accs:
+                continue
+            row = {"variant": variant, "way": way, "error": interval([100 - a for a in accs.values()]),
+                   "vs_large": paired_difference(ref_large, accs) if ref_large else None,
+                   "vs_small": paired_difference(ref_small, accs) if ref_small else None, "recovered": None}
+            if loss is not None and loss.n > 1 and loss.low > 0 and row["vs_large"] is not None:
+                row["recovered"] = 1 - row["vs_large"].mean / loss.mean
+            rows.append(row)
+    return refs, rows

@@ -35,6 +35,7 @@ from normlab.model import Net, count_parameters, l1_parameters
 from normlab.norms import NORMS, batch_stat_layers
 from normlab.predict import evaluate, normalize, pixels
 from normlab.runs import RunFolder, SavedRun, metric_columns, open_run
+from normlab.sgd import SGD, OneCycle
 
 NON_FINITE = "the training loss became NaN or infinite"
 INIT_LOCK = threading.Lock()  # runs in threads (normlab.jobs) share torch's global RNG, which seeds the weights
@@ -79,13 +80,13 @@ def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | No
             result.metrics = restore_training_state(folder.resume_state, model, optimizer, schedule, generator)
             log(f"normlab train: resuming {out} after epoch {len(result.metrics)}")
         start_log(folder, result, device, data, len(train_x), len(val_x), len(test_x), sharing, log)
-        graphed = GraphedRun(model, optimizer, schedule, lambda params: sgd_one_cycle(params, config)[1], config, info,
+        graphed = GraphedRun(model, optimizer, schedule, config, info,
                              train_x, train_y, augment) if device.type == "cuda" and config.cuda_graph \
             and not config.compile else None
         forward = torch.compile(model, dynamic=False) if config.compile else model  # static shapes: 2 graphs
 
         for epoch in range(len(result.metrics) + 1, config.epochs + 1):
-            start, lr = time.perf_counter(), schedule.get_last_lr()[0]
+            start, lr = time.perf_counter(), optimizer.lr
             frozen = set_training_mode(model, epoch, config)
             if graphed is not None:
                 check_stop(stop)
@@ -135,7 +136,7 @@ def epoch_row(model: nn.Module, config: TrainConfig, info: DatasetInfo, number: 
 
 
 def setup(config: TrainConfig, device: torch.device
-          ) -> tuple[Net, torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR, torch.Generator, Affine | None]:
+          ) -> tuple[Net, SGD, OneCycle, torch.Generator, Affine | None]:
     """A fresh run's model, optimizer, schedule, data generator and augmentation, seeded by ``config.seed``."""
     with INIT_LOCK:
         torch.manual_seed(config.seed)  # the weights' initialisation and dropout
@@ -146,7 +147,7 @@ def setup(config: TrainConfig, device: torch.device
     return model, optimizer, schedule, generator, augment
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, config: TrainConfig,
+def train_epoch(model: nn.Module, optimizer: SGD, schedule: OneCycle, config: TrainConfig,
                 info: DatasetInfo, images: Tensor, labels: Tensor, generator: torch.Generator,
                 augment: Affine | None, batches: Iterable[int]) -> Epoch:
     """One pass over the uint8 training images in a seeded order, one SGD step per batch. Reads nothing back
@@ -164,7 +165,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: An
         logits = model(normalize(x, info))
         loss = F.cross_entropy(logits, y)
         objective = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         objective.backward()
         optimizer.step()
         schedule.step()
@@ -176,15 +177,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: An
 
 
 def sgd_one_cycle(parameters: Iterable[Tensor], config: TrainConfig
-                  ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
+                  ) -> tuple[SGD, OneCycle]:
     """SGD with Nesterov momentum (plain SGD at momentum 0) and a one-cycle schedule stepped every batch."""
-    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
-                                                   pct_start=config.lr_warmup, div_factor=config.lr_start_div,
-                                                   final_div_factor=config.lr_end_div,
-                                                   base_momentum=round(config.momentum - config.swing, 12),
-                                                   max_momentum=round(config.momentum + config.swing, 12))
+    optimizer = SGD(parameters, config.lr, config.momentum, config.momentum > 0, config.weight_decay)
+    schedule = OneCycle(optimizer, config.lr, config.steps, config.lr_warmup, config.lr_start_div, config.lr_end_div,
+                        base_momentum=round(config.momentum - config.swing, 12),
+                        max_momentum=round(config.momentum + config.swing, 12))
     return optimizer, schedule
 
 
