@@ -16,6 +16,15 @@ def test_graph_3_draws_error_against_batch_size_with_a_band(tmp_path):
     assert len(ax.collections) == 2 and "Fashion-MNIST" in ax.get_title()
 
 
+def test_every_variant_of_a_large_study_gets_its_own_line(tmp_path):
+    names = [f"v{i}" for i in range(12)]
+    errors = {name: {2: interval([98.0 + i / 10, 98.1 + i / 10]), 128: interval([99.4, 99.5])}
+              for i, name in enumerate(names)}
+    ax = batch_size_figure(errors, tmp_path / "g3.png").axes[0]
+    assert [line.get_label() for line in ax.lines] == names
+    assert len({(line.get_color(), line.get_linestyle()) for line in ax.lines}) == 12
+
+
 def test_graph_4_draws_validation_error_against_the_rate_and_stars_the_chosen_one(tmp_path):
     rows = [{"variant": v, "batch_size": 128, "lr": lr, "val": interval(accs), "chosen": lr == pick}
             for v, pick, by_lr in (("bn", 0.2, {0.1: [99.3, 99.4], 0.2: [99.5, 99.6]}),

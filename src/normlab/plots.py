@@ -20,7 +20,21 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from normlab.stats import Interval
 
-COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+          "tab:olive", "tab:cyan")
+MANY = 5  # above this many variants: fainter bands, the legend beside the axes
+
+
+def styles(names: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """Each name with its line's style: the ten colours, then again dashed with square markers, so that no
+    variant is left out of a figure however many a study has."""
+    names = list(names)
+    return [(name, {"color": COLORS[i % len(COLORS)], "ls": "-" if i < len(COLORS) else "--",
+                    "marker": "o" if i < len(COLORS) else "s"}) for i, name in enumerate(names)]
+
+
+def band_alpha(n: int) -> float:
+    return 0.18 if n <= MANY else 0.07
 
 
 def _curves(runs: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -33,9 +47,10 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
     """One line per variant (mean over its seeds) and a band for the spread. No epoch is marked as best: that
     would pick it on the test set."""
     is_loss = key == "test_loss"
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    many = len(by_variant) > MANY
+    fig, ax = plt.subplots(figsize=(13 if many else 9, 5.5), dpi=110)
     lows, highs = [], []
-    for color, (variant, runs) in zip(COLORS, by_variant.items(), strict=False):
+    for (variant, style), runs in zip(styles(by_variant), by_variant.values(), strict=True):
         values = _curves(runs, key)
         epochs = np.arange(1, values.shape[1] + 1)
         first = runs[0]
@@ -43,9 +58,10 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
         last = f"{values.mean(0)[-1]:.4f}" if is_loss else f"{values.mean(0)[-1]:.2f}%"
         label = (f"{variant}: {first['norm']}, {first['regularization']}, {first['parameters']:,} params{seeds}"
                  f" — {last} at the last epoch")
-        ax.plot(epochs, values.mean(0), color=color, lw=2, marker="o", ms=3, label=label)
+        ax.plot(epochs, values.mean(0), lw=2, ms=3, label=label, **style)
         if len(runs) > 1:
-            ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.18, lw=0)
+            ax.fill_between(epochs, values.min(0), values.max(0), color=style["color"],
+                            alpha=band_alpha(len(by_variant)), lw=0)
         lows.append(np.percentile(values, 10))
         highs.append(values.max())
     if len(by_variant) and any(len(r) > 1 for r in by_variant.values()):
@@ -66,7 +82,10 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
         low, high = min([*lows, *(m - 0.2 for m in marks)]), max([*highs, *marks])
         ax.set_ylim(max(low - 0.1, 0), min(high + 0.2, 100))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right" if is_loss else "lower right")
+    if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        ax.legend(fontsize=8, loc="upper right" if is_loss else "lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -77,13 +96,14 @@ def batch_size_figure(errors: dict[str, dict[int, Interval]], path: Path, datase
                       axis: str = "batch size (images per SGD step)") -> Figure:
     """Graph 3: final test error against batch size (log axis), one line per variant, mean and its 95 % band."""
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
-    for color, (variant, by_batch) in zip(COLORS, errors.items(), strict=False):
+    for (variant, style), by_batch in zip(styles(errors), errors.values(), strict=True):
         sizes = sorted(by_batch)
         mean = np.array([100 - by_batch[b].mean for b in sizes])
-        ax.plot(sizes, mean, color=color, lw=2, marker="o", label=variant)
+        ax.plot(sizes, mean, lw=2, label=variant, **style)
         if all(by_batch[b].n > 1 for b in sizes):
             half = np.array([by_batch[b].half_width for b in sizes])
-            ax.fill_between(sizes, mean - half, mean + half, color=color, alpha=0.18, lw=0)
+            ax.fill_between(sizes, mean - half, mean + half, color=style["color"], alpha=band_alpha(len(errors)),
+                            lw=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({b for by_batch in errors.values() for b in by_batch}))
     ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -92,7 +112,7 @@ def batch_size_figure(errors: dict[str, dict[int, Interval]], path: Path, datase
     ax.set_ylabel("final test error (%)")
     ax.set_title(f"Graph 3 — {dataset} test error by batch size (band: 95% CI over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=9 if len(errors) <= MANY else 8, ncol=1 if len(errors) <= MANY else 2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -106,17 +126,19 @@ def lr_figure(rows: list[dict[str, Any]], path: Path, dataset: str, sizes: dict[
                              sharey=True)
     for ax, (batch, words) in zip(axes[0], sizes.items(), strict=True):
         at_batch = [r for r in rows if r["batch_size"] == batch]
-        for color, variant in zip(COLORS, dict.fromkeys(r["variant"] for r in at_batch), strict=False):
+        variants = styles(dict.fromkeys(r["variant"] for r in at_batch))
+        for variant, style in variants:
             line = sorted((r for r in at_batch if r["variant"] == variant), key=lambda r: r["lr"])
             lrs, err = np.array([r["lr"] for r in line]), np.array([100 - r["val"].mean for r in line])
-            ax.plot(lrs, err, color=color, lw=2, marker="o", label=variant)
+            ax.plot(lrs, err, lw=2, label=variant, **style)
             if all(r["val"].n > 1 for r in line):
                 half = np.array([r["val"].half_width for r in line])
-                ax.fill_between(lrs, err - half, err + half, color=color, alpha=0.18, lw=0)
+                ax.fill_between(lrs, err - half, err + half, color=style["color"], alpha=band_alpha(len(variants)),
+                                lw=0)
             for r in line:
                 if r["chosen"]:
-                    ax.scatter([r["lr"]], [100 - r["val"].mean], marker="*", s=220, color=color, edgecolor="black",
-                               zorder=3, label=f"{variant}: chosen lr {r['lr']:g}")
+                    ax.scatter([r["lr"]], [100 - r["val"].mean], marker="*", s=220, color=style["color"],
+                               edgecolor="black", zorder=3, label=f"{variant}: chosen lr {r['lr']:g}")
         ax.set_xscale("log")
         ax.set_xticks(sorted({r["lr"] for r in at_batch}))
         ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -124,7 +146,7 @@ def lr_figure(rows: list[dict[str, Any]], path: Path, dataset: str, sizes: dict[
         ax.set_xlabel("peak learning rate (one-cycle)")
         ax.set_title(words if len(sizes) > 1 else "", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8 if len(variants) <= MANY else 6, ncol=1 if len(variants) <= MANY else 2)
     axes[0][0].set_ylabel("final validation error (%)")
     fig.suptitle(f"Graph 4 — {dataset} validation error by learning rate (band: 95% CI over seeds; ★ chosen)")
     fig.tight_layout()
