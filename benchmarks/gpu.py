@@ -12,7 +12,9 @@
    one CUDA stream each), twice more (warm caches), with graphs one run at a time, without graphs, and
    with 5 seeds, fused (``--fuse auto``: each variant's seeds as one model) and not; the ghost sweep of
    docs/batch_mnist (36 runs), fused;
-4. a cProfile of the study, one run at a time: where the seconds outside the training steps go.
+4. a cProfile of the study, one run at a time: where the seconds outside the training steps go;
+5. start-up (run second, as it is short): from a fresh interpreter to a run's first step, phase by phase,
+   normlab's optimizer against torch.optim's (benchmarks/startup.py).
 Each stage is written to ``<out>/gpu.json`` as soon as it ends, so a lease cut short keeps what finished.
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import torch
 from bench import epochs_runner, small_batches  # benchmarks/, this script's folder
+from startup import startups
 from timing import timed_study
 
 
@@ -102,7 +105,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="MNIST's IDX files (default: normlab's sources)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
     parser.add_argument("--skip", nargs="*", default=[],
-                        help="stages to skip: check study repeat seeds fused small eager profile")
+                        help="stages to skip: check study repeat seeds fused small eager profile startup")
     args = parser.parse_args()
     from normlab.data import load_dataset
 
@@ -121,6 +124,8 @@ def main() -> None:
 
     if "check" not in args.skip:
         stage(results, args.out, "check", lambda: check_graphs(data, device, 1280 if args.quick else 4096))
+    if "startup" not in args.skip:
+        stage(results, args.out, "startup", lambda: startups(args.device, 2 if args.quick else 5, args.data_dir))
     if "study" not in args.skip:
         stage(results, args.out, "study_graph_default_jobs", lambda: study(work, "study_graph", study_args))
         stage(results, args.out, "study_graph_1_at_once", lambda: study(work, "study_graph_1", [
