@@ -61,6 +61,30 @@ def test_fused_steps_give_the_weights_and_metrics_of_separate_runs(tmp_path, mni
         assert (tmp_path / f"f{i}" / "model.pt").is_file() == (fused[i].failure is None)
 
 
+MIXED = {
+    "standard": [{"norm": "batch", "l1": 1e-4}, {"norm": "group"}, {"norm": "layer"}, {"norm": "batch"}],
+    "ghost": [{"norm": "batch", "bn_batch": 8}, {"norm": "brn", "bn_batch": 4}, {"norm": "group", "groups": 2},
+              {"norm": "batch", "bn_batch": 8, "lr": 0.05}],
+    "own-activation": [{"norm": "frn"}, {"norm": "evonorm-s0"}, {"norm": "evonorm-b0", "bn_batch": 4}],
+    "l1-on-norms": [{"norm": "group", "l1": 1e-4}, {"norm": "layer", "l1": 1e-3}, {"norm": "instance"}],
+    "frozen": [{"norm": "batch", "freeze_bn_epochs": 1}, {"norm": "brn", "freeze_bn_epochs": 1}],
+}
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("case", MIXED)
+def test_runs_of_different_norms_fused_as_one_model_give_the_weights_of_separate_runs(tmp_path, mnist, case):
+    """Each norm a layer over its copies' channels; the copies of one norm side by side, whatever the order."""
+    common = {"l1_norm_params": True} if case == "l1-on-norms" else {}
+    configs = [replace(BASE, seed=i, weight_decay=1e-3 * (i % 2), **common, **v) for i, v in enumerate(MIXED[case])]
+    assert len({fuse_key(c) for c in configs}) == 1
+    fused = train_fused(configs, [tmp_path / f"f{i}" for i in range(len(configs))], mnist, CPU,
+                        [quiet] * len(configs))
+    apart = [train(c, data=mnist, progress=False, log=quiet) for c in configs]
+    assert_same_runs(fused, apart)
+    assert [r.evaluation is not None for r in fused] == [NORMS[c.norm].batch_stats for c in configs]
+
+
 @pytest.mark.usefixtures("float64")
 def test_a_fused_run_stopped_after_an_epoch_resumes_alone_as_if_never_fused(tmp_path, mnist):
     configs = three(norm="batch", epochs=3)
@@ -89,15 +113,20 @@ def test_a_run_that_diverges_fails_alone_and_the_others_train_on(tmp_path, mnist
 def test_what_may_differ_within_a_fused_model():
     a = TrainConfig(norm="gn")
     assert fuse_key(a) == fuse_key(replace(a, seed=3, lr=0.4, l1=1e-5, weight_decay=1e-4, threads=2))
-    assert fuse_key(a) != fuse_key(TrainConfig(norm="ln")) and fuse_key(a) != fuse_key(replace(a, groups=2))
     assert fuse_key(replace(a, dropout=0.1)) is None  # its masks come from torch's one generator, not each run's
+    assert fuse_key(a) == fuse_key(TrainConfig(norm="ln")) == fuse_key(TrainConfig(norm="brn", bn_batch=4))
+    assert fuse_key(a) == fuse_key(replace(a, groups=2, norm_eps=1e-3, norm_momentum=0.2))
+    assert fuse_key(a) != fuse_key(TrainConfig(norm="frn"))  # its own activation: a block without ReLU
+    assert fuse_key(a) != fuse_key(TrainConfig(norm="none"))  # no shift: the conv keeps its bias
+    assert fuse_key(a) != fuse_key(replace(a, weight_std=True)) != fuse_key(replace(a, epochs=3))
 
 
 def test_a_fused_study_writes_the_folders_an_unfused_one_reuses(tmp_path, mnist):
     base = replace(BASE, val_size=0, epochs=1)
     lines: list[str] = []
     fused = run_study(tmp_path, ["gn", "bn+l1"], [0, 1], base, progress=False, log=lines.append, fuse="on")
-    assert sum(line.startswith("training 2 runs as one fused model") for line in lines) == 2
+    assert [line for line in lines if "as one fused model" in line] == [line for line in lines if line.startswith(
+        "training 4 runs as one fused model (group, batch)")]
     assert {r["trained"]["fused"] for r in fused["runs"]} == {True}
     again: list[str] = []
     run_study(tmp_path, ["gn", "bn+l1"], [0, 1], base, progress=False, log=again.append, fuse="off")

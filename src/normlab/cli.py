@@ -141,10 +141,10 @@ def build_parser() -> Parser:
                    help="runs trained at once, as threads of one process (default: one per CPU core plus one, "
                         "so that no core idles; 3 on a GPU, each on its own CUDA stream)")
     p.add_argument("--fuse", default="auto",
-                   help="on: runs that differ only in seed, learning rate, L1 and weight decay train as one model "
-                        "with every conv grouped by run, one step for all (each run's folder as if trained alone); "
-                        "off: each run on its own; auto: on on a GPU, off on a CPU (grouped convs ran 0.55-0.9x "
-                        "as fast per model as separate ones on 2 cores)")
+                   help="on: runs that differ only in seed, learning rate, L1, weight decay and norm train as one "
+                        "model with every conv grouped by run, one step for all (each run's folder as if trained "
+                        "alone); off: each run on its own; auto: on on a GPU, off on a CPU (grouped convs ran "
+                        "0.55-0.9x as fast per model as separate ones on 2 cores)")
     p.add_argument("--backend", default="local",
                    help="where the runs train: local (this machine's cores or GPU) or ray (a Ray cluster; "
                         "pip install 'normlab[ray]')")

@@ -10,8 +10,10 @@ evaluated and saved exactly as normlab.train saves a run, so a run folder does n
 trained (its config.json's environment says), and resumes either way. In float64 k fused steps give the
 weights of k separate steps to rounding (tests/test_fused.py).
 
-Runs fuse when they differ only in FUSED_APART; dropout draws its masks from torch's global generator, not
-per run, so runs with dropout train separately.
+Runs fuse when they differ only in FUSED_APART (each copy its own) and NORM_APART (each norm its own layer over
+its copies' channels: bn+l1, gn and ln, the standard study, are one model), and their blocks are alike: the
+same conv (a bias or not, Weight Standardization or not) and activation. Dropout draws its masks from torch's
+global generator, not per run, so runs with dropout train separately.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from normlab.augment import Affine
 from normlab.checkpoint import restore_training_state, training_state
@@ -37,20 +39,41 @@ from normlab.graphed import Epoch
 from normlab.jobs import Job
 from normlab.machine import cpu_cores
 from normlab.model import Net, count_parameters, l1_parameters
-from normlab.norms import NORMS
+from normlab.norms import NORMS, NormSettings
 from normlab.predict import normalize, pixels
 from normlab.runs import RunFolder, metric_columns, open_run
 from normlab.sgd import SGD, OneCycle
 from normlab.train import NON_FINITE, RunResult, epoch_row, read_back, set_training_mode, setup, start_log
 
 FUSED_APART = ("seed", "lr", "l1", "weight_decay", "threads")  # what the runs of one fused model may differ in
+NORM_APART = ("norm", "groups", "bn_batch", "norm_eps", "norm_momentum", "renorm_r_max", "renorm_d_max",
+              "renorm_from", "renorm_to")  # and what its norms may: each kind a layer of its own
 
 
 def fuse_key(config: TrainConfig) -> str | None:
     """Runs with equal keys can train as one fused model; None: this run trains on its own."""
     if config.dropout > 0 or config.compile:
         return None
-    return json.dumps(replace(config, **{k: getattr(TrainConfig, k) for k in FUSED_APART}).to_dict(), sort_keys=True)
+    entry = NORMS[config.norm]
+    shared = replace(config, **{k: getattr(TrainConfig, k) for k in (*FUSED_APART, *NORM_APART)}).to_dict()
+    return json.dumps({**shared, "conv_bias": not entry.shift, "activation": entry.activation}, sort_keys=True)
+
+
+def norm_kind(config: TrainConfig) -> tuple[str, NormSettings]:
+    """What a norm layer is built from: copies of one kind share a layer of the fused model."""
+    return config.norm, config.norm_settings()
+
+
+class SegmentedNorm(nn.Module):
+    """The norm of a fused model whose copies differ in it: each segment of its channels (the copies of one kind)
+    normalized by a layer of its own."""
+
+    def __init__(self, parts: list[nn.Module], channels: list[int]) -> None:
+        super().__init__()
+        self.parts, self.channels = nn.ModuleList(parts), channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([part(chunk) for part, chunk in zip(self.parts, x.split(self.channels, 1), strict=True)], 1)
 
 
 @dataclass
@@ -72,40 +95,73 @@ class Member:
 
 
 class FusedModel:
-    """The members' models as one Net(copies=N), and the SGD step that moves all of them at once."""
+    """The members' models as one Net(copies=N), and the SGD step that moves all of them at once. Members of one
+    norm kind sit side by side (a segment); each tensor of the fused state is the concatenation of its members'
+    (``layout``: fused name -> member name and the segment of members, all of them outside the norms)."""
 
     def __init__(self, members: list[Member], device: torch.device) -> None:
-        first = members[0].config
-        self.members, self.n = members, len(members)
+        kinds = list(dict.fromkeys(norm_kind(m.config) for m in members))
+        self.members = sorted(members, key=lambda m: kinds.index(norm_kind(m.config)))  # stable: kinds together
+        self.n, first = len(members), self.members[0].config
         self.net = Net(first.norm, first.groups, 0.0, first.bn_batch, first.weight_std, first.norm_settings(),
-                       copies=self.n).to(device)
+                       copies=self.n)
+        counts = [sum(norm_kind(m.config) == kind for m in members) for kind in kinds]
+        self.segments = [(sum(counts[:j]), sum(counts[:j + 1])) for j in range(len(kinds))]
+        if len(kinds) > 1:
+            for block in self.net.features:
+                if isinstance(block, nn.Sequential):
+                    channels = block[0].out_channels // self.n
+                    block[2] = SegmentedNorm([NORMS[norm].build(channels * k, replace(settings, copies=k))
+                                              for (norm, settings), k in zip(kinds, counts, strict=True)],
+                                             [channels * k for k in counts])
+        self.net.to(device)
+        self.layout = self.state_layout()
         self.params = list(self.net.parameters())
+        self.spans = [self.layout[name][1:] for name, _ in self.net.named_parameters()]
+        self.own = [self.layout[name][0] for name, _ in self.net.named_parameters()]
+        self.index = [{name: i for i, (name, _) in enumerate(m.result.model.named_parameters())} for m in self.members]
         self.penalized = {id(p) for p in l1_parameters(self.net, first.l1_norm_params)}
-        self.l1 = torch.tensor([m.config.l1 for m in members], device=device, dtype=self.params[0].dtype)
-        self.decay = torch.tensor([m.config.weight_decay for m in members], device=device, dtype=self.l1.dtype)
+        self.l1 = torch.tensor([m.config.l1 for m in self.members], device=device, dtype=self.params[0].dtype)
+        self.decay = torch.tensor([m.config.weight_decay for m in self.members], device=device, dtype=self.l1.dtype)
         self.nesterov = first.momentum > 0
         self.any_l1, self.any_decay = bool(self.l1.any()), bool(self.decay.any())
+
+    def state_layout(self) -> dict[str, tuple[str, int, int]]:
+        parts = {f"{name}.parts.{j}.": (f"{name}.", *segment) for name, module in self.net.named_modules()
+                 if isinstance(module, SegmentedNorm) for j, segment in enumerate(self.segments)}
+        layout = {}
+        for key in self.net.state_dict():
+            prefix = next((p for p in parts if key.startswith(p)), None)
+            layout[key] = (key, 0, self.n) if prefix is None else (parts[prefix][0] + key[len(prefix):],
+                                                                   *parts[prefix][1:])
+        return layout
 
     def pack(self) -> None:
         """Every member's weights, running statistics and momentum buffers into the fused model."""
         states = [m.result.model.state_dict() for m in self.members]
         with torch.no_grad():
             for name, t in self.net.state_dict().items():
-                t.copy_(states[0][name] if t.dim() == 0 else torch.cat([s[name] for s in states]))
-        per_member = [m.optimizer.buffers for m in self.members]
-        self.buffers = [None if any(b[i] is None for b in per_member) else torch.cat([b[i] for b in per_member])
-                        for i in range(len(self.params))]
+                own, a, b = self.layout[name]
+                t.copy_(states[a][own] if t.dim() == 0 else torch.cat([s[own] for s in states[a:b]]))
+        self.buffers = []
+        for own, (a, b) in zip(self.own, self.spans, strict=True):
+            per_member = [self.members[i].optimizer.buffers[self.index[i][own]] for i in range(a, b)]
+            self.buffers.append(None if any(x is None for x in per_member) else torch.cat(per_member))
 
     def unpack(self) -> None:
         """The fused model's state back into each member's model and optimizer."""
         states = [m.result.model.state_dict() for m in self.members]  # views of each member's tensors
         with torch.no_grad():
             for name, t in self.net.state_dict().items():
-                for i, state in enumerate(states):
-                    state[name].copy_(t if t.dim() == 0 else t.unflatten(0, (self.n, -1))[i])
-            for i, m in enumerate(self.members):
-                m.optimizer.buffers = [None if buffer is None else buffer.unflatten(0, (self.n, -1))[i].clone()
-                                       for buffer in self.buffers]
+                own, a, b = self.layout[name]
+                for i in range(a, b):
+                    states[i][own].copy_(t if t.dim() == 0 else t.unflatten(0, (b - a, -1))[i - a])
+        for m, index in zip(self.members, self.index, strict=True):
+            m.optimizer.buffers = [None] * len(index)
+        for own, (a, b), buffer in zip(self.own, self.spans, self.buffers, strict=True):
+            for i in range(a, b):
+                self.members[i].optimizer.buffers[self.index[i][own]] = (
+                    None if buffer is None else buffer.unflatten(0, (b - a, -1))[i - a].clone())
 
     def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """One SGD step of every copy on its own batch: ``x`` (B, N, 28, 28) normalized, ``y`` (B, N). Returns each
@@ -114,10 +170,10 @@ class FusedModel:
         logits = self.net(x).view(b, self.n, -1)
         losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)
         objective = losses.sum()
-        for p in self.params:
+        for p, (lo, hi) in zip(self.params, self.spans, strict=True):
             p.grad = None
             if id(p) in self.penalized and self.any_l1:
-                objective = objective + (self.l1 * p.abs().unflatten(0, (self.n, -1)).flatten(1).sum(1)).sum()
+                objective = objective + (self.l1[lo:hi] * p.abs().unflatten(0, (hi - lo, -1)).flatten(1).sum(1)).sum()
         objective.backward()
         lr = torch.tensor([m.optimizer.lr for m in self.members], dtype=self.l1.dtype, device=x.device)
         momentum = torch.tensor([m.optimizer.momentum for m in self.members], dtype=self.l1.dtype, device=x.device)
@@ -130,18 +186,20 @@ class FusedModel:
 
     def _update(self, k: int, p: Tensor, lr: Tensor, momentum: Tensor) -> None:
         """normlab.sgd.SGD's arithmetic (weight decay, momentum, Nesterov), each copy at its own rates."""
-        def per_copy(v: Tensor) -> Tensor:
-            return v.view(self.n, *[1] * p.dim())
+        a, b = self.spans[k]
 
-        weights, grad = p.unflatten(0, (self.n, -1)), p.grad.unflatten(0, (self.n, -1))  # type: ignore[union-attr]
+        def per_copy(v: Tensor) -> Tensor:
+            return v[a:b].view(b - a, *[1] * p.dim())
+
+        weights, grad = p.unflatten(0, (b - a, -1)), p.grad.unflatten(0, (b - a, -1))  # type: ignore[union-attr]
         grad = grad + per_copy(self.decay) * weights if self.any_decay else grad
         if self.nesterov:
             if self.buffers[k] is None:
                 self.buffers[k] = grad.clone().flatten(0, 1)
             else:
-                buf = self.buffers[k].unflatten(0, (self.n, -1))  # type: ignore[union-attr]
+                buf = self.buffers[k].unflatten(0, (b - a, -1))  # type: ignore[union-attr]
                 buf.mul_(per_copy(momentum)).add_(grad)
-            buf = self.buffers[k].unflatten(0, (self.n, -1))  # type: ignore[union-attr]
+            buf = self.buffers[k].unflatten(0, (b - a, -1))  # type: ignore[union-attr]
             grad = grad + per_copy(momentum) * buf
         weights.sub_(per_copy(lr) * grad)
 
@@ -214,6 +272,7 @@ def train_members(members: list[Member], data: Dataset, device: torch.device, st
     first = members[0].config
     test = data.limit(None, first.test_limit).to(device)
     fused = FusedModel(members, device)
+    members = fused.members  # in the fused model's order
     fused.pack()  # once: after each epoch unpack copies the fused state out, which stays the state of record
     for epoch in range(len(members[0].result.metrics) + 1, first.epochs + 1):
         start, lrs = time.perf_counter(), [m.optimizer.lr for m in members]
@@ -239,7 +298,7 @@ def train_members(members: list[Member], data: Dataset, device: torch.device, st
                                                                  m.result.metrics, m.folder.hash))
     for m in members:
         if not m.failed:
-            if NORMS[first.norm].batch_stats:
+            if NORMS[m.config.norm].batch_stats:
                 m.result.evaluation = evaluation_statistics(m.result.model, m.config, data, device,
                                                             m.result.final_test_acc)
             m.folder.finish(m.result.model, m.result.evaluation)
@@ -260,7 +319,8 @@ def train_jobs_fused(jobs: list[Job], data: Dataset, device: torch.device, log: 
         if len(group) < 2:
             alone += group
             continue
-        log(f"training {len(group)} runs as one fused model ({group[0].config.norm}): "
+        norms = ", ".join(dict.fromkeys(job.config.norm for job in group))
+        log(f"training {len(group)} runs as one fused model ({norms}): "
             + ", ".join(job.label for job in group))
         torch.set_num_threads(cpu_cores() if device.type == "cpu" else torch.get_num_threads())
         train_fused([job.config for job in group], [job.out for job in group], data, device,

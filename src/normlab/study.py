@@ -103,9 +103,9 @@ def run_study(
     validation accuracy chooses. ``jobs``: runs trained at once, as threads (None: normlab.jobs.default_jobs);
     with ``backend`` "ray", tasks in flight on the Ray cluster at ``address`` (None: a local instance;
     normlab.cluster), each of ``base.threads`` CPUs (None: 1). ``fuse``: on, runs that differ only in seed, rate,
-    L1 and weight decay train as one fused model (normlab.fused); auto: on a GPU. ``force``: retrain runs in ``out``
-    made with other settings, or whose files cannot be read. Nothing is written before every input and run folder
-    is checked.
+    L1, weight decay and norm train as one fused model (normlab.fused); auto: on a GPU. ``force``: retrain runs in
+    ``out`` made with other settings, or whose files cannot be read. Nothing is written before every input and run
+    folder is checked.
     """
     base = base or TrainConfig()
     grid = plan_grid(variants, seeds, base, batch_sizes, lrs, tune_seeds, lr_scaling, ghost)
