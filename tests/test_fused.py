@@ -45,7 +45,8 @@ def assert_same_runs(fused, apart, rel=1e-9, atol=1e-10):
 CASES = [{"norm": n} for n in NORMS] + [{"norm": "batch", "bn_batch": 8}, {"norm": "brn", "bn_batch": 4},
                                         {"norm": "evonorm-b0", "bn_batch": 4}, {"norm": "group", "weight_std": True},
                                         {"norm": "batch", "freeze_bn_epochs": 1}, {"norm": "layer", "momentum": 0.0},
-                                        {"norm": "group", "groups": 2, "l1_norm_params": True}]
+                                        {"norm": "group", "groups": 2, "l1_norm_params": True},
+                                        {"norm": "batch", "dropout": 0.2}, {"norm": "frn", "dropout": 0.1}]
 
 
 @pytest.mark.usefixtures("float64")
@@ -68,6 +69,7 @@ MIXED = {
     "own-activation": [{"norm": "frn"}, {"norm": "evonorm-s0"}, {"norm": "evonorm-b0", "bn_batch": 4}],
     "l1-on-norms": [{"norm": "group", "l1": 1e-4}, {"norm": "layer", "l1": 1e-3}, {"norm": "instance"}],
     "frozen": [{"norm": "batch", "freeze_bn_epochs": 1}, {"norm": "brn", "freeze_bn_epochs": 1}],
+    "dropout": [{"norm": n, "dropout": 0.1} for n in ("batch", "group", "layer")],
 }
 
 
@@ -113,7 +115,8 @@ def test_a_run_that_diverges_fails_alone_and_the_others_train_on(tmp_path, mnist
 def test_what_may_differ_within_a_fused_model():
     a = TrainConfig(norm="gn")
     assert fuse_key(a) == fuse_key(replace(a, seed=3, lr=0.4, l1=1e-5, weight_decay=1e-4, threads=2))
-    assert fuse_key(replace(a, dropout=0.1)) is None  # its masks come from torch's one generator, not each run's
+    assert fuse_key(replace(a, compile=True)) is None
+    assert fuse_key(replace(a, dropout=0.1)) == fuse_key(replace(a, dropout=0.1, seed=2)) != fuse_key(a)
     assert fuse_key(a) == fuse_key(TrainConfig(norm="ln")) == fuse_key(TrainConfig(norm="brn", bn_batch=4))
     assert fuse_key(a) == fuse_key(replace(a, groups=2, norm_eps=1e-3, norm_momentum=0.2))
     assert fuse_key(a) != fuse_key(TrainConfig(norm="frn"))  # its own activation: a block without ReLU

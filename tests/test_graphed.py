@@ -93,3 +93,19 @@ def test_each_update_is_sgds_at_that_steps_lr_and_momentum(values):
         graphed.step += 1
         for a, b in zip(params, ours, strict=True):
             assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_dropout_masks_are_drawn_for_the_epoch_from_the_runs_generator(mnist):
+    """Each epoch's masks come from the run's own generator with its data order: the same seed, the same weights;
+    about 1 − p of the channels kept."""
+    config = quick(epochs=1, augment=False, train_limit=640, dropout=0.3)
+    images, labels = mnist.train_images[:640], mnist.train_labels[:640]
+    weights, kept = [], []
+    for seed in (0, 0, 1):
+        model, optimizer, schedule, _, _ = setup(config, CPU)
+        graphed = GraphedEpochs(model, optimizer, schedule, config, mnist.info, images, labels, None, capture=False)
+        graphed.run_epoch(torch.Generator().manual_seed(seed))
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        kept.append(graphed.keep.float().mean().item())
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    assert all(0.65 < k < 0.75 for k in kept)

@@ -99,6 +99,24 @@ def test_a_folder_of_the_first_schema_is_read_as_it_was_and_resumes(finished, tm
     assert without_seconds(resumed.metrics) == without_seconds(read_metrics(finished, CONFIG_A))
 
 
+def test_a_dropout_run_of_torchs_global_masks_is_refused_not_resumed_with_the_runs_own(finished, tmp_path):
+    """Dropout's masks come from the run's generator: a folder whose masks came from torch's global one (named by
+    the hash without that mark) is another computation, refused in one line, its work kept."""
+    import hashlib
+
+    from normlab.model import LAYOUT
+
+    config = quick(norm="layer", epochs=2, dropout=0.1)
+    values = {k: v for k, v in config.to_dict().items() if k not in ("device", "threads", "data_dir")}
+    before = hashlib.sha256(json.dumps({**values, "layout": repr(LAYOUT)}, sort_keys=True).encode()).hexdigest()[:16]
+    assert before != config_hash(config) and config_hash(CONFIG_A) == config_hash(quick(norm="layer", epochs=2))
+    old = copy_of(finished, tmp_path)
+    saved = json.loads((old / CONFIG).read_text())
+    (old / CONFIG).write_text(json.dumps({**saved, "config": config.to_dict(), "config_hash": before}))
+    saved_run = read_run(old, config)
+    assert saved_run.status is Status.OTHER and "dropout's masks drawn otherwise" in saved_run.differences
+
+
 def test_a_folder_of_a_later_schema_is_one_line(finished, tmp_path):
     later = copy_of(finished, tmp_path)
     saved = json.loads((later / CONFIG).read_text())

@@ -12,8 +12,8 @@ weights of k separate steps to rounding (tests/test_fused.py).
 
 Runs fuse when they differ only in FUSED_APART (each copy its own) and NORM_APART (each norm its own layer over
 its copies' channels: bn+l1, gn and ln, the standard study, are one model), and their blocks are alike: the
-same conv (a bias or not, Weight Standardization or not) and activation. Dropout draws its masks from torch's
-global generator, not per run, so runs with dropout train separately.
+same conv (a bias or not, Weight Standardization or not) and activation. Each copy's dropout masks come from
+its run's generator, drawn as the run alone draws them.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from normlab.evalstats import evaluation_statistics
 from normlab.graphed import Epoch
 from normlab.jobs import Job
 from normlab.machine import cpu_cores
-from normlab.model import Net, count_parameters, l1_parameters
+from normlab.model import BLOCK_CHANNELS, Net, count_parameters, l1_parameters
 from normlab.norms import NORMS, NormSettings
 from normlab.predict import normalize, pixels
 from normlab.runs import RunFolder, metric_columns, open_run
 from normlab.sgd import SGD, OneCycle
-from normlab.train import NON_FINITE, RunResult, epoch_row, read_back, set_training_mode, setup, start_log
+from normlab.train import NON_FINITE, RunResult, dropout_keep, epoch_row, read_back, set_training_mode, setup, start_log
 
 FUSED_APART = ("seed", "lr", "l1", "weight_decay", "threads")  # what the runs of one fused model may differ in
 NORM_APART = ("norm", "groups", "bn_batch", "norm_eps", "norm_momentum", "renorm_r_max", "renorm_d_max",
@@ -52,7 +52,7 @@ NORM_APART = ("norm", "groups", "bn_batch", "norm_eps", "norm_momentum", "renorm
 
 def fuse_key(config: TrainConfig) -> str | None:
     """Runs with equal keys can train as one fused model; None: this run trains on its own."""
-    if config.dropout > 0 or config.compile:
+    if config.compile:
         return None
     entry = NORMS[config.norm]
     shared = replace(config, **{k: getattr(TrainConfig, k) for k in (*FUSED_APART, *NORM_APART)}).to_dict()
@@ -103,7 +103,7 @@ class FusedModel:
         kinds = list(dict.fromkeys(norm_kind(m.config) for m in members))
         self.members = sorted(members, key=lambda m: kinds.index(norm_kind(m.config)))  # stable: kinds together
         self.n, first = len(members), self.members[0].config
-        self.net = Net(first.norm, first.groups, 0.0, first.bn_batch, first.weight_std, first.norm_settings(),
+        self.net = Net(first.norm, first.groups, first.dropout, first.bn_batch, first.weight_std, first.norm_settings(),
                        copies=self.n)
         counts = [sum(norm_kind(m.config) == kind for m in members) for kind in kinds]
         self.segments = [(sum(counts[:j]), sum(counts[:j + 1])) for j in range(len(kinds))]
@@ -163,11 +163,12 @@ class FusedModel:
                 self.members[i].optimizer.buffers[self.index[i][own]] = (
                     None if buffer is None else buffer.unflatten(0, (b - a, -1))[i - a].clone())
 
-    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """One SGD step of every copy on its own batch: ``x`` (B, N, 28, 28) normalized, ``y`` (B, N). Returns each
-        copy's logits (B, N, 10) and cross-entropy (N), without L1."""
+    def step(self, x: Tensor, y: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One SGD step of every copy on its own batch: ``x`` (B, N, 28, 28) normalized, ``y`` (B, N), ``keep`` the
+        copies' dropout masks as Net takes them. Returns each copy's logits (B, N, 10) and cross-entropy (N),
+        without L1."""
         b = len(x)
-        logits = self.net(x).view(b, self.n, -1)
+        logits = self.net(x, keep).view(b, self.n, -1)
         losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(0)
         objective = losses.sum()
         for p, (lo, hi) in zip(self.params, self.spans, strict=True):
@@ -204,6 +205,13 @@ class FusedModel:
         weights.sub_(per_copy(lr) * grad)
 
 
+def side_by_side(keeps: list[Tensor]) -> Tensor:
+    """The copies' dropout masks, each (B, sum(BLOCK_CHANNELS)), as the fused Net takes them: block after block,
+    each block's copies side by side."""
+    stacked = torch.stack(keeps, 1)  # (B, N, channels)
+    return torch.cat([part.flatten(1) for part in stacked.split(BLOCK_CHANNELS, 2)], 1)
+
+
 def fused_epoch(fused: FusedModel, info: DatasetInfo, batch_size: int, steps: int,
                 stop: StopFlag | None) -> list[Epoch]:
     """One pass of every copy over its own training images in its own seeded order and augmentation."""
@@ -215,14 +223,15 @@ def fused_epoch(fused: FusedModel, info: DatasetInfo, batch_size: int, steps: in
     for i in range(steps):
         if stop is not None:
             stop.check()
-        xs, ys = [], []
+        xs, ys, keeps = [], [], []
         for m, order in zip(members, orders, strict=True):
             idx = order[i * batch_size:(i + 1) * batch_size]
             x = pixels(m.images[idx])
             xs.append(normalize(m.augment(x, m.generator) if m.augment is not None else x, info))
             ys.append(m.labels[idx])
+            keeps.append(dropout_keep(m.config, len(idx), m.generator))
         x, y = torch.cat(xs, 1).to(fused.params[0].dtype), torch.stack(ys, 1)
-        logits, losses = fused.step(x, y)
+        logits, losses = fused.step(x, y, None if keeps[0] is None else side_by_side(keeps))
         bad = torch.where((bad < 0) & ~torch.isfinite(losses), i, bad)
         loss_sums += losses.to(loss_sums.dtype) * len(x)
         correct += (logits.argmax(2) == y).sum(0)

@@ -3,10 +3,10 @@
 A 7.6k-parameter model keeps each GPU kernel busy for microseconds, so eager PyTorch spends a step's time
 launching kernels, not running them. Here the whole step (batch gather, augmentation, forward, backward,
 L1, the Nesterov update at the one-cycle schedule's LR and momentum, the epoch's metric sums) is captured
-once and replayed from device tensors alone; the host sets each epoch's data order and noise and reads
-the sums when the epoch ends. The update is normlab.sgd.SGD's arithmetic with the LR and momentum read
-from device tensors (SGD takes them as Python numbers, which a graph would freeze), on SGD's own momentum
-buffers, so checkpoints and resume are those of the eager loop.
+once and replayed from device tensors alone; the host sets each epoch's data order, augmentation noise and
+dropout masks and reads the sums when the epoch ends. The update is normlab.sgd.SGD's arithmetic with the LR
+and momentum read from device tensors (SGD takes them as Python numbers, which a graph would freeze), on SGD's
+own momentum buffers, so checkpoints and resume are those of the eager loop.
 
 With ``capture=False`` the same step runs eagerly on any device: how the tests check it on a CPU.
 """
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from normlab.augment import Affine
 from normlab.config import TrainConfig
 from normlab.data import DatasetInfo
-from normlab.model import l1_parameters
+from normlab.model import BLOCK_CHANNELS, l1_parameters
 from normlab.predict import normalize, pixels
 from normlab.sgd import SGD, OneCycle
 
@@ -59,6 +59,8 @@ class GraphedEpochs:
         n = len(images)
         self.order = torch.arange(n, device=device)
         self.noise = torch.zeros(n, 4, device=device) if augment is not None else None
+        self.dropout = config.dropout
+        self.keep = torch.zeros(n, sum(BLOCK_CHANNELS), dtype=torch.bool, device=device) if config.dropout else None
         self.positions = torch.arange(self.batch, device=device)
         self.step_in_epoch = torch.zeros((), dtype=torch.int64, device=device)
         self.step = torch.zeros((), dtype=torch.int64, device=device)  # the run's step: indexes the schedule
@@ -77,6 +79,8 @@ class GraphedEpochs:
         self.order.copy_(torch.randperm(n, generator=generator, device=device))
         if self.noise is not None:
             self.noise.copy_(torch.rand(n, 4, generator=generator, device=device) * 2 - 1)
+        if self.keep is not None:  # dropout's masks, from the run's generator as the eager loop draws them
+            self.keep.copy_(torch.rand(self.keep.shape, generator=generator, device=device) >= self.dropout)
         start = self.schedule.last_epoch
         self.step.fill_(start)
         for t, value in ((self.step_in_epoch, 0), (self.loss_sum, 0), (self.correct, 0), (self.bad_step, -1)):
@@ -98,7 +102,8 @@ class GraphedEpochs:
         y = self.labels.index_select(0, index)
         for p in self.params:
             p.grad = None
-        logits = self.model(normalize(x, self.info))
+        keep = self.keep.index_select(0, positions) if self.keep is not None else None
+        logits = self.model(normalize(x, self.info), keep)
         loss = F.cross_entropy(logits, y)
         objective = loss + self.l1 * sum(p.abs().sum() for p in self.penalized) if self.penalized else loss
         objective.backward()

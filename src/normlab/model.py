@@ -32,6 +32,18 @@ LAYOUT: list[tuple[str, int, int, int] | str] = [
     ("conv5", 16, 16, 3),
 ]
 NUM_CLASSES = 10
+BLOCK_CHANNELS = [layer[2] for layer in LAYOUT if isinstance(layer, tuple)]  # each conv block's output channels
+
+
+class ChannelDropout(nn.Dropout2d):
+    """Dropout2d that takes its masks from the caller: ``keep`` (N, C) bools, True for a channel kept. normlab's
+    training loops draw them from the run's own generator (normlab.train.dropout_keep), so that runs side by side
+    in threads, resumed or fused draw what a run alone does; without ``keep``, torch's global generator."""
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        if not self.training or keep is None:
+            return super().forward(x)
+        return x * (keep.to(x.dtype) / (1 - self.p))[:, :, None, None]
 
 
 class ConvBlock(nn.Sequential):
@@ -47,8 +59,13 @@ class ConvBlock(nn.Sequential):
             conv(cin * n, cout * n, kernel, bias=not entry.shift, groups=n),
             nn.Identity() if entry.activation else nn.ReLU(inplace=True),
             entry.build(cout * n, settings),
-            nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
+            ChannelDropout(dropout) if dropout > 0 else nn.Identity(),
         )
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        conv, activation, norm, dropout = self
+        x = norm(activation(conv(x)))
+        return dropout(x, keep) if isinstance(dropout, ChannelDropout) else dropout(x)
 
 
 class Net(nn.Module):
@@ -82,10 +99,20 @@ class Net(nn.Module):
         self.channels_last = True
         self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``keep``: dropout's masks, (N, copies · sum(BLOCK_CHANNELS)) bools, block after block, each block's columns
+        its copies' masks side by side; None: torch's global generator draws them."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.head(self.gap(self.features(x))).flatten(1)
+        start = 0
+        for module in self.features:
+            if isinstance(module, ConvBlock):
+                width = module[0].out_channels
+                x = module(x, None if keep is None else keep[:, start:start + width])
+                start += width
+            else:
+                x = module(x)
+        return self.head(self.gap(x)).flatten(1)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -55,6 +55,8 @@ def config_hash(config: TrainConfig, schema: int = SCHEMA) -> str:
     values = {k: v for k, v in config.to_dict().items() if k not in NOT_HASHED
               and not (schema == 1 and k in SCHEMA_1_VALUES and SCHEMA_1_VALUES[k] == v)}
     values["layout"] = repr(LAYOUT)
+    if config.dropout > 0:  # dropout's masks come from the run's generator; earlier, from torch's global one
+        values["dropout_masks"] = "the run's generator"
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -145,7 +147,7 @@ def _differences(saved: dict[str, Any], config: TrainConfig) -> str:
     asked = config.to_dict()
     changed = [f"{k} {saved.get(k, SCHEMA_1_VALUES.get(k))!r}, not {v!r}" for k, v in asked.items()
                if k not in NOT_HASHED and saved.get(k, SCHEMA_1_VALUES.get(k)) != v]
-    return "; ".join(changed) or "another normlab version (another model layout)"
+    return "; ".join(changed) or "another normlab version (another model layout, or dropout's masks drawn otherwise)"
 
 
 def read_run(folder: Path, config: TrainConfig) -> SavedRun:
