@@ -70,7 +70,9 @@ class Candidate(nn.Module):
         self.fc, self.channels_last = fc, True  # as normlab's Net
         self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        if keep is not None:  # dropout's masks are drawn for normlab's Net's channels
+            raise ValueError("the layout candidates train without dropout")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.features(x)
