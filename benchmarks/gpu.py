@@ -4,7 +4,7 @@
     python benchmarks/gpu.py --out /tmp/g --device cpu --quick  # a smoke run of the same code on a CPU
 
 1. check: one epoch through the captured CUDA graphs against the same step run eagerly (same seeds):
-   the weights must agree to float rounding.
+   the weights must agree to float rounding; for single runs, and for bn+l1, gn and ln fused as one model.
 2. small batches: images/s of a training epoch at batch 2, 8, 32, 128 for bn, gn, ln, eager launches
    against one graph replay per step (a warm-up epoch first, then one timed epoch).
 3. the standard study: ``normlab study`` (3 variants × 20 epochs, all 60k images, evaluation after each
@@ -72,6 +72,39 @@ def check_graphs(data: Any, device: torch.device, images: int) -> dict[str, Any]
     return rows
 
 
+def check_fused_graphs(data: Any, device: torch.device, images: int, work: Path) -> dict[str, Any]:
+    """The fused step (bn+l1, gn, ln as one model) as graph replays against the same step run eagerly, and eager
+    against eager, as check_graphs does for single runs."""
+    from contextlib import ExitStack
+
+    from normlab.config import TrainConfig
+    from normlab.fused import FusedModel, member
+    from normlab.fusedgraph import FusedGraph
+    from normlab.runs import open_run
+
+    configs = [TrainConfig(norm=norm, l1=1e-5 if norm == "batch" else 0.0, epochs=1, train_limit=images, seed=i)
+               for i, norm in enumerate(("batch", "group", "layer"))]
+    nets, losses = [], []
+    for k, capture in enumerate((True, False, False)):
+        with ExitStack() as stack:
+            outs = [work / "fused_check" / f"{k}-{i}" for i in range(3)]
+            folders = [stack.enter_context(open_run(o, c, force=True)) for o, c in zip(outs, configs, strict=True)]
+            members = [member(c, o, f, data, device, 3, lambda _: None)
+                       for c, o, f in zip(configs, outs, folders, strict=True)]
+            fused = FusedModel(members, device)
+            fused.pack()
+            graph = FusedGraph(fused, data.info, 128, capture_graphs=capture and device.type == "cuda")
+            losses.append([e.loss for e in graph.run_epoch()])
+            nets.append(fused.net)
+
+    def difference(a: Any, b: Any) -> float:
+        return max((x.float() - y.float()).abs().max().item()
+                   for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    return {"graph_vs_eager_max_weight_difference": difference(nets[0], nets[1]),
+            "eager_vs_eager_max_weight_difference": difference(nets[1], nets[2]), "losses_graph_eager_eager": losses}
+
+
 def study(work: Path, name: str, args: list[str]) -> dict[str, Any]:
     """One study timed from the shell (benchmarks/timing.py), its log kept beside the others."""
     row = timed_study(work / name, args, log=work / f"{name}.log")
@@ -124,6 +157,8 @@ def main() -> None:
 
     if "check" not in args.skip:
         stage(results, args.out, "check", lambda: check_graphs(data, device, 1280 if args.quick else 4096))
+        stage(results, args.out, "check_fused", lambda: check_fused_graphs(data, device, 1280 if args.quick else 4096,
+                                                                           work))
     if "startup" not in args.skip:
         stage(results, args.out, "startup", lambda: startups(args.device, 2 if args.quick else 5, args.data_dir))
     if "study" not in args.skip:

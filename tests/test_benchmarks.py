@@ -37,7 +37,7 @@ def test_gpu_script_runs_every_stage_on_a_cpu(tmp_path):
     failed = {name: value["error"] for name, value in results.items() if isinstance(value, dict) and "error" in value}
     assert not failed, failed
     assert {"check", "study_graph_default_jobs", "small_batches", "study_eager_1_at_once", "profile",
-            "ghost_sweep_fused", "study_5_seeds_fuse_off", "startup"} <= set(results)
+            "ghost_sweep_fused", "study_5_seeds_fuse_off", "startup", "check_fused"} <= set(results)
     assert results["startup"]["medians"]["normlab"]["setup"] >= 0
     assert results["study_graph_default_jobs"]["exit"] == 0 and len(results["study_graph_default_jobs"]["runs"]) == 3
     assert results["check"]["batch"]["eager_vs_eager_max_weight_difference"] == 0  # a CPU repeats itself

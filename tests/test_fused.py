@@ -144,3 +144,41 @@ def test_fuse_flag_errors_are_one_line_before_anything_is_written(tmp_path, caps
     assert main(["study", "--fuse", "on", "--backend", "ray", "--out", str(tmp_path / "s")]) == 2
     assert "--fuse on: fuses runs on this machine; with --backend ray each run is a task" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.usefixtures("float64")
+def test_the_device_driven_fused_step_trains_as_the_eager_fused_loop(tmp_path, mnist):
+    """FusedGraph's step (here run eagerly on the CPU) against fused_epoch: the same data orders (no augmentation),
+    so the same weights, momentum buffers and metrics to float64 rounding; its schedules stand where the loop's do."""
+    from contextlib import ExitStack
+
+    from normlab.fused import FusedModel, fused_epoch, member
+    from normlab.fusedgraph import FusedGraph
+    from normlab.runs import open_run
+
+    configs = [replace(BASE, augment=False, seed=s, norm=n, lr=lr, l1=l1, weight_decay=1e-3)
+               for s, n, lr, l1 in ((0, "batch", 0.1, 1e-4), (1, "group", 0.05, 0.0), (2, "batch", 0.2, 0.0))]
+    models = []
+    for way in ("eager", "graph"):
+        with ExitStack() as stack:
+            outs = [tmp_path / way / str(i) for i in range(3)]
+            folders = [stack.enter_context(open_run(o, c, force=True)) for o, c in zip(outs, configs, strict=True)]
+            members = [member(c, o, f, mnist, CPU, 3, quiet) for c, o, f in zip(configs, outs, folders, strict=True)]
+            fused = FusedModel(members, CPU)
+            fused.pack()
+            graph = FusedGraph(fused, mnist.info, BASE.batch_size, capture_graphs=False) if way == "graph" else None
+            epochs = [graph.run_epoch() if graph else fused_epoch(fused, mnist.info, BASE.batch_size,
+                                                                  BASE.steps_per_epoch, None) for _ in range(2)]
+            fused.unpack()
+            models.append((epochs, [m.result.model.state_dict() for m in members],
+                           [m.optimizer.buffers for m in members], [m.schedule.last_epoch for m in members]))
+    (eager, weights, buffers, steps), (graphed, weights2, buffers2, steps2) = models
+    for a, b in zip(eager, graphed, strict=True):
+        for (loss, acc, bad), (loss2, acc2, bad2) in zip(a, b, strict=True):
+            assert loss2 == pytest.approx(loss, rel=1e-9) and acc2 == acc and bad is bad2 is None
+    for a, b in zip([*weights, *buffers], [*weights2, *buffers2], strict=True):
+        values = a.values() if isinstance(a, dict) else a
+        others = b.values() if isinstance(b, dict) else b
+        assert all(torch.allclose(x.double(), y.double(), rtol=0, atol=1e-10) for x, y in zip(values, others,
+                                                                                              strict=True))
+    assert steps == steps2 == [2 * BASE.steps_per_epoch] * 3

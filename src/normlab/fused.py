@@ -35,11 +35,12 @@ from normlab.config import TrainConfig
 from normlab.data import Dataset, DatasetInfo
 from normlab.errors import StopFlag
 from normlab.evalstats import evaluation_statistics
+from normlab.fusedgraph import FusedGraph
 from normlab.graphed import Epoch
 from normlab.jobs import Job
 from normlab.machine import cpu_cores
-from normlab.model import BLOCK_CHANNELS, Net, count_parameters, l1_parameters
-from normlab.norms import NORMS, NormSettings
+from normlab.model import Net, copies_side_by_side, count_parameters, l1_parameters
+from normlab.norms import NORMS, NormSettings, SegmentedNorm
 from normlab.predict import normalize, pixels
 from normlab.runs import RunFolder, metric_columns, open_run
 from normlab.sgd import SGD, OneCycle
@@ -62,18 +63,6 @@ def fuse_key(config: TrainConfig) -> str | None:
 def norm_kind(config: TrainConfig) -> tuple[str, NormSettings]:
     """What a norm layer is built from: copies of one kind share a layer of the fused model."""
     return config.norm, config.norm_settings()
-
-
-class SegmentedNorm(nn.Module):
-    """The norm of a fused model whose copies differ in it: each segment of its channels (the copies of one kind)
-    normalized by a layer of its own."""
-
-    def __init__(self, parts: list[nn.Module], channels: list[int]) -> None:
-        super().__init__()
-        self.parts, self.channels = nn.ModuleList(parts), channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([part(chunk) for part, chunk in zip(self.parts, x.split(self.channels, 1), strict=True)], 1)
 
 
 @dataclass
@@ -164,7 +153,17 @@ class FusedModel:
                     None if buffer is None else buffer.unflatten(0, (b - a, -1))[i - a].clone())
 
     def step(self, x: Tensor, y: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
-        """One SGD step of every copy on its own batch: ``x`` (B, N, 28, 28) normalized, ``y`` (B, N), ``keep`` the
+        """One SGD step of every copy on its own batch at its schedule's rates, the schedules stepped after."""
+        logits, losses = self.forward_backward(x, y, keep)
+        lr = torch.tensor([m.optimizer.lr for m in self.members], dtype=self.l1.dtype, device=x.device)
+        momentum = torch.tensor([m.optimizer.momentum for m in self.members], dtype=self.l1.dtype, device=x.device)
+        self.update(lr, momentum)
+        for m in self.members:  # each run's schedule follows the fused step
+            m.schedule.step()
+        return logits, losses
+
+    def forward_backward(self, x: Tensor, y: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Every copy's gradients on its own batch: ``x`` (B, N, 28, 28) normalized, ``y`` (B, N), ``keep`` the
         copies' dropout masks as Net takes them. Returns each copy's logits (B, N, 10) and cross-entropy (N),
         without L1."""
         b = len(x)
@@ -176,14 +175,13 @@ class FusedModel:
             if id(p) in self.penalized and self.any_l1:
                 objective = objective + (self.l1[lo:hi] * p.abs().unflatten(0, (hi - lo, -1)).flatten(1).sum(1)).sum()
         objective.backward()
-        lr = torch.tensor([m.optimizer.lr for m in self.members], dtype=self.l1.dtype, device=x.device)
-        momentum = torch.tensor([m.optimizer.momentum for m in self.members], dtype=self.l1.dtype, device=x.device)
-        with torch.no_grad():
-            for k, p in enumerate(self.params):
-                self._update(k, p, lr, momentum)
-        for m in self.members:  # each run's schedule follows the fused step
-            m.schedule.step()
         return logits.detach(), losses.detach()
+
+    @torch.no_grad()
+    def update(self, lr: Tensor, momentum: Tensor) -> None:
+        """The SGD update of every copy at its rates (``lr``, ``momentum``: one value a copy, on the device)."""
+        for k, p in enumerate(self.params):
+            self._update(k, p, lr, momentum)
 
     def _update(self, k: int, p: Tensor, lr: Tensor, momentum: Tensor) -> None:
         """normlab.sgd.SGD's arithmetic (weight decay, momentum, Nesterov), each copy at its own rates."""
@@ -205,13 +203,6 @@ class FusedModel:
         weights.sub_(per_copy(lr) * grad)
 
 
-def side_by_side(keeps: list[Tensor]) -> Tensor:
-    """The copies' dropout masks, each (B, sum(BLOCK_CHANNELS)), as the fused Net takes them: block after block,
-    each block's copies side by side."""
-    stacked = torch.stack(keeps, 1)  # (B, N, channels)
-    return torch.cat([part.flatten(1) for part in stacked.split(BLOCK_CHANNELS, 2)], 1)
-
-
 def fused_epoch(fused: FusedModel, info: DatasetInfo, batch_size: int, steps: int,
                 stop: StopFlag | None) -> list[Epoch]:
     """One pass of every copy over its own training images in its own seeded order and augmentation."""
@@ -231,7 +222,7 @@ def fused_epoch(fused: FusedModel, info: DatasetInfo, batch_size: int, steps: in
             ys.append(m.labels[idx])
             keeps.append(dropout_keep(m.config, len(idx), m.generator))
         x, y = torch.cat(xs, 1).to(fused.params[0].dtype), torch.stack(ys, 1)
-        logits, losses = fused.step(x, y, None if keeps[0] is None else side_by_side(keeps))
+        logits, losses = fused.step(x, y, None if keeps[0] is None else copies_side_by_side(torch.stack(keeps, 1)))
         bad = torch.where((bad < 0) & ~torch.isfinite(losses), i, bad)
         loss_sums += losses.to(loss_sums.dtype) * len(x)
         correct += (logits.argmax(2) == y).sum(0)
@@ -283,10 +274,18 @@ def train_members(members: list[Member], data: Dataset, device: torch.device, st
     fused = FusedModel(members, device)
     members = fused.members  # in the fused model's order
     fused.pack()  # once: after each epoch unpack copies the fused state out, which stays the state of record
+    graphs: dict[bool, FusedGraph] = {}  # on a GPU, a captured step for each mode it trains in (BN, or frozen)
     for epoch in range(len(members[0].result.metrics) + 1, first.epochs + 1):
         start, lrs = time.perf_counter(), [m.optimizer.lr for m in members]
-        set_training_mode(fused.net, epoch, first)
-        epochs = fused_epoch(fused, data.info, first.batch_size, first.steps_per_epoch, stop)
+        frozen = set_training_mode(fused.net, epoch, first)
+        if device.type == "cuda" and first.cuda_graph:
+            if stop is not None:
+                stop.check()
+            if frozen not in graphs:
+                graphs[frozen] = FusedGraph(fused, data.info, first.batch_size, capture_graphs=True)
+            epochs = graphs[frozen].run_epoch()
+        else:
+            epochs = fused_epoch(fused, data.info, first.batch_size, first.steps_per_epoch, stop)
         fused.unpack()
         seconds = time.perf_counter() - start
         for m, (loss, accuracy, bad_step), lr in zip(members, epochs, lrs, strict=True):

@@ -129,29 +129,36 @@ class GraphedEpochs:
         torch._foreach_sub_(self.params, torch._foreach_mul(direction, lr))
 
     def _capture(self, sizes: list[int]) -> list[Callable[[], None]]:
-        """Warm up on a side stream, capture one graph per batch size, and undo what the warm-up trained."""
-        state = [*self.model.state_dict().values(), *self.buffers]
-        saved = [t.detach().clone() for t in state]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for size in sizes:
-                self.step_in_epoch.zero_()
-                self.step.zero_()
-                for _ in range(WARMUP_STEPS):
-                    self._step(size)
-                    self.step_in_epoch.zero_()
-        torch.cuda.current_stream().wait_stream(side)
-        graphs = []
-        for size in sizes:  # each graph its own memory pool: a few MB, and no reuse across graphs to reason about
-            graph = torch.cuda.CUDAGraph()
-            with CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other runs' threads go on
-                self._step(size)
-            graphs.append(graph)
-        with torch.no_grad():
-            for t, value in zip(state, saved, strict=True):
-                t.copy_(value)
-        return [graph.replay for graph in graphs]
+        return capture(self._step, sizes, [*self.model.state_dict().values(), *self.buffers],
+                       [self.step_in_epoch, self.step])
+
+
+def capture(step: Callable[[int], None], sizes: list[int], state: list[Tensor], counters: list[Tensor]
+            ) -> list[Callable[[], None]]:
+    """Warm up ``step`` on a side stream, capture one graph of it per batch size, and undo what the warm-up trained
+    (``state``: every tensor a step changes for good; ``counters``: the step counters, zeroed before each)."""
+    saved = [t.detach().clone() for t in state]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for size in sizes:
+            for _ in range(WARMUP_STEPS):
+                for counter in counters:
+                    counter.zero_()
+                step(size)
+    torch.cuda.current_stream().wait_stream(side)
+    graphs = []
+    for size in sizes:  # each graph its own memory pool: a few MB, and no reuse across graphs to reason about
+        for counter in counters:
+            counter.zero_()
+        graph = torch.cuda.CUDAGraph()
+        with CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other runs' threads go on
+            step(size)
+        graphs.append(graph)
+    with torch.no_grad():
+        for t, value in zip(state, saved, strict=True):
+            t.copy_(value)
+    return [graph.replay for graph in graphs]
 
 
 class GraphedRun:

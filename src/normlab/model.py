@@ -115,6 +115,12 @@ class Net(nn.Module):
         return self.head(self.gap(x)).flatten(1)
 
 
+def copies_side_by_side(keep: Tensor) -> Tensor:
+    """Dropout masks of several copies, (B, copies, sum(BLOCK_CHANNELS)), as a fused Net takes them: block after
+    block, each block's copies side by side."""
+    return torch.cat([part.flatten(1) for part in keep.split(BLOCK_CHANNELS, 2)], 1)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -291,3 +291,15 @@ def canonical_norm(name: str) -> str:
 def names_where(attribute: str) -> str:
     """The registry's norms that have ``attribute`` (grouped, batch_stats, ...), for error messages."""
     return ", ".join(name for name, entry in NORMS.items() if getattr(entry, attribute))
+
+
+class SegmentedNorm(nn.Module):
+    """The norm of a fused model whose copies differ in it: each segment of its channels (the copies of one kind)
+    normalized by a layer of its own."""
+
+    def __init__(self, parts: list[nn.Module], channels: list[int]) -> None:
+        super().__init__()
+        self.parts, self.channels = nn.ModuleList(parts), channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([part(chunk) for part, chunk in zip(self.parts, x.split(self.channels, 1), strict=True)], 1)
