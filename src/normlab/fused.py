@@ -39,12 +39,12 @@ from normlab.fusedgraph import FusedGraph
 from normlab.graphed import Epoch
 from normlab.jobs import Job
 from normlab.machine import cpu_cores
-from normlab.model import Net, copies_side_by_side, count_parameters, l1_parameters
+from normlab.model import Net, copies_side_by_side, count_parameters, dropout_keep, l1_parameters
 from normlab.norms import NORMS, NormSettings, SegmentedNorm
 from normlab.predict import normalize, pixels
 from normlab.runs import RunFolder, metric_columns, open_run
 from normlab.sgd import SGD, OneCycle
-from normlab.train import NON_FINITE, RunResult, dropout_keep, epoch_row, read_back, set_training_mode, setup, start_log
+from normlab.train import NON_FINITE, RunResult, epoch_row, read_back, set_training_mode, setup, start_log
 
 FUSED_APART = ("seed", "lr", "l1", "weight_decay", "threads")  # what the runs of one fused model may differ in
 NORM_APART = ("norm", "groups", "bn_batch", "norm_eps", "norm_momentum", "renorm_r_max", "renorm_d_max",
@@ -220,7 +220,7 @@ def fused_epoch(fused: FusedModel, info: DatasetInfo, batch_size: int, steps: in
             x = pixels(m.images[idx])
             xs.append(normalize(m.augment(x, m.generator) if m.augment is not None else x, info))
             ys.append(m.labels[idx])
-            keeps.append(dropout_keep(m.config, len(idx), m.generator))
+            keeps.append(dropout_keep(m.config.dropout, len(idx), m.generator))
         x, y = torch.cat(xs, 1).to(fused.params[0].dtype), torch.stack(ys, 1)
         logits, losses = fused.step(x, y, None if keeps[0] is None else copies_side_by_side(torch.stack(keeps, 1)))
         bad = torch.where((bad < 0) & ~torch.isfinite(losses), i, bad)

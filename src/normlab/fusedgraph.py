@@ -6,7 +6,7 @@ graphed single run draws them); each step's LR and momentum of every run come fr
 schedules. The update is FusedModel's, on its momentum buffers (zeros before the first step: zero · m + g is
 the first step's g), so unpacking, checkpoints and resume are those of the eager fused loop.
 
-With ``capture=False`` the same step runs eagerly on any device: how the tests check it on a CPU.
+With ``capture_graphs=False`` the same step runs eagerly on any device: how the tests check it on a CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from normlab.data import DatasetInfo
 from normlab.graphed import Epoch, capture
-from normlab.model import BLOCK_CHANNELS, copies_side_by_side
+from normlab.model import BLOCK_CHANNELS, batch_plan, copies_side_by_side, dropout_keep
 from normlab.predict import normalize, pixels
 
 if TYPE_CHECKING:
@@ -53,8 +53,7 @@ class FusedGraph:
         self.loss_sums = torch.zeros(fused.n, device=device)
         self.correct = torch.zeros(fused.n, dtype=torch.int64, device=device)
         self.bad = torch.full((fused.n,), -1, dtype=torch.int64, device=device)
-        full, last = divmod(size, batch_size)
-        plan = [(batch_size, full)] * (full > 0) + [(last, 1)] * (last > 0)
+        plan = batch_plan(size, batch_size)
         sizes = [s for s, _ in plan]
         state = [*fused.net.state_dict().values(), *fused.buffers]
         runners = capture(self._step, sizes, state, [self.step_in_epoch, self.step]) if capture_graphs \
@@ -69,8 +68,7 @@ class FusedGraph:
             if self.noise is not None:
                 self.noise[i].copy_(torch.rand(size, 4, generator=m.generator, device=device) * 2 - 1)
             if self.keep is not None:
-                self.keep[i].copy_(torch.rand(self.keep.shape[1:], generator=m.generator, device=device)
-                                   >= self.dropout)
+                self.keep[i].copy_(dropout_keep(self.dropout, size, m.generator))  # type: ignore[arg-type]
         self.step.fill_(members[0].schedule.last_epoch)
         for t, value in ((self.step_in_epoch, 0), (self.loss_sums, 0), (self.correct, 0), (self.bad, -1)):
             t.fill_(value)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from normlab.augment import Affine
 from normlab.config import TrainConfig
 from normlab.data import DatasetInfo
-from normlab.model import BLOCK_CHANNELS, l1_parameters
+from normlab.model import BLOCK_CHANNELS, batch_plan, dropout_keep, l1_parameters
 from normlab.predict import normalize, pixels
 from normlab.sgd import SGD, OneCycle
 
@@ -67,8 +67,7 @@ class GraphedEpochs:
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-        full, last = divmod(n, self.batch)
-        plan = [(self.batch, full)] * (full > 0) + [(last, 1)] * (last > 0)  # (batch size, steps per epoch)
+        plan = batch_plan(n, self.batch)
         sizes = [size for size, _ in plan]
         runners = self._capture(sizes) if capture else [lambda size=size: self._step(size) for size in sizes]
         self.replays = [(runner, count) for runner, (_, count) in zip(runners, plan, strict=True)]
@@ -80,7 +79,7 @@ class GraphedEpochs:
         if self.noise is not None:
             self.noise.copy_(torch.rand(n, 4, generator=generator, device=device) * 2 - 1)
         if self.keep is not None:  # dropout's masks, from the run's generator as the eager loop draws them
-            self.keep.copy_(torch.rand(self.keep.shape, generator=generator, device=device) >= self.dropout)
+            self.keep.copy_(dropout_keep(self.dropout, n, generator))  # type: ignore[arg-type]
         start = self.schedule.last_epoch
         self.step.fill_(start)
         for t, value in ((self.step_in_epoch, 0), (self.loss_sum, 0), (self.correct, 0), (self.bad_step, -1)):

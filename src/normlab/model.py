@@ -37,7 +37,7 @@ BLOCK_CHANNELS = [layer[2] for layer in LAYOUT if isinstance(layer, tuple)]  # e
 
 class ChannelDropout(nn.Dropout2d):
     """Dropout2d that takes its masks from the caller: ``keep`` (N, C) bools, True for a channel kept. normlab's
-    training loops draw them from the run's own generator (normlab.train.dropout_keep), so that runs side by side
+    training loops draw them from the run's own generator (dropout_keep), so that runs side by side
     in threads, resumed or fused draw what a run alone does; without ``keep``, torch's global generator."""
 
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:  # type: ignore[override]
@@ -113,6 +113,20 @@ class Net(nn.Module):
             else:
                 x = module(x)
         return self.head(self.gap(x)).flatten(1)
+
+
+def dropout_keep(p: float, images: int, generator: torch.Generator) -> Tensor | None:
+    """Dropout's masks for ``images`` images, (images, sum(BLOCK_CHANNELS)) bools, True for a channel kept, drawn
+    from the run's generator; None without dropout (and nothing drawn)."""
+    if p == 0:
+        return None
+    return torch.rand(images, sum(BLOCK_CHANNELS), generator=generator, device=generator.device) >= p
+
+
+def batch_plan(images: int, batch_size: int) -> list[tuple[int, int]]:
+    """An epoch's steps as (batch size, how many steps of it): the full batches, then a short last one if any."""
+    full, last = divmod(images, batch_size)
+    return [(batch_size, full)] * (full > 0) + [(last, 1)] * (last > 0)
 
 
 def copies_side_by_side(keep: Tensor) -> Tensor:

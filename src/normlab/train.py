@@ -31,7 +31,7 @@ from normlab.errors import StopFlag
 from normlab.evalstats import evaluation_statistics
 from normlab.graphed import Epoch, GraphedRun
 from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
-from normlab.model import BLOCK_CHANNELS, Net, count_parameters, l1_parameters
+from normlab.model import Net, count_parameters, dropout_keep, l1_parameters
 from normlab.norms import NORMS, batch_stat_layers
 from normlab.predict import evaluate, normalize, pixels
 from normlab.runs import RunFolder, SavedRun, metric_columns, open_run
@@ -162,7 +162,7 @@ def train_epoch(model: nn.Module, optimizer: SGD, schedule: OneCycle, config: Tr
         x, y = pixels(images[idx]), labels[idx]
         if augment is not None:
             x = augment(x, generator)
-        logits = model(normalize(x, info), dropout_keep(config, len(x), generator))
+        logits = model(normalize(x, info), dropout_keep(config.dropout, len(x), generator))
         loss = F.cross_entropy(logits, y)
         objective = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
         optimizer.zero_grad()
@@ -174,14 +174,6 @@ def train_epoch(model: nn.Module, optimizer: SGD, schedule: OneCycle, config: Tr
         correct += (logits.detach().argmax(1) == y).sum()
     bad = int(bad_step.item())
     return Epoch(loss_sum.item() / len(images), correct.item() * 100 / len(images), bad + 1 if bad >= 0 else None)
-
-
-def dropout_keep(config: TrainConfig, images: int, generator: torch.Generator) -> Tensor | None:
-    """Dropout's masks for one batch, (images, every block's channels) bools, drawn from the run's generator after
-    its data order and augmentation; None without dropout (and nothing drawn)."""
-    if config.dropout == 0:
-        return None
-    return torch.rand(images, sum(BLOCK_CHANNELS), generator=generator, device=generator.device) >= config.dropout
 
 
 def sgd_one_cycle(parameters: Iterable[Tensor], config: TrainConfig
