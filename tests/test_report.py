@@ -150,6 +150,9 @@ def test_the_shared_rate_ranking_compares_the_seeds_that_every_rate_has():
     text = findings(summarize(r), r)
     assert ("By mean test accuracy over seeds 0, 1, all at lr 0.1: ln, gn; each at its chosen rate: gn, ln: the "
             "ranking changes.") in text
+    r.update(tune_seeds=[0])
+    text = findings(summarize(r), r)
+    assert any(line.startswith("By mean test accuracy over seed 0, all at lr 0.1") for line in text)
 
 
 def test_the_first_line_says_what_was_run_without_running_seeds_into_epochs():
@@ -161,6 +164,8 @@ def test_the_first_line_says_what_was_run_without_running_seeds_into_epochs():
     many = what_was_run({**results, "variants": ["bn", "gn"], "seeds": [0, 1], "batch_sizes": [128],
                          "base_config": {**results["base_config"], "epochs": 20}})
     assert many.startswith("2 variants × seeds 0, 1; 20 epochs each, on real MNIST")
+    tuned = what_was_run({**results, "seeds": [0, 1, 2], "tune_seeds": [0], "lrs": [0.1, 0.2]})
+    assert "over seed 0, which trains at every rate (seeds 1, 2 train at the chosen rate only)" in tuned
 
 
 def test_every_variant_at_the_smallest_size_is_paired_against_bn_at_the_largest_and_gn_at_the_smallest():
@@ -189,3 +194,8 @@ def test_every_variant_at_the_smallest_size_is_paired_against_bn_at_the_largest_
                         "PreciseBN (+0.30), bn (+0.40), brn with test batch statistics (+5.00), bn with test batch "
                         "statistics (+5.40)."]
     assert small_batch_table(results(runs[:3])) is None  # one size: no such table
+    noisy = [with_eval("bn", s, a, 2, 0.0) for s, a in enumerate((99.40, 99.10, 99.45))]  # a loss within noise
+    r = {**results(runs[:3] + noisy + runs[9:], batch_sizes=(2, 128), ghost=True), "variants": ["bn", "gn"]}
+    text, (header, table) = small_batch_table(r)
+    assert header[-1] == "extra error vs gn at 2 images per BN group" and all(len(row) == 4 for row in table)
+    assert "bn's own loss from 128 to 2 is within noise over these seeds, so no row's share of it is given" in text

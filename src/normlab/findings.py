@@ -10,7 +10,7 @@ import statistics
 from typing import Any
 
 from normlab.plan import TARGET_ACC
-from normlab.results import evaluation_rows, final_accs, finished_runs, size_text, small_batch_rows
+from normlab.results import evaluation_rows, final_accs, finished_runs, seeds_text, size_text, small_batch_rows
 from normlab.stats import paired_difference
 
 
@@ -87,7 +87,7 @@ def lr_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str
         before = ranked(results, [common[r["variant"]] for r in chosen], seeds)
         after = ranked(results, chosen, seeds)
         verdict = "the same order" if before == after else f"{', '.join(after)}: the ranking changes"
-        over = f" over seeds {', '.join(map(str, seeds))}" if len(seeds) < len(results["seeds"]) else ""
+        over = f" over {seeds_text(seeds)}" if len(seeds) < len(results["seeds"]) else ""
         out.append(f"By mean test accuracy{over}{at}, all at lr {shared:g}: {', '.join(before)}; each at its chosen "
                    f"rate: {verdict}.")
     return out

@@ -13,7 +13,7 @@ from typing import Any
 
 from normlab.files import write_atomic
 from normlab.findings import failures, findings
-from normlab.results import evaluation_rows, size_text, small_batch_rows, summarize
+from normlab.results import evaluation_rows, seeds_text, size_text, small_batch_rows, summarize
 from normlab.stats import Interval
 
 LR_GRAPH = "graph4_val_error_vs_lr.png"
@@ -118,6 +118,7 @@ def small_batch_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], li
     if not rows:
         return None
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
+    shares = any(r["recovered"] is not None for r in rows)  # none where the seeds do not support the loss
 
     def diff(i: Interval | None) -> str:
         if i is None or i.n == 0:
@@ -126,21 +127,23 @@ def small_batch_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], li
 
     header = ["variant", "test error (%)", f"extra error vs {refs['large']} {size_text(results, large)}",
               *([f"extra error vs {refs['small']} {size_text(results, small)}"] if "small" in refs else []),
-              f"of {refs['large']}'s loss recovered"]
+              *([f"of {refs['large']}'s loss recovered"] if shares else [])]
     table = [[r["variant"] + WAYS[r["way"]], f"{r['error'].mean:.2f}" + (f" ± {r['error'].half_width:.2f}"
                                                                          if r["error"].n > 1 else ""),
               diff(r["vs_large"]),
               *(["reference" if (r["variant"], r["way"]) == (refs["small"], "moving") else diff(r["vs_small"])]
                 if "small" in refs else []),
-              recovered(r)] for r in rows]
+              *([recovered(r)] if shares else [])] for r in rows]
     text = (f"Test error (%, mean ± half the 95% CI over seeds) {size_text(results, small)}, each variant at its "
             f"chosen rate, and its extra error against {refs['large']} {size_text(results, large)}"
             + (f" and against {refs['small']} {size_text(results, small)}" if "small" in refs else "")
             + ", paired over seeds (mean, 95% CI; + is more error). The norms with batch statistics also appear "
-            "evaluated with PreciseBN and with the test images' own batch statistics. The last column is the "
-            f"share of {refs['large']}'s own loss from {large} to {small} that a row wins back, where the seeds "
-            f"support that loss: all where its extra error against {refs['large']} {size_text(results, large)} is "
-            "within noise, none where it is no smaller than that loss.")
+            "evaluated with PreciseBN and with the test images' own batch statistics. "
+            + (f"The last column is the share of {refs['large']}'s own loss from {large} to {small} that a row wins "
+               f"back: all where its extra error against {refs['large']} {size_text(results, large)} is within "
+               "noise, none where it is no smaller than that loss." if shares else
+               f"{refs['large']}'s own loss from {large} to {small} is within noise over these seeds, so no row's "
+               "share of it is given."))
     return text, (header, table)
 
 
@@ -187,9 +190,8 @@ def what_was_run(results: dict[str, Any]) -> str:
         tuning, seeds = results.get("tune_seeds") or results["seeds"], results["seeds"]
         later = [str(s) for s in seeds if s not in tuning]
         over = "its seeds" if not later else (
-            f"seeds {', '.join(map(str, tuning))}, which train at every rate ("
-            + (f"seed {later[0]} trains" if len(later) == 1 else f"seeds {', '.join(later)} train")
-            + " at the chosen rate only)")
+            f"{seeds_text(tuning)}, which train{'s' if len(tuning) == 1 else ''} at every rate ({seeds_text(later)} "
+            f"train{'s' if len(later) == 1 else ''} at the chosen rate only)")
         lr += (" Each variant is reported at the learning rate with the best mean validation accuracy at the last "
                f"epoch over {over}; ties go to the smaller rate, and a rate with a failed run is never chosen: the "
                "test set chooses nothing.")

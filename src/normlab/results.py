@@ -79,6 +79,11 @@ def size_text(results: dict[str, Any], size: int) -> str:
     return f"at {size} images per BN group" if results.get("ghost") else f"at batch size {size}"
 
 
+def seeds_text(seeds: list[int] | list[str]) -> str:
+    """Seeds in words: "seed 0" or "seeds 1, 2"."""
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
 def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per variant with batch statistics and batch size, at its chosen rate: the test accuracy under each
     evaluation statistics (normlab.evalstats) and each one's paired difference from the moving averages."""
