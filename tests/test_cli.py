@@ -82,6 +82,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args,
     (["--lrs", "0.1", "0.2", "--lr", "0.1", "--val-size", "100"], "--lr sets one rate for every run, --lrs several"),
     (["--tune-seeds", "0"], "--tune-seeds 0: they choose among --lrs"),
     (["--batch-sizes", "8", "-2"], "--batch-sizes 8 -2: -2 is not a positive whole number"),
+    (["--test-stats", "ema"], "--test-stats ema: choose moving (the running averages), precise (PreciseBN) or batch"),
 ])
 def test_bad_study_axes_are_one_line_exit_2_naming_the_flag_and_write_nothing(tmp_path, capsys, args, message):
     assert main(["study", "--variants", "gn", "--out", str(tmp_path / "study"), *TINY, *args]) == 2

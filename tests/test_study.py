@@ -277,3 +277,26 @@ def test_a_study_folder_that_lost_its_study_json_says_how_to_reuse_its_runs(tmp_
     logs = []
     run_study(tmp_path, ["gn"], [0], BASE, progress=False, log=logs.append)
     assert any("reusing it" in line for line in logs)
+
+
+def test_test_stats_chooses_which_evaluation_the_tables_give_and_the_report_says_so(study, tmp_path):
+    import shutil
+
+    out, results, _ = study
+    shutil.copytree(out, tmp_path / "s")
+    logs = []
+    precise = run_study(tmp_path / "s", ["bn+l1", "gn", "ln"], [0, 1], BASE, progress=False, log=logs.append,
+                        test_stats="precise")
+    assert not any(" -> " in line for line in logs)  # every run reused: only the report changes
+    for before, after in zip(results["runs"], precise["runs"], strict=True):
+        if after["batch_stats"]:
+            assert before["final_test_acc"] == after["evaluation"]["moving"]
+            assert after["final_test_acc"] == after["evaluation"]["precise"]
+        else:
+            assert after["final_test_acc"] == before["final_test_acc"]
+    assert sum(r["batch_stats"] for r in precise["runs"]) == 2
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "with PreciseBN's population statistics (--test-stats precise)" in report
+    assert "the run's test accuracy" not in report and "the run's test accuracy" in (out / "report.md").read_text()
+    with pytest.raises(UserError, match="choose moving"):
+        run_study(tmp_path / "s", ["gn"], [0], BASE, progress=False, log=quiet, test_stats="ema")

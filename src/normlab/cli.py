@@ -66,7 +66,7 @@ def cmd_study(args: argparse.Namespace) -> None:
                             jobs=args.jobs, force=args.force, batch_sizes=args.batch_sizes, lrs=args.lrs,
                             tune_seeds=args.tune_seeds,
                             lr_scaling=args.lr is None, ghost=args.ghost, backend=args.backend,
-                            address=args.address, fuse=args.fuse)
+                            address=args.address, fuse=args.fuse, test_stats=args.test_stats)
     except Interrupted as e:
         if any(out.glob("*/*/seed*/metrics.json")):  # else no epoch of any run had finished: nothing to claim
             e.saved = (f"finished runs are kept in {out}" if args.backend == "ray" else
@@ -145,6 +145,11 @@ def build_parser() -> Parser:
                         "model with every conv grouped by run, one step for all (each run's folder as if trained "
                         "alone); off: each run on its own; auto: on on a GPU, off on a CPU (grouped convs ran "
                         "0.55-0.9x as fast per model as separate ones on 2 cores)")
+    p.add_argument("--test-stats", default="moving",
+                   help="the test accuracy the tables and findings give a norm with batch statistics: moving (the "
+                        "running averages, PyTorch's eval mode), precise (PreciseBN: population statistics of the "
+                        "final weights) or batch (the test images' own, in groups of the training group size); "
+                        "all three are always in the report's evaluation table")
     p.add_argument("--backend", default="local",
                    help="where the runs train: local (this machine's cores or GPU) or ray (a Ray cluster; "
                         "pip install 'normlab[ray]')")

@@ -7,8 +7,9 @@
     batch    the test images' own batch statistics, in consecutive groups of the run's training group size
 
 Part of small-batch BN's loss may be its evaluation statistics rather than noisy training (EvalNorm, Singh
-& Shrivastava 2019): comparing the three on one model says how much. The run's test accuracy stays the
-moving averages'. Each way uses plain batch statistics (Batch Renorm's r = 1, d = 0) on a copy of the model.
+& Shrivastava 2019): comparing the three on one model says how much. A run's test accuracy stays the moving
+averages' unless a study asks for another (``--test-stats``). Each way uses plain batch statistics (Batch Renorm's
+r = 1, d = 0) on a copy of the model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from normlab.norms import BatchRenorm2d, RunningStats, batch_stat_layers
 from normlab.predict import evaluate, model_input
 
 PRECISE_IMAGES = 10_000
+WAYS = ("moving", "precise", "batch")  # the keys of a run's evaluation.json
 
 
 def with_batch_statistics(model: nn.Module) -> nn.Module:

@@ -109,6 +109,13 @@ def evaluation_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tup
 
 
 WAYS = {"moving": "", "precise": ", PreciseBN", "batch": ", test batch statistics"}
+TEST_STATS = {  # --test-stats: what the evaluation table's moving column is, and what the first paragraph adds
+    "moving": ("the run's test accuracy, ", ""),
+    **{way: ("", f" The test accuracy of a run with batch statistics in the tables and findings is its final model's "
+                 f"{words} (--test-stats {way}); the curves of Graphs 1-2 and the test accuracy at the best "
+                 "validation epoch are the running averages', epoch by epoch.")
+       for way, words in (("precise", "with PreciseBN's population statistics"),
+                          ("batch", "with the test images' own batch statistics"))}}
 
 
 def small_batch_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
@@ -200,7 +207,7 @@ def what_was_run(results: dict[str, Any]) -> str:
     n, seeds, epochs = len(results["variants"]), results["seeds"], base["epochs"]
     return (f"{n} variant{'s' * (n != 1)}{batches} × seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}; "
             f"{epochs} epoch{'s' * (epochs != 1)} each, on real {results['dataset_title']} ({run['test_images']:,} "
-            f"test images{val}).{lr} {how_trained(results)}")
+            f"test images{val}).{lr} {how_trained(results)}{TEST_STATS[results.get('test_stats', 'moving')][1]}")
 
 
 def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, Any]]:
@@ -227,7 +234,8 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
         first = evaluations[0]
         blocks += [("h2", "Evaluation statistics of the norms with batch statistics"),
                    ("p", "Test accuracy (%, mean ± std over seeds) of each final model evaluated with the running "
-                         "averages training kept (the run's test accuracy, PyTorch's eval mode), with PreciseBN's "
+                         f"averages training kept ({TEST_STATS[results.get('test_stats', 'moving')][0]}PyTorch's "
+                         "eval mode), with PreciseBN's "
                          f"population statistics recomputed with the final weights over {first['precise_images']:,} "
                          "training images, and with the test images' own batch statistics in consecutive groups of "
                          "the run's training group size; the gains are paired over seeds (95% CI)."),

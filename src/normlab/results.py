@@ -8,6 +8,7 @@ import math
 import statistics
 from typing import Any
 
+from normlab.evalstats import WAYS
 from normlab.stats import choose_on_validation, interval, paired_difference
 
 
@@ -94,7 +95,7 @@ def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                     and r["lr"] == chosen.get((name, batch)) and r.get("evaluation")]
             if not runs:
                 continue
-            by_seed = {way: {r["seed"]: r["evaluation"][way] for r in runs} for way in ("moving", "precise", "batch")}
+            by_seed = {way: {r["seed"]: r["evaluation"][way] for r in runs} for way in WAYS}
             rows.append({"variant": name, "batch_size": batch, "group": runs[0]["evaluation"]["group"],
                          "precise_images": runs[0]["evaluation"]["precise_images"],
                          **{way: interval(list(accs.values())) for way, accs in by_seed.items()},
@@ -105,11 +106,11 @@ def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def chosen_accs(results: dict[str, Any], variant: str, batch: int, way: str = "moving") -> dict[int, float]:
     """Seed -> test accuracy of a variant at one batch size and its chosen rate, under one evaluation statistics
-    ("moving" is the run's own test accuracy)."""
+    (a run without batch statistics has one test accuracy, whichever is asked)."""
     lr = chosen_lrs(results).get((variant, batch))
     runs = [r for r in finished_runs(results) if (r["variant"], r["batch_size"], r["lr"]) == (variant, batch, lr)]
     if way == "moving":
-        return {r["seed"]: r["final_test_acc"] for r in runs}
+        return {r["seed"]: r["evaluation"]["moving"] if r.get("evaluation") else r["final_test_acc"] for r in runs}
     return {r["seed"]: r["evaluation"][way] for r in runs if r.get("evaluation")}
 
 
@@ -132,7 +133,7 @@ def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict
     loss = paired_difference(ref_large, chosen_accs(results, refs["large"], small)) if ref_large else None
     rows = []
     for variant in present:
-        ways = ("moving", "precise", "batch") if batch_stats.get(variant) else ("moving",)
+        ways = WAYS if batch_stats.get(variant) else ("moving",)
         for way in ways:
             accs = chosen_accs(results, variant, small, way)
             if not accs:

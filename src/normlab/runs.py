@@ -32,6 +32,7 @@ from torch import nn
 from normlab.checkpoint import load_checkpoint, save_checkpoint
 from normlab.config import TrainConfig
 from normlab.errors import UserError
+from normlab.evalstats import WAYS
 from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atomic
 from normlab.model import LAYOUT
 
@@ -194,7 +195,7 @@ def read_evaluation(folder: Path) -> dict[str, float] | None:
     if not path.is_file():
         return None
     values = _read_json(path)
-    keys = ("moving", "precise", "batch")
+    keys = WAYS
     if not isinstance(values, dict) or not all(isinstance(values.get(k), int | float) and math.isfinite(values[k])
                                                and 0 <= values[k] <= 100 for k in keys):
         raise _broken(path, f"does not hold the test accuracies {', '.join(keys)} from 0 to 100")

@@ -29,7 +29,7 @@ from normlab.cluster import check_cpus, ray_session, run_on_ray
 from normlab.config import TrainConfig
 from normlab.data import Dataset, load_dataset
 from normlab.errors import UserError
-from normlab.evalstats import evaluation_statistics
+from normlab.evalstats import WAYS, evaluation_statistics
 from normlab.files import FolderLock, prepare_folder, write_atomic
 from normlab.fused import train_jobs_fused
 from normlab.jobs import Job, default_jobs, run_in_threads
@@ -49,8 +49,9 @@ BACKENDS = ("local", "ray")  # where a study's runs train: normlab.jobs here, no
 FUSE = ("auto", "on", "off")  # runs as one fused model (normlab.fused): auto on a GPU only
 
 
-def record(point: Point, out: Path, test_images: int) -> dict[str, Any]:
-    """The run's line in results.json: its settings, its final numbers and its per-epoch metrics."""
+def record(point: Point, out: Path, test_images: int, test_stats: str = "moving") -> dict[str, Any]:
+    """The run's line in results.json: its settings, its final numbers and its per-epoch metrics. Its final test
+    accuracy is the one under ``test_stats`` (normlab.evalstats.WAYS) where it has batch statistics."""
     saved, variant, config = point.run.read_back(), point.run.variant, point.run.config
     metrics = saved.metrics
     run: dict[str, Any] = {
@@ -70,6 +71,8 @@ def record(point: Point, out: Path, test_images: int) -> dict[str, Any]:
             "conv_weight_l1": conv_weight_l1(saved.model),  # type: ignore[arg-type]  # finished: has a model
             "weights": str((point.run.folder / WEIGHTS).relative_to(out)), "evaluation": saved.evaluation,
         })
+        if saved.evaluation and run["batch_stats"]:
+            run["final_test_acc"] = saved.evaluation[test_stats]
         if config.val_size:  # the epoch a user would pick, picked on validation, and its test accuracy
             best = max(range(len(metrics)), key=lambda i: metrics[i]["val_acc"])
             run.update({"final_val_acc": metrics[-1]["val_acc"], "best_val_epoch": best + 1,
@@ -94,6 +97,7 @@ def run_study(
     backend: str = "local",
     address: str | None = None,
     fuse: str = "auto",
+    test_stats: str = "moving",
 ) -> dict[str, Any]:
     """Train every variant × batch size × learning rate × seed not yet in ``out``, then write results, graphs,
     grids and report.
@@ -103,18 +107,16 @@ def run_study(
     validation accuracy chooses. ``jobs``: runs trained at once, as threads (None: normlab.jobs.default_jobs);
     with ``backend`` "ray", tasks in flight on the Ray cluster at ``address`` (None: a local instance;
     normlab.cluster), each of ``base.threads`` CPUs (None: 1). ``fuse``: on, runs that differ only in seed, rate,
-    L1, weight decay and norm train as one fused model (normlab.fused); auto: on a GPU. ``force``: retrain runs in
-    ``out`` made with other settings, or whose files cannot be read. Nothing is written before every input and run
-    folder is checked.
+    L1, weight decay and norm train as one fused model (normlab.fused); auto: on a GPU. ``test_stats``: which of
+    normlab.evalstats' ways the tables and findings take as the test accuracy of a run with batch statistics (the
+    curves stay the moving averages'). ``force``: retrain runs in ``out`` made with other settings, or whose files
+    cannot be read. Nothing is written before every input and run folder is checked.
     """
     base = base or TrainConfig()
     grid = plan_grid(variants, seeds, base, batch_sizes, lrs, tune_seeds, lr_scaling, ghost)
-    check_backend(backend, address, jobs, base, fuse)
+    check_how(backend, address, jobs, base, fuse, test_stats)
     out = Path(out)
-    if not (out / STUDY_MARKER).is_file() and any(out.glob(f"*/*/seed*/{CONFIG}")):
-        raise UserError(f"holds normlab run folders but no {STUDY_MARKER} (removed?); each run is checked against "
-                        f"its own settings, so writing {{}} into {out / STUDY_MARKER} lets a study reuse them; or "
-                        "choose a new or empty {out}", "out", out)
+    check_marker(out)
     device = resolve_device(base.device)
     data = load_dataset(base.dataset, base.data_dir)
     n_runs = grid.runs(out)
@@ -133,7 +135,7 @@ def run_study(
             points = train_grid(out, grid, points, lambda todo: train_runs(todo, data, device, jobs, threads,
                                                                               progress, log, ray, fused))
             study = {**grid.settings(), "dataset_title": data.info.title, "backend": backend,
-                     "jobs": min(jobs, n_runs) if jobs else None, "threads": threads,
+                     "jobs": min(jobs, n_runs) if jobs else None, "threads": threads, "test_stats": test_stats,
                      "graph_batch": base.batch_size if base.batch_size in grid.sizes else max(grid.sizes)}
             return collect(out, points, grid.variants, study, data, device, log)
 
@@ -148,7 +150,20 @@ def share_machine(backend: str, base: TrainConfig, jobs: int | None, device: tor
     return jobs, (base.threads or max(1, cpu_cores() // jobs)) if device.type == "cpu" else base.threads
 
 
-def check_backend(backend: str, address: str | None, jobs: int | None, base: TrainConfig, fuse: str) -> None:
+def check_marker(out: Path) -> None:
+    """Run folders without the study's marker are refused, saying how to keep them."""
+    if not (out / STUDY_MARKER).is_file() and any(out.glob(f"*/*/seed*/{CONFIG}")):
+        raise UserError(f"holds normlab run folders but no {STUDY_MARKER} (removed?); each run is checked against "
+                        f"its own settings, so writing {{}} into {out / STUDY_MARKER} lets a study reuse them; or "
+                        "choose a new or empty {out}", "out", out)
+
+
+def check_how(backend: str, address: str | None, jobs: int | None, base: TrainConfig, fuse: str,
+              test_stats: str) -> None:
+    """The settings of how a study trains and reports, each bad one a UserError naming it."""
+    if test_stats not in WAYS:
+        raise UserError("choose moving (the running averages), precise (PreciseBN) or batch (the test images' own "
+                        "statistics)", "test_stats", test_stats)
     if backend not in BACKENDS:
         raise UserError(f"unknown backend; choose {' or '.join(BACKENDS)}", "backend", backend)
     if fuse not in FUSE:
@@ -228,7 +243,7 @@ def collect(out: Path, points: list[Point], parsed: list[Variant], study: dict[s
     test_data = data.limit(None, study["base_config"]["test_limit"])
     for run in unique(points):
         add_evaluation(run, data, device)
-    runs = [record(p, out, len(test_data.test_labels)) for p in points]
+    runs = [record(p, out, len(test_data.test_labels), study["test_stats"]) for p in points]
     models = {r["folder"]: p.run.read_back().model for p, r in zip(points, runs, strict=True) if r["failed"] is None}
     results = {**study, "runs": runs}
     chosen = chosen_lrs(results)
