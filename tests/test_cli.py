@@ -20,6 +20,15 @@ def test_train_command_writes_a_run(tmp_path, capsys, mnist):
     assert json.loads((out / "config.json").read_text())["config"]["groups"] == 2
 
 
+def test_a_bn_run_says_its_accuracy_under_each_evaluation_statistics(tmp_path, capsys, mnist):
+    out = tmp_path / "bn"
+    assert main(["train", "--norm", "bn", "--out", str(out), *TINY]) == 0
+    said = capsys.readouterr().out
+    ways = json.loads((out / "evaluation.json").read_text())
+    assert (f"done: test accuracy {ways['moving']:.2f}% (PreciseBN {ways['precise']:.2f}%, test batch statistics "
+            f"{ways['batch']:.2f}%) after 1 epoch") in said
+
+
 def test_summary_command(capsys):
     assert main(["summary", "--norm", "gn"]) == 0
     out = capsys.readouterr().out

@@ -50,8 +50,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     out = Path(args.out or f"runs/{config.norm}_seed{config.seed}")
     result = train_one(config, out, args)
-    print(f"done: test accuracy {result.final_test_acc:.2f}% after {config.epochs} "
-          f"epoch{'s' * (config.epochs != 1)}, {result.parameters} parameters; run folder {out}")
+    print(f"done: test accuracy {result.final_test_acc:.2f}%{other_statistics(result.evaluation)} after "
+          f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {result.parameters} parameters; run folder {out}")
+
+
+def other_statistics(evaluation: dict[str, float] | None) -> str:
+    """A BN run's test accuracy under PreciseBN and the test batch's own statistics (normlab.evalstats), in words."""
+    if not evaluation:
+        return ""
+    return f" (PreciseBN {evaluation['precise']:.2f}%, test batch statistics {evaluation['batch']:.2f}%)"
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -111,7 +118,8 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     device = next(result.model.parameters()).device
     grid = save_misclassified(out, variant.folder, result.model, data.limit(None, config.test_limit),
                               device, label, {"variant": variant.name, "seed": config.seed})
-    print(f"done: test accuracy {result.final_test_acc:.2f}%; run folder {out}, grid {out / grid}")
+    print(f"done: test accuracy {result.final_test_acc:.2f}%{other_statistics(result.evaluation)}; run folder {out}, "
+          f"grid {out / grid}")
 
 
 def exercise_parser() -> Parser:
