@@ -108,7 +108,7 @@ def evaluation_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tup
                      mean_std(r["batch"]), gain(r["precise_gain"]), gain(r["batch_gain"])] for r in rows]
 
 
-WAYS = {"moving": "", "precise": ", PreciseBN", "batch": ", test batch statistics"}
+ROW_SUFFIX = {"moving": "", "precise": ", PreciseBN", "batch": ", test batch statistics"}  # a row per way
 TEST_STATS = {  # --test-stats: what the evaluation table's moving column is, and what the first paragraph adds
     "moving": ("the run's test accuracy, ", ""),
     **{way: ("", f" The test accuracy of a run with batch statistics in the tables and findings is its final model's "
@@ -135,7 +135,7 @@ def small_batch_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], li
     header = ["variant", "test error (%)", f"extra error vs {refs['large']} {size_text(results, large)}",
               *([f"extra error vs {refs['small']} {size_text(results, small)}"] if "small" in refs else []),
               *([f"of {refs['large']}'s loss recovered"] if shares else [])]
-    table = [[r["variant"] + WAYS[r["way"]], f"{r['error'].mean:.2f}" + (f" ± {r['error'].half_width:.2f}"
+    table = [[r["variant"] + ROW_SUFFIX[r["way"]], f"{r['error'].mean:.2f}" + (f" ± {r['error'].half_width:.2f}"
                                                                          if r["error"].n > 1 else ""),
               diff(r["vs_large"]),
               *(["reference" if (r["variant"], r["way"]) == (refs["small"], "moving") else diff(r["vs_small"])]

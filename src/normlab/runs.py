@@ -195,10 +195,9 @@ def read_evaluation(folder: Path) -> dict[str, float] | None:
     if not path.is_file():
         return None
     values = _read_json(path)
-    keys = WAYS
     if not isinstance(values, dict) or not all(isinstance(values.get(k), int | float) and math.isfinite(values[k])
-                                               and 0 <= values[k] <= 100 for k in keys):
-        raise _broken(path, f"does not hold the test accuracies {', '.join(keys)} from 0 to 100")
+                                               and 0 <= values[k] <= 100 for k in WAYS):
+        raise _broken(path, f"does not hold the test accuracies {', '.join(WAYS)} from 0 to 100")
     return values
 
 
