@@ -11,7 +11,7 @@ Parts (each measurement in its own process, so that all see the same machine sta
                             usual NCHW memory format, eager fp32: how this exercise is usually written;
            conventional_cl  the same with normlab's channels-last Net;
            loader_only      the conventional DataLoader alone, no model: the most that pipeline could reach;
-           normlab          normlab.train.train (data on the device, one batched warp per step, batch 128);
+           normlab          normlab.engine.train.train (data on the device, one batched warp per step, batch 128);
            normlab_compile  the same with --compile (compiled in the first epoch);
            normlab_side_by_side  two such runs at once, one thread each, as a study trains on 2 cores;
   study  the standard study end to end (`normlab study`: 3 variants × 20 epochs, evaluation, graphs, report)
@@ -62,8 +62,8 @@ class ConventionalMNIST:
         import torch
         from PIL import Image, ImageEnhance
 
-        from normlab.data import DATASETS
-        from normlab.predict import model_input
+        from normlab.data.datasets import DATASETS
+        from normlab.engine.predict import model_input
 
         img = Image.fromarray(self.images[i], mode="L")
         img = img.rotate(random.uniform(-7, 7), resample=Image.NEAREST, fillcolor=0)
@@ -79,7 +79,7 @@ class ConventionalMNIST:
 def conventional_loader(n_images: int, workers: int) -> Any:  # a torch DataLoader (torch is imported lazily)
     import torch
 
-    from normlab.data import load_dataset
+    from normlab.data.datasets import load_dataset
 
     mnist = load_dataset()
     dataset = ConventionalMNIST(mnist.train_images[:n_images].numpy(), mnist.train_labels[:n_images].numpy())
@@ -92,7 +92,7 @@ def conventional(n_images: int, workers: int, channels_last: bool, train_model: 
     import torch
     import torch.nn.functional as F
 
-    from normlab.model import Net, l1_parameters
+    from normlab.nn.net import Net, l1_parameters
 
     loader = conventional_loader(n_images, workers)
     torch.manual_seed(0)
@@ -121,9 +121,9 @@ def normlab_loop(n_images: int, compile: bool, threads: int | None = None) -> di
     The first epoch pays the start-up (and with ``compile`` the compilation); the second is what every later
     epoch of a study costs.
     """
-    from normlab.config import TrainConfig
-    from normlab.data import load_dataset
-    from normlab.train import train
+    from normlab.data.datasets import load_dataset
+    from normlab.engine.config import TrainConfig
+    from normlab.engine.train import train
 
     mnist = load_dataset()
     config = TrainConfig(norm="batch", l1=1e-5, epochs=2, train_limit=n_images, test_limit=1, compile=compile,
@@ -166,8 +166,8 @@ def study_ratio(quick: bool, workers: int) -> dict[str, Any]:
 
 def epochs_runner(config: Any, data: Any, device: Any, graph: bool, capture: bool = True) -> Any:
     """A model and a function that trains one epoch of ``config`` on ``device``, eagerly or as graph replays."""
-    from normlab.graphed import GraphedEpochs
-    from normlab.train import setup, train_epoch
+    from normlab.engine.graphed import GraphedEpochs
+    from normlab.engine.train import setup, train_epoch
 
     images = data.train_images[:config.train_images].to(device)
     labels = data.train_labels[:config.train_images].to(device)
@@ -182,9 +182,9 @@ def epochs_runner(config: Any, data: Any, device: Any, graph: bool, capture: boo
 
 def small_batches(device: Any, sizes: tuple[int, ...], steps: int, graph: bool) -> list[dict[str, Any]]:
     """Training images/s by batch size, after a warm-up epoch: the loop as normlab runs it on ``device``
-    (eager), and with ``graph`` also normlab.graphed's step (one CUDA graph per step on a GPU)."""
-    from normlab.config import TrainConfig
-    from normlab.data import load_dataset
+    (eager), and with ``graph`` also normlab.engine.graphed's step (one CUDA graph per step on a GPU)."""
+    from normlab.data.datasets import load_dataset
+    from normlab.engine.config import TrainConfig
 
     data, rows = load_dataset(), []
     for norm in ("batch", "group", "layer"):
@@ -259,7 +259,7 @@ def main() -> None:
     import torch
 
     from normlab.machine import cpu_model
-    from normlab.model import Net, count_parameters
+    from normlab.nn.net import Net, count_parameters
 
     rounds, images = (1, 2000) if args.quick else (args.rounds, args.images)
     info = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
@@ -289,8 +289,9 @@ def main() -> None:
         result["small_batches"] = small
         lines += ["## Small batches", "",
                   "Training images/s of normlab's loop by batch size (a warm-up epoch, then one timed epoch of "
-                  f"{small[0]['steps']} steps): as `normlab train` runs it (eager), and through normlab.graphed's "
-                  "step run eagerly, which on a GPU is one CUDA graph per step (docs/gpu for those numbers).", "",
+                  f"{small[0]['steps']} steps): as `normlab train` runs it (eager), and through "
+                  "normlab.engine.graphed's step run eagerly, which on a GPU is one CUDA graph per step "
+                  "(docs/gpu for those numbers).", "",
                   "| norm | batch | eager images/s | eager ms/step | graphed-step images/s | graphed-step ms/step |",
                   "| --- | --- | --- | --- | --- | --- |",
                   *[f"| {r['norm']} | {r['batch_size']} | {r['eager_images_per_s']:,.0f} | "

@@ -51,7 +51,7 @@ def stage(results: dict[str, Any], out: Path, name: str, measure: Any) -> None:
 def check_graphs(data: Any, device: torch.device, images: int) -> dict[str, Any]:
     """Graph replays against the same step run eagerly, and eager against eager: on a GPU the second pair
     differs too (cuDNN's and atomics' float sums are not ordered), which sets the scale of the first."""
-    from normlab.config import TrainConfig
+    from normlab.engine.config import TrainConfig
 
     rows = {}
     for norm in ("batch", "group", "layer"):
@@ -77,10 +77,10 @@ def check_fused_graphs(data: Any, device: torch.device, images: int, work: Path)
     against eager, as check_graphs does for single runs."""
     from contextlib import ExitStack
 
-    from normlab.config import TrainConfig
-    from normlab.fused import FusedModel, member
-    from normlab.fusedgraph import FusedGraph
-    from normlab.runs import open_run
+    from normlab.engine.config import TrainConfig
+    from normlab.engine.fused import FusedModel, member
+    from normlab.engine.fusedgraph import FusedGraph
+    from normlab.engine.runs import open_run
 
     configs = [TrainConfig(norm=norm, l1=1e-5 if norm == "batch" else 0.0, epochs=1, train_limit=images, seed=i)
                for i, norm in enumerate(("batch", "group", "layer"))]
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[],
                         help="stages to skip: check study repeat seeds fused small eager profile startup")
     args = parser.parse_args()
-    from normlab.data import load_dataset
+    from normlab.data.datasets import load_dataset
 
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work

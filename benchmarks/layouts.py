@@ -9,7 +9,7 @@
     python benchmarks/layouts.py --layouts A A0 --norm batch --profile    # where a training step's time goes
     python benchmarks/layouts.py --layouts A FC2 --quick [--speed]        # checks the script in seconds
 
-Each candidate is trained by ``normlab.train.train`` itself (the script swaps the model class in), so
+Each candidate is trained by ``normlab.engine.train.train`` itself (the script swaps the model class in), so
 data, augmentation, optimizer and schedule are exactly those of ``normlab train``. Blocks are
 conv → ReLU → norm like normlab's; "pool" is a 2×2 max-pool. A layout ending in a conv is followed
 by global average pooling and a 1×1 conv to 10 classes; one ending in "pool" or a 1×1 conv with
@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import normlab.config
-import normlab.train
-from normlab.augment import Affine
-from normlab.config import TrainConfig
-from normlab.data import load_dataset
+import normlab.engine.config
+import normlab.engine.train
+from normlab.data.augment import Affine
+from normlab.data.datasets import load_dataset
+from normlab.engine.config import TrainConfig
 from normlab.machine import cpu_cores
-from normlab.model import ConvBlock, Net, count_parameters
-from normlab.norms import NormSettings, canonical_norm
+from normlab.nn.net import ConvBlock, Net, count_parameters
+from normlab.nn.norms import NormSettings, canonical_norm
 
 Layer = tuple[int, int, int] | str  # (in, out, kernel) or "pool"
 A0: list[Layer] = [(1, 8, 3), (8, 16, 3), "pool", (16, 8, 1), (8, 16, 3), (16, 16, 3), (16, 16, 3)]
@@ -217,12 +217,12 @@ def main() -> None:
                                    else torch.contiguous_format)
                     speed_models[f"{name:>4} {args.norm} {fmt} {mode}"] = (variant, mode)
             continue
-        normlab.config.Net = build(name)  # type: ignore[misc]  # TrainConfig.model() builds from this name
+        normlab.engine.config.Net = build(name)  # type: ignore[misc]  # TrainConfig.model() builds from this name
         accs = []
         for seed in args.seeds:
             cfg = TrainConfig(norm=args.norm, l1=args.l1, epochs=args.epochs, train_limit=args.train_limit,
                               batch_size=args.batch_size, lr=args.lr, seed=seed)
-            accs.append(normlab.train.train(cfg, data=data, progress=False, log=lambda _: None).final_test_acc)
+            accs.append(normlab.engine.train.train(cfg, data=data, progress=False, log=lambda _: None).final_test_acc)
         spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
         print(f"{head}, test accuracy after {args.epochs} epoch(s): {statistics.mean(accs):.2f}%{spread} "
               f"(seeds {' '.join(map(str, args.seeds))}: {' '.join(f'{a:.2f}' for a in accs)})", flush=True)

@@ -13,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from normlab.config import TrainConfig
-from normlab.runs import read_metrics
-from normlab.train import train
+from normlab.engine.config import TrainConfig
+from normlab.engine.runs import read_metrics
+from normlab.engine.train import train
 
 
 def main() -> int:

@@ -4,8 +4,8 @@
     python benchmarks/schedule.py --quick         # 1 epoch of 1,500 images: checks the script
 
 Ways: 2 threads at a time (one per core; the third run starts when the first ends) and 3 at once (one per
-core plus one, normlab's default), through normlab.jobs.run_in_threads; and for 3 seeds of gn, 3 threads at
-once against one fused model (normlab.fused, on every core), which decides ``--fuse auto`` on a CPU. Each
+core plus one, normlab's default), through normlab.study.jobs.run_in_threads; and for 3 seeds of gn, 3 threads at
+once against one fused model (normlab.engine.fused, on every core), which decides ``--fuse auto`` on a CPU. Each
 thread run has one torch thread, so those ways compute the same metrics; what differs is the wall time
 (docs/performance.md has what other ways gave).
 """
@@ -43,11 +43,12 @@ def main() -> None:
 
     import torch
 
-    from normlab.config import TrainConfig
-    from normlab.data import load_dataset
-    from normlab.fused import train_jobs_fused
-    from normlab.jobs import Job, run_in_threads
-    from normlab.plan import VARIANTS, parse_variant
+    from normlab.data.datasets import load_dataset
+    from normlab.engine.config import TrainConfig
+    from normlab.engine.fused import train_jobs_fused
+    from normlab.engine.runs import Job
+    from normlab.study.jobs import run_in_threads
+    from normlab.study.plan import VARIANTS, parse_variant
 
     data, cpu = load_dataset(), torch.device("cpu")
     base = TrainConfig(epochs=args.epochs, train_limit=args.train_limit, threads=1)

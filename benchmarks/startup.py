@@ -24,9 +24,9 @@ def child(optimizer: str, device_name: str, data_dir: str | None) -> None:
     times, start = {}, time.perf_counter()
     import torch
 
-    from normlab.config import TrainConfig
-    from normlab.data import load_dataset
-    from normlab.train import setup, sgd_one_cycle, train_epoch
+    from normlab.data.datasets import load_dataset
+    from normlab.engine.config import TrainConfig
+    from normlab.engine.train import setup, sgd_one_cycle, train_epoch
     times["import"] = time.perf_counter() - start
     start = time.perf_counter()
     config, device = TrainConfig(device=device_name), torch.device(device_name)

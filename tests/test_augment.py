@@ -1,7 +1,7 @@
 import torch
 
-from normlab.augment import Affine
-from normlab.config import TrainConfig
+from normlab.data.augment import Affine
+from normlab.engine.config import TrainConfig
 
 STUDY = TrainConfig()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import quick, quiet
 
-from normlab.train import train
+from normlab.engine.train import train
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

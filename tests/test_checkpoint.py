@@ -3,10 +3,10 @@ import errno
 import pytest
 import torch
 
-from normlab.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
-from normlab.config import TrainConfig
+from normlab.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
+from normlab.engine.config import TrainConfig
+from normlab.engine.train import sgd_one_cycle
 from normlab.errors import UserError
-from normlab.train import sgd_one_cycle
 
 
 def setup(seed):

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, quiet, without_seconds
 
-from normlab.cluster import check_reachable
-from normlab.config import TrainConfig
+from normlab.engine.config import TrainConfig
 from normlab.errors import UserError
 from normlab.machine import command_line, cpu_cores
-from normlab.study import run_study
+from normlab.study.cluster import check_reachable
+from normlab.study.study import run_study
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray

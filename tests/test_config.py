@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from normlab.config import MIN_STEPS, TrainConfig
+from normlab.engine.config import MIN_STEPS, TrainConfig
+from normlab.engine.train import sgd_one_cycle
 from normlab.errors import UserError
-from normlab.norms import GROUPS
-from normlab.train import sgd_one_cycle
+from normlab.nn.norms import GROUPS
 
 
 def test_defaults_are_the_standard_recipe():

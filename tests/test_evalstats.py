@@ -5,14 +5,19 @@ import torch
 from conftest import quick, quiet
 from torch import nn
 
+from normlab.engine.evalstats import (
+    batch_statistics_accuracy,
+    evaluation_statistics,
+    precise_model,
+    with_batch_statistics,
+)
+from normlab.engine.predict import evaluate, model_input
+from normlab.engine.runs import CHECKPOINT, EVALUATION, WEIGHTS
+from normlab.engine.train import train
 from normlab.errors import Interrupted, StopFlag
-from normlab.evalstats import batch_statistics_accuracy, evaluation_statistics, precise_model, with_batch_statistics
-from normlab.model import Net
-from normlab.norms import batch_stat_layers
-from normlab.predict import evaluate, model_input
-from normlab.runs import CHECKPOINT, EVALUATION, WEIGHTS
-from normlab.study import run_study
-from normlab.train import train
+from normlab.nn.net import Net
+from normlab.nn.norms import batch_stat_layers
+from normlab.study.study import run_study
 
 
 @pytest.fixture(scope="module")

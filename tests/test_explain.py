@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from normlab.explain import (
+from normlab.nn.norms import NORMS, NormSettings, StdConv2d
+from normlab.report.explain import (
     D_MAX,
     R_MAX,
     batch_norm_eval,
@@ -15,7 +16,6 @@ from normlab.explain import (
     reference_norm,
     standardize_weights,
 )
-from normlab.norms import NORMS, NormSettings, StdConv2d
 
 
 def torch_layer(over, channels, groups):

@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import quiet, without_seconds
 
-from normlab.config import TrainConfig
+from normlab.engine.config import TrainConfig
+from normlab.engine.fused import fuse_key, train_fused
+from normlab.engine.runs import FAILED, read_metrics
+from normlab.engine.train import train
 from normlab.errors import Interrupted, StopFlag
-from normlab.fused import fuse_key, train_fused
-from normlab.norms import NORMS
-from normlab.runs import FAILED, read_metrics
-from normlab.study import run_study
-from normlab.train import train
+from normlab.nn.norms import NORMS
+from normlab.study.study import run_study
 
 CPU = torch.device("cpu")
 BASE = TrainConfig(epochs=2, train_limit=640, test_limit=200, val_size=200, batch_size=64, threads=1)
@@ -152,9 +152,9 @@ def test_the_device_driven_fused_step_trains_as_the_eager_fused_loop(tmp_path, m
     so the same weights, momentum buffers and metrics to float64 rounding; its schedules stand where the loop's do."""
     from contextlib import ExitStack
 
-    from normlab.fused import FusedModel, fused_epoch, member
-    from normlab.fusedgraph import FusedGraph
-    from normlab.runs import open_run
+    from normlab.engine.fused import FusedModel, fused_epoch, member
+    from normlab.engine.fusedgraph import FusedGraph
+    from normlab.engine.runs import open_run
 
     configs = [replace(BASE, augment=False, seed=s, norm=n, lr=lr, l1=l1, weight_decay=1e-3)
                for s, n, lr, l1 in ((0, "batch", 0.1, 1e-4), (1, "group", 0.05, 0.0), (2, "batch", 0.2, 0.0))]

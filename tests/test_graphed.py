@@ -2,9 +2,9 @@ import pytest
 import torch
 from conftest import quick
 
-from normlab.augment import Affine
-from normlab.graphed import GraphedEpochs
-from normlab.train import setup, sgd_one_cycle, train_epoch
+from normlab.data.augment import Affine
+from normlab.engine.graphed import GraphedEpochs
+from normlab.engine.train import setup, sgd_one_cycle, train_epoch
 
 CPU = torch.device("cpu")
 

@@ -5,8 +5,8 @@ import pickle
 import numpy as np
 import pytest
 
+from normlab.data.idx import _ArrayOnlyUnpickler, decode_idx, encode_idx
 from normlab.errors import UserError
-from normlab.idx import _ArrayOnlyUnpickler, decode_idx, encode_idx
 
 
 def test_idx_round_trip():

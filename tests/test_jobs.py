@@ -10,16 +10,17 @@ import pytest
 import torch
 from conftest import quick, quiet, without_seconds
 
-import normlab.jobs
+import normlab.study.jobs
+from normlab.engine.runs import Job
+from normlab.engine.train import train
 from normlab.errors import UserError
 from normlab.files import FolderLock
-from normlab.jobs import GPU_RUNS_AT_ONCE, Job, default_jobs, run_in_threads
-from normlab.train import train
+from normlab.study.jobs import GPU_RUNS_AT_ONCE, default_jobs, run_in_threads
 
 
 @pytest.mark.parametrize("cores, runs, jobs", [(2, 1, 1), (2, 2, 2), (2, 3, 3), (2, 9, 3), (16, 9, 9), (4, 9, 5)])
 def test_default_jobs_is_one_per_core_plus_one_at_most_one_per_run_and_three_on_a_gpu(monkeypatch, cores, runs, jobs):
-    monkeypatch.setattr(normlab.jobs, "cpu_cores", lambda: cores)
+    monkeypatch.setattr(normlab.study.jobs, "cpu_cores", lambda: cores)
     assert default_jobs(torch.device("cpu"), runs) == jobs
     assert default_jobs(torch.device("cuda"), runs) == GPU_RUNS_AT_ONCE
 
@@ -83,16 +84,16 @@ def lock_free_within(folder: Path, seconds: float) -> bool:
 
 def test_a_crash_in_one_thread_stops_the_others_and_reaches_the_caller(tmp_path, mnist, monkeypatch):
     """A full disk in one run (an OSError, which the CLI turns into one line) stops every run at its next step."""
-    import normlab.runs
+    import normlab.engine.runs
 
-    real = normlab.runs.RunFolder.save_epoch
+    real = normlab.engine.runs.RunFolder.save_epoch
 
     def full_disk_for_gn(self, metrics, state):
         if "gn" in str(self.path):
             raise OSError(28, "No space left on device", str(self.path))
         real(self, metrics, state)
 
-    monkeypatch.setattr(normlab.runs.RunFolder, "save_epoch", full_disk_for_gn)
+    monkeypatch.setattr(normlab.engine.runs.RunFolder, "save_epoch", full_disk_for_gn)
     jobs = [Job("gn", quick(norm="group", epochs=3), tmp_path / "gn"),
             Job("ln", quick(norm="layer", epochs=30), tmp_path / "ln")]
     with pytest.raises(OSError, match="No space left"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from normlab.plan import L1_LAMBDA
+from normlab.study.plan import L1_LAMBDA
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--epochs", "1", "--train-limit", "320", "--test-limit", "300", "--batch-size", "32", "--no-progress"]

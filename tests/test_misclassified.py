@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import quick, quiet
 
-from normlab.misclassified import most_confidently_wrong, save_misclassified
-from normlab.train import train
+from normlab.engine.train import train
+from normlab.report.misclassified import most_confidently_wrong, save_misclassified
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.errors import UserError
-from normlab.norms import (
+from normlab.nn.norms import (
     ALIASES,
     NORMS,
     BatchRenorm2d,

@@ -1,8 +1,8 @@
 import pytest
 
-from normlab.config import TrainConfig
+from normlab.engine.config import TrainConfig
 from normlab.errors import UserError
-from normlab.plan import L1_LAMBDA, parse_variant, plan_grid, run_folder
+from normlab.study.plan import L1_LAMBDA, parse_variant, plan_grid, run_folder
 
 
 @pytest.mark.parametrize("text, norm, groups, l1, ws", [

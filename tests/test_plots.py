@@ -1,7 +1,7 @@
 import numpy as np
 
-from normlab.plots import batch_size_figure, lr_figure, misclassified_figure
-from normlab.stats import interval
+from normlab.report.plots import batch_size_figure, lr_figure, misclassified_figure
+from normlab.report.stats import interval
 
 
 def test_graph_3_draws_error_against_batch_size_with_a_band(tmp_path):

@@ -13,15 +13,15 @@ import pytest
 import torch
 from conftest import quiet, without_seconds
 
-import normlab.runs
+import normlab.engine.runs
 from normlab import files
 from normlab.cli import main
-from normlab.config import TrainConfig
+from normlab.engine.config import TrainConfig
+from normlab.engine.runs import CHECKPOINT, is_finished
+from normlab.engine.train import train
 from normlab.errors import UserError
-from normlab.model import LAYOUT
-from normlab.runs import CHECKPOINT, is_finished
-from normlab.study import run_study
-from normlab.train import train
+from normlab.nn.net import LAYOUT
+from normlab.study.study import run_study
 
 # Small enough to run in seconds, long enough (4 epochs × 30 steps) to be killed in the middle.
 FLAGS = ["--norm", "batch", "--l1", "1e-4", "--dropout", "0.1", "--epochs", "4", "--train-limit", "1500",
@@ -188,7 +188,7 @@ def test_a_run_of_another_model_layout_is_never_taken_for_this_one(tmp_path, mni
     run_study(out, ["ln"], [0], config, progress=False, log=quiet)
     run = out / "ln" / "b50" / "seed0"
     assert is_finished(run, config)
-    monkeypatch.setattr(normlab.runs, "LAYOUT", [*LAYOUT, "pool"])
+    monkeypatch.setattr(normlab.engine.runs, "LAYOUT", [*LAYOUT, "pool"])
     assert not is_finished(run, config)
     with pytest.raises(UserError, match=r"different config \(another normlab version"):
         train(config, out=run, data=mnist, progress=False, log=quiet, resume=True)

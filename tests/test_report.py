@@ -1,9 +1,9 @@
 """The report's tables and findings are computed from the numbers: unit tests on made-up results."""
 
-from normlab.findings import failures, findings
-from normlab.plan import TARGET_ACC as TARGETS
-from normlab.report import batch_table, chosen_table, results_table, small_batch_table, to_markdown, what_was_run
-from normlab.results import chosen_lrs, summarize
+from normlab.report.findings import TARGET_ACC as TARGETS
+from normlab.report.findings import failures, findings
+from normlab.report.report import batch_table, chosen_table, results_table, small_batch_table, to_markdown, what_was_run
+from normlab.report.results import chosen_lrs, summarize
 
 
 def run(variant, seed, acc, batch=128, seconds=100.0, **extra):

@@ -6,8 +6,7 @@ import pytest
 import torch
 from conftest import quick, quiet, without_seconds
 
-from normlab.errors import Interrupted, StopFlag, UserError
-from normlab.runs import (
+from normlab.engine.runs import (
     CHECKPOINT,
     CONFIG,
     METRICS_CSV,
@@ -22,7 +21,8 @@ from normlab.runs import (
     read_metrics,
     read_run,
 )
-from normlab.train import train
+from normlab.engine.train import train
+from normlab.errors import Interrupted, StopFlag, UserError
 
 CONFIG_A = quick(norm="layer", epochs=2)
 
@@ -104,7 +104,7 @@ def test_a_dropout_run_of_torchs_global_masks_is_refused_not_resumed_with_the_ru
     the hash without that mark) is another computation, refused in one line, its work kept."""
     import hashlib
 
-    from normlab.model import LAYOUT
+    from normlab.nn.net import LAYOUT
 
     config = quick(norm="layer", epochs=2, dropout=0.1)
     values = {k: v for k, v in config.to_dict().items() if k not in ("device", "threads", "data_dir")}

@@ -1,4 +1,4 @@
-"""normlab.sgd against torch.optim: the same weights bit for bit, and checkpoints that resume across the two."""
+"""normlab.engine.sgd against torch.optim: the same weights bit for bit, and checkpoints that resume across the two."""
 
 import copy
 import subprocess
@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
-from normlab.config import TrainConfig
-from normlab.train import sgd_one_cycle
+from normlab.engine.config import TrainConfig
+from normlab.engine.train import sgd_one_cycle
 
 
 def torch_sgd_one_cycle(params, config):
-    """The optimizer and schedule normlab trained with before normlab.sgd, built as it built them."""
+    """The optimizer and schedule normlab trained with before normlab.engine.sgd, built as it built them."""
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
                                 weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
@@ -107,7 +107,7 @@ def test_a_state_of_another_model_or_schedule_is_refused():
 
 def test_building_the_optimizer_does_not_import_torch_dynamo():
     """torch.optim's optimizers import torch._dynamo when built (seconds); a fresh interpreter shows ours do not."""
-    code = ("import sys; from normlab.config import TrainConfig; from normlab.train import setup; import torch; "
-            "setup(TrainConfig(), torch.device('cpu')); print('torch._dynamo' in sys.modules)")
+    code = ("import sys; from normlab.engine.config import TrainConfig; from normlab.engine.train import setup; "
+            "import torch; setup(TrainConfig(), torch.device('cpu')); print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

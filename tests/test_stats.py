@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from normlab.stats import choose_on_validation, interval, paired_difference, t_975
+from normlab.report.stats import choose_on_validation, interval, paired_difference, t_975
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (30, 2.042), (40, 2.021),

@@ -5,14 +5,14 @@ import pytest
 import torch
 from conftest import quiet, without_seconds
 
-from normlab.config import TrainConfig
+from normlab.engine.config import TrainConfig
+from normlab.engine.runs import WEIGHTS
+from normlab.engine.train import train
 from normlab.errors import UserError
 from normlab.machine import cpu_cores
-from normlab.plan import L1_LAMBDA
-from normlab.plots import metric_figure
-from normlab.runs import WEIGHTS
-from normlab.study import run_study
-from normlab.train import train
+from normlab.report.plots import metric_figure
+from normlab.study.plan import L1_LAMBDA
+from normlab.study.study import run_study
 
 BASE = TrainConfig(epochs=2, train_limit=1000, test_limit=500, batch_size=64)
 VAL = TrainConfig(epochs=1, train_limit=640, test_limit=200, batch_size=64, val_size=300)

@@ -1,6 +1,6 @@
-from normlab.config import TrainConfig
-from normlab.model import count_parameters
-from normlab.summary import format_summary, layer_table
+from normlab.engine.config import TrainConfig
+from normlab.nn.net import count_parameters
+from normlab.report.summary import format_summary, layer_table
 
 
 def test_summary_table():

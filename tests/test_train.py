@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from conftest import quick, quiet, without_seconds
 
-from normlab.config import TrainConfig
-from normlab.data import DATASETS
-from normlab.predict import evaluate, model_input
-from normlab.train import setup, sgd_one_cycle, train, train_epoch
+from normlab.data.datasets import DATASETS
+from normlab.engine.config import TrainConfig
+from normlab.engine.predict import evaluate, model_input
+from normlab.engine.train import setup, sgd_one_cycle, train, train_epoch
 
 
 def test_same_seed_same_metrics_and_weights(mnist):
@@ -107,7 +107,7 @@ def test_a_validation_split_is_reported_every_epoch_and_changes_only_what_it_sho
 
 
 def test_fashion_mnist_trains_through_the_same_loop(tmp_path):
-    from normlab.idx import FASHION_DEBIAN
+    from normlab.data.idx import FASHION_DEBIAN
 
     if not FASHION_DEBIAN.is_dir():
         pytest.skip("apt install dataset-fashion-mnist (CI does)")

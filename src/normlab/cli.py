@@ -26,13 +26,14 @@ from normlab import __version__
 from normlab.errors import Interrupted, RunFailed, UserError, exit_on_signal, signals_raise_interrupted
 from normlab.flags import Parser, add_model_args, add_out_flags, add_train_args, config_from_args, flag
 
-PRELOADED = ("normlab.study", "normlab.explain", "normlab.summary")  # torch, numpy, matplotlib and normlab
+# importing these imports torch, numpy, matplotlib and all of normlab
+PRELOADED = ("normlab.study.study", "normlab.report.explain", "normlab.report.summary")
 
 
 def train_one(config: Any, out: Path, args: argparse.Namespace, data: Any = None) -> Any:
     """train() for `normlab train` and main.py: a stop says what was kept, a failed run becomes RunFailed."""
-    from normlab.runs import CHECKPOINT, read_metrics
-    from normlab.train import train
+    from normlab.engine.runs import CHECKPOINT, read_metrics
+    from normlab.engine.train import train
 
     try:
         result = train(config, out=out, data=data, progress=args.progress, force=args.force, resume=args.resume)
@@ -55,14 +56,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def other_statistics(evaluation: dict[str, float] | None) -> str:
-    """A BN run's test accuracy under PreciseBN and the test batch's own statistics (normlab.evalstats), in words."""
+    """A BN run's test accuracy under PreciseBN and the test batch's own statistics (engine.evalstats), in words."""
     if not evaluation:
         return ""
     return f" (PreciseBN {evaluation['precise']:.2f}%, test batch statistics {evaluation['batch']:.2f}%)"
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from normlab.study import run_study
+    from normlab.study.study import run_study
 
     out = Path(args.out)
     if args.lr is not None and args.lrs is not None:
@@ -86,23 +87,23 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from normlab.explain import explain
+    from normlab.report.explain import explain
 
     print(explain(args.format))
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from normlab.config import TrainConfig
-    from normlab.summary import format_summary
+    from normlab.engine.config import TrainConfig
+    from normlab.report.summary import format_summary
 
     print(format_summary(TrainConfig(norm=args.norm, groups=args.groups, weight_std=args.weight_std).model()))
 
 
 def cmd_exercise(args: argparse.Namespace) -> None:
     """main.py: one model of the study, chosen as in the exercise (--norm bn+l1|bn|group|layer), and its grid."""
-    from normlab.data import load_dataset
-    from normlab.misclassified import save_misclassified
-    from normlab.plan import parse_variant
+    from normlab.data.datasets import load_dataset
+    from normlab.report.misclassified import save_misclassified
+    from normlab.study.plan import parse_variant
 
     variant = parse_variant(args.norm)
     if variant.groups is not None and args.groups is not None and variant.groups != args.groups:
@@ -132,8 +133,8 @@ def exercise_parser() -> Parser:
 
 
 def build_parser() -> Parser:
-    from normlab.norms import ALIASES, NORMS
-    from normlab.plan import VARIANTS
+    from normlab.nn.norms import ALIASES, NORMS
+    from normlab.study.plan import VARIANTS
 
     parser = Parser(prog="normlab", description="Normalization & regularization study of a small MNIST CNN.")
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")

@@ -36,8 +36,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    from normlab.config import TrainConfig
-    from normlab.norms import ALIASES, GROUPS, NORMS, names_where
+    from normlab.engine.config import TrainConfig
+    from normlab.nn.norms import ALIASES, GROUPS, NORMS, names_where
 
     p.add_argument("--norm", default=TrainConfig().norm,
                    help=f"normalization: {', '.join(NORMS)} or an alias ({', '.join(ALIASES)})")
@@ -50,7 +50,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bool = False) -> None:
     """The training flags; a study sets norm, groups, L1 and seed per run, so it takes the others only.
     main.py (``exercise``) takes L1 from its variant unless --l1 is given."""
-    from normlab.config import TrainConfig
+    from normlab.engine.config import TrainConfig
 
     d = TrainConfig()
     if not study:
@@ -138,7 +138,7 @@ def add_sgd_args(p: argparse.ArgumentParser, d: Any, study: bool) -> None:
 
 
 def add_data_args(p: argparse.ArgumentParser, d: Any) -> None:
-    from normlab.data import DATASETS
+    from normlab.data.datasets import DATASETS
 
     p.add_argument("--dataset", default=d.dataset, help=f"the images to train and test on: {' or '.join(DATASETS)}")
     p.add_argument("--val-size", type=int, default=d.val_size, metavar="N",
@@ -175,7 +175,7 @@ def add_out_flags(p: argparse.ArgumentParser, default: str) -> None:
 def config_from_args(args: argparse.Namespace, check_length: bool = True) -> Any:
     from dataclasses import fields
 
-    from normlab.config import TrainConfig
+    from normlab.engine.config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None},

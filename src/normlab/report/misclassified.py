@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from normlab.data import Dataset
+from normlab.data.datasets import Dataset
+from normlab.engine.predict import predict
 from normlab.files import write_atomic
-from normlab.plots import misclassified_figure
-from normlab.predict import predict
+from normlab.report.plots import misclassified_figure
 
 N_MISCLASSIFIED = 10  # images in each grid (5 rows × 2 columns)
 

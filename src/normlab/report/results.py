@@ -8,8 +8,8 @@ import math
 import statistics
 from typing import Any
 
-from normlab.evalstats import WAYS
-from normlab.stats import choose_on_validation, interval, paired_difference
+from normlab.engine.evalstats import WAYS
+from normlab.report.stats import choose_on_validation, interval, paired_difference
 
 
 def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -87,7 +87,7 @@ def seeds_text(seeds: list[int] | list[str]) -> str:
 
 def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per variant with batch statistics and batch size, at its chosen rate: the test accuracy under each
-    evaluation statistics (normlab.evalstats) and each one's paired difference from the moving averages."""
+    evaluation statistics (normlab.engine.evalstats) and each one's paired difference from the moving averages."""
     chosen, rows = chosen_lrs(results), []
     for batch in results["batch_sizes"]:
         for name in results["variants"]:

@@ -1,6 +1,6 @@
 """The one model of the study: a small MNIST CNN whose normalization is an argument.
 
-    >>> Net("gn")                       # any name or alias of normlab.norms.NORMS, with its defaults
+    >>> Net("gn")                       # any name or alias of normlab.nn.norms.NORMS, with its defaults
     >>> Net("group", groups=2, weight_std=True)
 
 Shape (every norm; 3×3 convs without padding, receptive field in brackets):
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.errors import UserError
-from normlab.norms import NORMS, NormSettings, StdConv2d, canonical_norm
+from normlab.nn.norms import NORMS, NormSettings, StdConv2d, canonical_norm
 
 # (name, in_channels, out_channels, kernel): the conv blocks in order; "pool" marks the 2×2 max-pool.
 LAYOUT: list[tuple[str, int, int, int] | str] = [
@@ -72,7 +72,7 @@ class Net(nn.Module):
     """The study's CNN with ``norm`` (a registry name or alias) after every conv. ``groups`` is for grouped norms
     (default 4), ``bn_batch`` (ghost images per statistics group) for batch-statistics norms; ``settings``
     carries the rest of a norm's hyperparameters (ε, momentum, Batch Renorm's clips), the registry's defaults
-    when omitted. ``copies`` models side by side make one (normlab.fused): each its own channels, every conv
+    when omitted. ``copies`` models side by side make one (normlab.engine.fused): each its own channels, every conv
     grouped by copy, input and logits (N, copies, ...) flattened on the channels."""
 
     def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0,

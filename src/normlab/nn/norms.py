@@ -38,7 +38,7 @@ class NormSettings:
     d_max: float = 5.0
     relax_from: int = 0           # Batch Renorm is plain BN (r = 1, d = 0) until this step, then its clips widen
     relax_to: int = 0             # linearly to r_max, d_max at this step (the defaults: open from the start)
-    copies: int = 1               # models stacked side by side on the channels (normlab.fused): a per-sample
+    copies: int = 1               # models stacked side by side on the channels (normlab.engine.fused): a per-sample
                                   # norm keeps its groups within each copy's channels
 
 

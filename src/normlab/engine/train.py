@@ -5,7 +5,7 @@
 
 The whole dataset sits on the device as uint8; each step indexes a seeded permutation, warps the batch
 with one grid_sample and runs the model: no per-image work and no host sync inside an epoch. After each
-epoch the run folder (normlab.runs) gets the metrics and a checkpoint, so a run killed at any moment
+epoch the run folder (normlab.engine.runs) gets the metrics and a checkpoint, so a run killed at any moment
 resumes from its last finished epoch and ends exactly as an uninterrupted run does.
 """
 
@@ -23,22 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.augment import Affine
-from normlab.checkpoint import restore_training_state, training_state
-from normlab.config import TrainConfig
-from normlab.data import Dataset, DatasetInfo, load_dataset
+from normlab.data.augment import Affine
+from normlab.data.datasets import Dataset, DatasetInfo, load_dataset
+from normlab.engine.checkpoint import restore_training_state, training_state
+from normlab.engine.config import TrainConfig
+from normlab.engine.evalstats import evaluation_statistics
+from normlab.engine.graphed import Epoch, GraphedRun
+from normlab.engine.predict import evaluate, normalize, pixels
+from normlab.engine.runs import RunFolder, SavedRun, metric_columns, open_run
+from normlab.engine.sgd import SGD, OneCycle
 from normlab.errors import StopFlag
-from normlab.evalstats import evaluation_statistics
-from normlab.graphed import Epoch, GraphedRun
 from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
-from normlab.model import Net, count_parameters, dropout_keep, l1_parameters
-from normlab.norms import NORMS, batch_stat_layers
-from normlab.predict import evaluate, normalize, pixels
-from normlab.runs import RunFolder, SavedRun, metric_columns, open_run
-from normlab.sgd import SGD, OneCycle
+from normlab.nn.net import Net, count_parameters, dropout_keep, l1_parameters
+from normlab.nn.norms import NORMS, batch_stat_layers
 
 NON_FINITE = "the training loss became NaN or infinite"
-INIT_LOCK = threading.Lock()  # runs in threads (normlab.jobs) share torch's global RNG, which seeds the weights
+INIT_LOCK = threading.Lock()  # runs in threads (normlab.study.jobs) share torch's global RNG, which seeds the weights
 
 
 @dataclass
@@ -48,7 +48,7 @@ class RunResult:
     parameters: int
     metrics: list[dict[str, float]] = field(default_factory=list)
     failure: dict[str, Any] | None = None  # where the loss became non-finite, when it did
-    evaluation: dict[str, float] | None = None  # with batch statistics: normlab.evalstats
+    evaluation: dict[str, float] | None = None  # with batch statistics: normlab.engine.evalstats
 
     @property
     def final_test_acc(self) -> float:

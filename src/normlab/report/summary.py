@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from normlab.model import Net, count_parameters
+from normlab.nn.net import Net, count_parameters
 
 
 def layer_table(model: Net) -> list[dict[str, object]]:

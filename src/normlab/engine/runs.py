@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from normlab.checkpoint import load_checkpoint, save_checkpoint
-from normlab.config import TrainConfig
+from normlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from normlab.engine.config import TrainConfig
+from normlab.engine.evalstats import WAYS
 from normlab.errors import UserError
-from normlab.evalstats import WAYS
 from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atomic
-from normlab.model import LAYOUT
+from normlab.nn.net import LAYOUT
 
 CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
 CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
@@ -69,6 +69,22 @@ class Status(Enum):
     OTHER = "other"          # work of a run with other settings
 
 
+@dataclass(frozen=True)
+class Job:
+    """One run to train: what the log calls it, its config, its folder, and whether to replace what that holds
+    (else an unfinished run there is resumed)."""
+
+    label: str
+    config: TrainConfig
+    out: Path
+    force: bool = False
+
+    @property
+    def heading(self) -> str:
+        """The log line that starts the run."""
+        return f"=== {self.label} -> {self.out}"
+
+
 @dataclass
 class SavedRun:
     """What a run folder holds for one config, read back and checked."""
@@ -79,7 +95,7 @@ class SavedRun:
     parameters: int | None = None
     differences: str = ""    # for OTHER: how its settings differ from the config asked for
     model: nn.Module | None = None  # for FINISHED: its final weights, loaded (on the CPU)
-    evaluation: dict[str, float] | None = None  # for FINISHED, with batch statistics: normlab.evalstats
+    evaluation: dict[str, float] | None = None  # for FINISHED, with batch statistics: normlab.engine.evalstats
     environment: dict[str, Any] = field(default_factory=dict)  # where and how it trained (config.json)
     hash: str = ""           # for PARTIAL: the run's hash as its config.json (and so its checkpoint) records it
 

@@ -4,7 +4,7 @@ A 7.6k-parameter model keeps each GPU kernel busy for microseconds, so eager PyT
 launching kernels, not running them. Here the whole step (batch gather, augmentation, forward, backward,
 L1, the Nesterov update at the one-cycle schedule's LR and momentum, the epoch's metric sums) is captured
 once and replayed from device tensors alone; the host sets each epoch's data order, augmentation noise and
-dropout masks and reads the sums when the epoch ends. The update is normlab.sgd.SGD's arithmetic with the LR
+dropout masks and reads the sums when the epoch ends. The update is normlab.engine.sgd.SGD's arithmetic with the LR
 and momentum read from device tensors (SGD takes them as Python numbers, which a graph would freeze), on SGD's
 own momentum buffers, so checkpoints and resume are those of the eager loop.
 
@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.augment import Affine
-from normlab.config import TrainConfig
-from normlab.data import DatasetInfo
-from normlab.model import BLOCK_CHANNELS, batch_plan, dropout_keep, l1_parameters
-from normlab.predict import normalize, pixels
-from normlab.sgd import SGD, OneCycle
+from normlab.data.augment import Affine
+from normlab.data.datasets import DatasetInfo
+from normlab.engine.config import TrainConfig
+from normlab.engine.predict import normalize, pixels
+from normlab.engine.sgd import SGD, OneCycle
+from normlab.nn.net import BLOCK_CHANNELS, batch_plan, dropout_keep, l1_parameters
 
 CAPTURE_LOCK = threading.Lock()  # one capture at a time in a process
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graphs need (cuDNN, allocator)

@@ -1,6 +1,6 @@
-"""On a GPU, each step of a fused model (normlab.fused) replayed as one CUDA graph: N runs for one launch.
+"""On a GPU, each step of a fused model (normlab.engine.fused) replayed as one CUDA graph: N runs for one launch.
 
-As normlab.graphed does for one run: every input of the step is a device tensor. Each epoch the host draws,
+As normlab.engine.graphed does for one run: every input of the step is a device tensor. Each epoch the host draws,
 from each run's own generator, its data order, augmentation noise and dropout masks (in that order, as a
 graphed single run draws them); each step's LR and momentum of every run come from one table of the runs'
 schedules. The update is FusedModel's, on its momentum buffers (zeros before the first step: zero · m + g is
@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from normlab.data import DatasetInfo
-from normlab.graphed import Epoch, capture
-from normlab.model import BLOCK_CHANNELS, batch_plan, copies_side_by_side, dropout_keep
-from normlab.predict import normalize, pixels
+from normlab.data.datasets import DatasetInfo
+from normlab.engine.graphed import Epoch, capture
+from normlab.engine.predict import normalize, pixels
+from normlab.nn.net import BLOCK_CHANNELS, batch_plan, copies_side_by_side, dropout_keep
 
 if TYPE_CHECKING:
-    from normlab.fused import FusedModel
+    from normlab.engine.fused import FusedModel
 
 
 class FusedGraph:

@@ -20,10 +20,10 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from normlab.config import TrainConfig
-from normlab.data import Dataset, DatasetInfo
-from normlab.norms import BatchRenorm2d, RunningStats, batch_stat_layers
-from normlab.predict import evaluate, model_input
+from normlab.data.datasets import Dataset, DatasetInfo
+from normlab.engine.config import TrainConfig
+from normlab.engine.predict import evaluate, model_input
+from normlab.nn.norms import BatchRenorm2d, RunningStats, batch_stat_layers
 
 PRECISE_IMAGES = 10_000
 WAYS = ("moving", "precise", "batch")  # the keys of a run's evaluation.json

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from normlab.engine.sgd import SGD, OneCycle
 from normlab.errors import UserError
 from normlab.files import replace_atomic
-from normlab.sgd import SGD, OneCycle
 
 
 def training_state(model: nn.Module, optimizer: SGD, schedule: OneCycle, generator: torch.Generator,

@@ -11,10 +11,10 @@ from dataclasses import InitVar, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from normlab.data import DATASETS, TRAIN_IMAGES
+from normlab.data.datasets import DATASETS, TRAIN_IMAGES
 from normlab.errors import UserError
-from normlab.model import Net, check_groups
-from normlab.norms import GROUPS, NORMS, NormSettings, canonical_norm, names_where
+from normlab.nn.net import Net, check_groups
+from normlab.nn.norms import GROUPS, NORMS, NormSettings, canonical_norm, names_where
 
 MIN_STEPS = 10  # fewer SGD steps in a run barely leave one-cycle's warm-up
 
@@ -23,7 +23,7 @@ MIN_STEPS = 10  # fewer SGD steps in a run barely leave one-cycle's warm-up
 class TrainConfig:
     """One run: model, regularization, schedule, augmentation, data and where it runs."""
 
-    norm: str = "batch"           # a name of normlab.norms.NORMS (or an alias: bn, gn, ln, in)
+    norm: str = "batch"           # a name of normlab.nn.norms.NORMS (or an alias: bn, gn, ln, in)
     groups: int | None = None     # channel groups of a grouped norm (gn, evonorm-s0); None: GROUPS, or none
     bn_batch: int | None = None   # a batch-statistics norm's statistics over groups of this many images of each
                                   # SGD batch (ghost batch norm: the GroupNorm paper's images per GPU); None: all
@@ -60,7 +60,7 @@ class TrainConfig:
     device: str = "auto"          # auto | cpu | cuda[:k] (auto takes CUDA when present)
     threads: int | None = None    # CPU threads for torch (None: one per core available)
     compile: bool = False         # torch.compile the training step
-    cuda_graph: bool = True       # on a GPU, replay each SGD step as one CUDA graph (normlab.graphed)
+    cuda_graph: bool = True       # on a GPU, replay each SGD step as one CUDA graph (normlab.engine.graphed)
     # A study's base over real SGD batch sizes is no run itself (its batch size only scales the rate): False skips
     # the check that the run is long enough, which each run made from it (dataclasses.replace) does again.
     check_length: InitVar[bool] = True

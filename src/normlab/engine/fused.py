@@ -6,7 +6,7 @@ kernel launches, N runs cost about one. Each run keeps everything that makes it 
 initial weights, its own validation split, data order and augmentation (its own generator, drawn in the
 order a separate run draws), its learning rate and schedule, L1 λ and weight decay, its momentum buffers.
 After every epoch each run's weights, optimizer, schedule and generator are put back into its own objects,
-evaluated and saved exactly as normlab.train saves a run, so a run folder does not depend on how it was
+evaluated and saved exactly as normlab.engine.train saves a run, so a run folder does not depend on how it was
 trained (its config.json's environment says), and resumes either way. In float64 k fused steps give the
 weights of k separate steps to rounding (tests/test_fused.py).
 
@@ -29,22 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.augment import Affine
-from normlab.checkpoint import restore_training_state, training_state
-from normlab.config import TrainConfig
-from normlab.data import Dataset, DatasetInfo
+from normlab.data.augment import Affine
+from normlab.data.datasets import Dataset, DatasetInfo
+from normlab.engine.checkpoint import restore_training_state, training_state
+from normlab.engine.config import TrainConfig
+from normlab.engine.evalstats import evaluation_statistics
+from normlab.engine.fusedgraph import FusedGraph
+from normlab.engine.graphed import Epoch
+from normlab.engine.predict import normalize, pixels
+from normlab.engine.runs import Job, RunFolder, metric_columns, open_run
+from normlab.engine.sgd import SGD, OneCycle
+from normlab.engine.train import NON_FINITE, RunResult, epoch_row, read_back, set_training_mode, setup, start_log
 from normlab.errors import StopFlag
-from normlab.evalstats import evaluation_statistics
-from normlab.fusedgraph import FusedGraph
-from normlab.graphed import Epoch
-from normlab.jobs import Job
 from normlab.machine import cpu_cores
-from normlab.model import Net, copies_side_by_side, count_parameters, dropout_keep, l1_parameters
-from normlab.norms import NORMS, NormSettings, SegmentedNorm
-from normlab.predict import normalize, pixels
-from normlab.runs import RunFolder, metric_columns, open_run
-from normlab.sgd import SGD, OneCycle
-from normlab.train import NON_FINITE, RunResult, epoch_row, read_back, set_training_mode, setup, start_log
+from normlab.nn.net import Net, copies_side_by_side, count_parameters, dropout_keep, l1_parameters
+from normlab.nn.norms import NORMS, NormSettings, SegmentedNorm
 
 FUSED_APART = ("seed", "lr", "l1", "weight_decay", "threads")  # what the runs of one fused model may differ in
 NORM_APART = ("norm", "groups", "bn_batch", "norm_eps", "norm_momentum", "renorm_r_max", "renorm_d_max",
@@ -67,7 +66,7 @@ def norm_kind(config: TrainConfig) -> tuple[str, NormSettings]:
 
 @dataclass
 class Member:
-    """One run inside a fused model: its own objects, as normlab.train.setup makes them, and its data."""
+    """One run inside a fused model: its own objects, as normlab.engine.train.setup makes them, and its data."""
 
     config: TrainConfig
     folder: RunFolder
@@ -184,7 +183,7 @@ class FusedModel:
             self._update(k, p, lr, momentum)
 
     def _update(self, k: int, p: Tensor, lr: Tensor, momentum: Tensor) -> None:
-        """normlab.sgd.SGD's arithmetic (weight decay, momentum, Nesterov), each copy at its own rates."""
+        """normlab.engine.sgd.SGD's arithmetic (weight decay, momentum, Nesterov), each copy at its own rates."""
         a, b = self.spans[k]
 
         def per_copy(v: Tensor) -> Tensor:
@@ -235,7 +234,7 @@ def train_fused(configs: list[TrainConfig], outs: list[Path], data: Dataset, dev
                 logs: list[Callable[[str], None]] | None = None, force: list[bool] | None = None,
                 stop: StopFlag | None = None) -> list[RunResult]:
     """Train the runs of ``configs`` (equal fuse_key) into ``outs`` as one fused model, each resumed or read back
-    as normlab.train would (``logs``: each run's log); those that ended are read back, the rest must stand at
+    as normlab.engine.train would (``logs``: each run's log); those that ended are read back, the rest must stand at
     the same epoch."""
     force, logs = force or [False] * len(configs), logs or [print] * len(configs)
     with ExitStack() as stack:
@@ -253,7 +252,7 @@ def train_fused(configs: list[TrainConfig], outs: list[Path], data: Dataset, dev
 
 def member(config: TrainConfig, out: Path, folder: RunFolder, data: Dataset, device: torch.device, n: int,
            log: Callable[[str], None]) -> Member:
-    """A run ready to join a fused model: set up and resumed as normlab.train does, its start logged."""
+    """A run ready to join a fused model: set up and resumed as normlab.engine.train does, its start logged."""
     model, optimizer, schedule, generator, augment = setup(config, device)
     result = RunResult(config, model, count_parameters(model))
     if folder.resume_state is not None:
@@ -268,7 +267,7 @@ def member(config: TrainConfig, out: Path, folder: RunFolder, data: Dataset, dev
 
 
 def train_members(members: list[Member], data: Dataset, device: torch.device, stop: StopFlag | None) -> None:
-    """The fused epochs, each run evaluated and saved after every one as normlab.train saves it."""
+    """The fused epochs, each run evaluated and saved after every one as normlab.engine.train saves it."""
     first = members[0].config
     test = data.limit(None, first.test_limit).to(device)
     fused = FusedModel(members, device)

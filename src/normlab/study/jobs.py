@@ -4,7 +4,7 @@ A 7.6k-parameter model keeps one thread busy far better than several, so on a CP
 by side on one torch thread each, one more run than cores so that no core idles while a run finishes
 (measured against processes by ``python benchmarks/schedule.py``: docs/performance.md). On a GPU,
 processes take turns on the device, while threads on their own CUDA streams overlap their kernels. Each run
-is an ordinary ``normlab.train.train`` call writing its own run folder; on a signal every run stops at
+is an ordinary ``normlab.engine.train.train`` call writing its own run folder; on a signal every run stops at
 its next step, and a killed process takes its threads with it; either way each run keeps the
 checkpoint of its last finished epoch.
 """
@@ -14,35 +14,17 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from normlab.config import TrainConfig
-from normlab.data import Dataset
+from normlab.data.datasets import Dataset
+from normlab.engine.runs import Job
+from normlab.engine.train import train
 from normlab.errors import Interrupted, StopFlag, UserError
 from normlab.machine import cpu_cores
-from normlab.train import train
 
 POLL_SECONDS = 0.1
 GPU_RUNS_AT_ONCE = 3  # runs sharing one GPU, each on its own CUDA stream
-
-
-@dataclass(frozen=True)
-class Job:
-    """One run to train: what the log calls it, its config, its folder, and whether to replace what that holds
-    (else an unfinished run there is resumed)."""
-
-    label: str
-    config: TrainConfig
-    out: Path
-    force: bool = False
-
-    @property
-    def heading(self) -> str:
-        """The log line that starts the run."""
-        return f"=== {self.label} -> {self.out}"
 
 
 def default_jobs(device: torch.device, runs: int) -> int:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.data import DatasetInfo
+from normlab.data.datasets import DatasetInfo
 
 EVAL_BATCH = 1000  # images per forward pass when evaluating: memory only, the results do not depend on it
 

@@ -5,8 +5,8 @@
     normlab study --lrs 0.05 0.1 0.2 0.4 --val-size 10000 --seeds 0 1 2 --out runs/tuned
     normlab study --variants bn+l1 gn gn:2 ln in --train-limit 5000 --epochs 3 --out runs/quick
 
-normlab.plan makes the grid and reads every run folder back; here the runs that have not ended train
-(in threads here, normlab.jobs, or as Ray tasks, normlab.cluster), then everything is read back into
+normlab.study.plan makes the grid and reads every run folder back; here the runs that have not ended train
+(in threads here, normlab.study.jobs, or as Ray tasks, normlab.study.cluster), then everything is read back into
 results.json, the graphs, the misclassified grids and the report. Each run goes to
 ``<out>/<variant>/b<batch size>[-bn<group>][-lr<rate>]/seed<k>/`` exactly as ``normlab train`` writes it. The
 same command again resumes: a run that ended there with these settings is read back, an unfinished one
@@ -25,33 +25,34 @@ from typing import Any
 
 import torch
 
-from normlab.cluster import check_cpus, ray_session, run_on_ray
-from normlab.config import TrainConfig
-from normlab.data import Dataset, load_dataset
+from normlab.data.datasets import Dataset, load_dataset
+from normlab.engine.config import TrainConfig
+from normlab.engine.evalstats import WAYS, evaluation_statistics
+from normlab.engine.fused import train_jobs_fused
+from normlab.engine.runs import CONFIG, WEIGHTS, Job, Status, save_evaluation
+from normlab.engine.train import train
 from normlab.errors import UserError
-from normlab.evalstats import WAYS, evaluation_statistics
 from normlab.files import FolderLock, prepare_folder, write_atomic
-from normlab.fused import train_jobs_fused
-from normlab.jobs import Job, default_jobs, run_in_threads
 from normlab.machine import check_threads, cpu_cores, resolve_device
-from normlab.misclassified import save_misclassified
-from normlab.norms import NORMS
-from normlab.plan import TARGET_ACC, VARIANTS, Grid, PlannedRun, Point, Variant, plan_grid, plan_points, unique
-from normlab.plots import batch_size_figure, lr_figure, metric_figure
-from normlab.report import LR_GRAPH, batch_axis, write_report
-from normlab.results import chosen_lrs, size_text, summarize
-from normlab.runs import CONFIG, WEIGHTS, Status, save_evaluation
-from normlab.train import train
+from normlab.nn.norms import NORMS
+from normlab.report.findings import TARGET_ACC
+from normlab.report.misclassified import save_misclassified
+from normlab.report.plots import batch_size_figure, lr_figure, metric_figure
+from normlab.report.report import LR_GRAPH, batch_axis, write_report
+from normlab.report.results import chosen_lrs, size_text, summarize
+from normlab.study.cluster import check_cpus, ray_session, run_on_ray
+from normlab.study.jobs import default_jobs, run_in_threads
+from normlab.study.plan import VARIANTS, Grid, PlannedRun, Point, Variant, plan_grid, plan_points, unique
 
 STUDY_MARKER = "study.json"
 OUTPUTS = ("results.json", "report.md", "report.html", "graph*.png", "misclassified_*.png", "misclassified_*.json")
-BACKENDS = ("local", "ray")  # where a study's runs train: normlab.jobs here, normlab.cluster on Ray
-FUSE = ("auto", "on", "off")  # runs as one fused model (normlab.fused): auto on a GPU only
+BACKENDS = ("local", "ray")  # where a study's runs train: normlab.study.jobs here, normlab.study.cluster on Ray
+FUSE = ("auto", "on", "off")  # runs as one fused model (normlab.engine.fused): auto on a GPU only
 
 
 def record(point: Point, out: Path, test_images: int, test_stats: str = "moving") -> dict[str, Any]:
     """The run's line in results.json: its settings, its final numbers and its per-epoch metrics. Its final test
-    accuracy is the one under ``test_stats`` (normlab.evalstats.WAYS) where it has batch statistics."""
+    accuracy is the one under ``test_stats`` (normlab.engine.evalstats.WAYS) where it has batch statistics."""
     saved, variant, config = point.run.read_back(), point.run.variant, point.run.config
     metrics = saved.metrics
     run: dict[str, Any] = {
@@ -102,13 +103,13 @@ def run_study(
     """Train every variant × batch size × learning rate × seed not yet in ``out``, then write results, graphs,
     grids and report.
 
-    The grid (``batch_sizes``, ``lrs``, ``tune_seeds``, ``lr_scaling``, ``ghost``) is normlab.plan's: None trains
+    The grid (``batch_sizes``, ``lrs``, ``tune_seeds``, ``lr_scaling``, ``ghost``) is normlab.study.plan's: None trains
     at ``base.batch_size`` and ``base.lr`` only; with several rates each variant is reported at the one its
-    validation accuracy chooses. ``jobs``: runs trained at once, as threads (None: normlab.jobs.default_jobs);
+    validation accuracy chooses. ``jobs``: runs trained at once, as threads (None: normlab.study.jobs.default_jobs);
     with ``backend`` "ray", tasks in flight on the Ray cluster at ``address`` (None: a local instance;
-    normlab.cluster), each of ``base.threads`` CPUs (None: 1). ``fuse``: on, runs that differ only in seed, rate,
-    L1, weight decay and norm train as one fused model (normlab.fused); auto: on a GPU. ``test_stats``: which of
-    normlab.evalstats' ways the tables and findings take as the test accuracy of a run with batch statistics (the
+    normlab.study.cluster), each of ``base.threads`` CPUs (None: 1). ``fuse``: on, runs that differ only in seed, rate,
+    L1, weight decay and norm train as one fused model (normlab.engine.fused); auto: on a GPU. ``test_stats``: which of
+    normlab.engine.evalstats' ways the tables and findings take as the test accuracy of a run with batch statistics (the
     curves stay the moving averages'). ``force``: retrain runs in ``out`` made with other settings, or whose files
     cannot be read. Nothing is written before every input and run folder is checked.
     """
@@ -224,7 +225,7 @@ def conv_weight_l1(model: torch.nn.Module) -> float:
 
 
 def add_evaluation(run: PlannedRun, data: Dataset, device: torch.device) -> None:
-    """A finished run with batch statistics that predates normlab.evalstats gets its evaluation.json now."""
+    """A finished run with batch statistics that predates normlab.engine.evalstats gets its evaluation.json now."""
     saved = run.read_back()
     if saved.failure is None and saved.evaluation is None and NORMS[run.config.norm].batch_stats:
         model = saved.model.to(device)  # type: ignore[union-attr]  # a finished run has its model

@@ -4,7 +4,7 @@
     normlab study --backend ray --address auto         # the cluster that `ray start --head` runs here
     normlab study --backend ray --address HOST:6379    # a cluster elsewhere
 
-Each run is one task calling normlab.train.train, the function the local pool calls, with the same
+Each run is one task calling normlab.engine.train.train, the function the local pool calls, with the same
 config: the same seeds and thread counts give the same metrics. No disk is shared: the dataset reaches
 the workers through Ray's object store, a run's folder comes back as its files, and the driver writes
 them into the study folder where the local pool would have. A worker that dies has its task retried by
@@ -25,13 +25,13 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
-from normlab.data import Dataset
+from normlab.data.datasets import Dataset
+from normlab.engine.runs import CHECKPOINT, WEIGHTS, Job
+from normlab.engine.train import train
 from normlab.errors import Interrupted, RunFailed, UserError, signal_handlers_kept, signals_recorded
 from normlab.files import LOCK, FolderLock, lock_is_held, replace_atomic
-from normlab.jobs import GPU_RUNS_AT_ONCE, Job
 from normlab.machine import command_line
-from normlab.runs import CHECKPOINT, WEIGHTS
-from normlab.train import train
+from normlab.study.jobs import GPU_RUNS_AT_ONCE
 
 RETRIES = 3           # times Ray runs a task again whose worker died
 POLL_SECONDS = 0.2

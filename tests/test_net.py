@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from normlab.config import TrainConfig
-from normlab.model import Net, count_parameters, l1_parameters
-from normlab.norms import ALIASES, NORMS, StdConv2d
+from normlab.engine.config import TrainConfig
+from normlab.nn.net import Net, count_parameters, l1_parameters
+from normlab.nn.norms import ALIASES, NORMS, StdConv2d
 
 
 @pytest.mark.parametrize("norm", list(NORMS))

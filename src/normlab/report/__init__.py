@@ -1,0 +1,1 @@
+"""Results flowing back up: statistics, findings, the report, graphs, grids, worked examples, summaries."""
