@@ -9,6 +9,7 @@ from normlab.report.explain import (
     batch_norm_eval,
     batch_norm_running_update,
     batch_renorm_train,
+    dynamic_tanh,
     evonorm_b0,
     evonorm_s0,
     explain,
@@ -97,6 +98,14 @@ def test_evonorm_b0_from_scratch_matches_the_layer_with_batch_then_running_varia
     assert torch.allclose(layer(x), evonorm_b0(x, batch_var=rv)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_dynamic_tanh_from_scratch_matches_the_layer_and_ignores_the_batch(mode):
+    x = data((3, 4, 5, 5))
+    layer = registry_layer("dyt", 4).train(mode == "train")
+    assert torch.allclose(layer(x), dynamic_tanh(x), atol=1e-6)
+    assert torch.allclose(layer(x[:1]), layer(x)[:1])  # each element alone: no statistics of anything
+
+
 def test_weight_standardization_from_scratch_matches_the_conv():
     conv = StdConv2d(3, 4, 3, bias=False)
     x = data((2, 3, 6, 6))
@@ -108,8 +117,8 @@ def test_weight_standardization_from_scratch_matches_the_conv():
 def test_explain_text_and_markdown():
     text = explain()
     for title in ("BatchNorm", "LayerNorm (= GroupNorm(1, C))", "GroupNorm (G=2)", "InstanceNorm", "running_var",
-                  "Batch Renorm", "FRN + TLU", "EvoNorm-S0", "EvoNorm-B0", "Weight Standardization"):
+                  "Batch Renorm", "FRN + TLU", "EvoNorm-S0", "EvoNorm-B0", "Dynamic Tanh", "Weight Standardization"):
         assert title in text
     md = explain("markdown")
     assert "| shares statistics | values | mean | var | normalized |" in md
-    assert md.count("### ") == 10
+    assert md.count("### ") == 11

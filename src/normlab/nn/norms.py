@@ -235,6 +235,21 @@ class EvoNormB0(nn.Module):
         return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
+class DynamicTanh(nn.Module):
+    """Dynamic Tanh (Zhu et al. 2025, "Transformers without Normalization"): γ·tanh(α·x) + β, no statistics at all,
+    α a learned scalar (one per copy of a fused model) starting at the paper's default 0.5. A normalization-free
+    baseline: it squashes like a norm's output range, but nothing about the batch or the sample is measured."""
+
+    def __init__(self, channels: int, copies: int = 1, alpha: float = 0.5) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((copies,), alpha))
+        self.weight, self.bias = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        alpha = self.alpha.repeat_interleave(x.shape[1] // len(self.alpha)).view(1, -1, 1, 1)
+        return torch.tanh(alpha * x) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
 class StdConv2d(nn.Conv2d):
     """Weight Standardization (Qiao et al. 2019): the conv uses its weights standardized per output channel,
     (W − mean) / √(var + ε) over (C_in, kH, kW); the stored weights stay as SGD moves them."""
@@ -265,6 +280,7 @@ NORMS: dict[str, Norm] = {
     "evonorm-s0": Norm(lambda c, s, eps: EvoNormS0(c, s.groups * s.copies, eps), 1e-5, activation=True,
                        grouped=True),
     "evonorm-b0": Norm(EvoNormB0, 1e-5, batch_stats=True, activation=True),
+    "dyt": Norm(lambda c, s, eps: DynamicTanh(c, s.copies), 0.0),  # no statistics, so no ε
     "none": Norm(lambda c, s, eps: nn.Identity(), 0.0, shift=False),
 }
 BATCH_STAT_LAYERS = (nn.BatchNorm2d, BatchRenorm2d, EvoNormB0)  # the layers of the entries with batch_stats

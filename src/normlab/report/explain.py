@@ -93,6 +93,11 @@ def evonorm_b0(x: Tensor, v: float = 1.0, eps: float = 1e-5,
     return x / denominator, batch_var, instance_var.flatten()
 
 
+def dynamic_tanh(x: Tensor, alpha: float = 0.5) -> Tensor:
+    """Dynamic Tanh (γ=1, β=0): tanh(α·x), element by element; no statistics."""
+    return torch.tanh(alpha * x)
+
+
 def standardize_weights(w: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
     """Weight Standardization: each output channel's weights (C_in, kH, kW) less their mean, over √(var + ε)."""
     rows = w.reshape(w.shape[0], -1)
@@ -195,8 +200,8 @@ def _section(md: bool, title: str, text: str, header: list[str], rows: list[list
 
 
 def remedies(x: Tensor, running_mean: Tensor, running_var: Tensor, md: bool) -> list[str]:
-    """The answers to small batches on the same input: Batch Renorm, FRN + TLU, EvoNorm-S0 and -B0, and Weight
-    Standardization on a small weight tensor."""
+    """The answers to small batches on the same input: Batch Renorm, FRN + TLU, EvoNorm-S0 and -B0, Dynamic Tanh,
+    and Weight Standardization on a small weight tensor."""
     n, c = SHAPE[0], SHAPE[1]
     by_channel = rows_sharing_statistics(x, "channel")
     y, r, d = batch_renorm_train(x, running_mean, running_var, R_MAX, D_MAX)
@@ -231,6 +236,13 @@ def remedies(x: Tensor, running_mean: Tensor, running_var: Tensor, md: bool) -> 
                     ["sample, channel", "values", "batch var", "instance var", "output"],
                     [[f"sample {k // c}, channel {k % c}", _fmt(per_map[k]), f"{batch_var[k % c]:.3f}",
                       f"{instance_var[k]:.3f}", _fmt(rows_sharing_statistics(y, "map")[k])]
+                     for k in range(n * c)])
+    y = dynamic_tanh(x)
+    out += _section(md, "Dynamic Tanh (dyt, α = 0.5)", "no statistics of the batch or the sample: y = tanh(α·x) "
+                    "element by element, α a learned scalar (0.5 at the start), then γ, β per channel as a norm's; "
+                    "large inputs saturate at ±1 where a norm would rescale them",
+                    ["sample, channel", "values", "output"],
+                    [[f"sample {k // c}, channel {k % c}", _fmt(per_map[k]), _fmt(rows_sharing_statistics(y, "map")[k])]
                      for k in range(n * c)])
     w = example_weights()
     w_hat, mean, var = standardize_weights(w)
