@@ -2,6 +2,8 @@
 in the report cannot reach into how a run trains."""
 
 import ast
+import subprocess
+import sys
 
 from conftest import ROOT
 
@@ -51,3 +53,10 @@ def test_every_module_is_in_a_layer():
     layers = {layer(".".join(p.relative_to(PACKAGE).with_suffix("").parts)) for p in PACKAGE.rglob("*.py")}
     assert layers <= {"top", *BELOW}, layers
 
+
+def test_importing_normlab_imports_no_torch_until_the_library_face_is_used():
+    """The command line installs its signal handlers after ``import normlab``: that import must be instant."""
+    code = ("import sys, normlab; print('torch' in sys.modules); "
+            "from normlab import Net, norm_layer, swap_norms; print('torch' in sys.modules, callable(swap_norms))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True"]

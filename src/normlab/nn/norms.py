@@ -250,6 +250,28 @@ class DynamicTanh(nn.Module):
         return torch.tanh(alpha * x) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with its statistics frozen: in training too it normalizes with the running averages it holds
+    (FrozenBN: Wu & Johnson 2021's population statistics, detectron2's FrozenBatchNorm2d), so no image depends on
+    the others in its batch; γ, β stay learned parameters unless ``affine`` is False (then buffers, as
+    detectron2's). Made from a trained layer by normlab.nn.swap.freeze_batch_norms."""
+
+    def __init__(self, channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        weight, bias = torch.ones(channels), torch.zeros(channels)
+        if affine:
+            self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+        else:
+            self.register_buffer("weight", weight)
+            self.register_buffer("bias", bias)
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
 class StdConv2d(nn.Conv2d):
     """Weight Standardization (Qiao et al. 2019): the conv uses its weights standardized per output channel,
     (W − mean) / √(var + ε) over (C_in, kH, kW); the stored weights stay as SGD moves them."""
