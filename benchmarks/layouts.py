@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import normlab.engine.config
 import normlab.engine.train
+import normlab.nn.models
 from normlab.data.augment import Affine
 from normlab.data.datasets import load_dataset
 from normlab.engine.config import TrainConfig
@@ -217,7 +217,7 @@ def main() -> None:
                                    else torch.contiguous_format)
                     speed_models[f"{name:>4} {args.norm} {fmt} {mode}"] = (variant, mode)
             continue
-        normlab.engine.config.Net = build(name)  # type: ignore[misc]  # TrainConfig.model() builds from this name
+        normlab.nn.models.Net = build(name)  # type: ignore[misc]  # MODELS["normlab"] builds from this name
         accs = []
         for seed in args.seeds:
             cfg = TrainConfig(norm=args.norm, l1=args.l1, epochs=args.epochs, train_limit=args.train_limit,

@@ -12,7 +12,7 @@ from normlab.errors import UserError
 def setup(seed):
     config = TrainConfig(norm="batch", dropout=0.1)
     torch.manual_seed(seed)
-    model = config.model()
+    model = config.build_model()
     optimizer, schedule = sgd_one_cycle(model.parameters(), config)
     return model, optimizer, schedule, torch.Generator().manual_seed(seed)
 

@@ -9,7 +9,7 @@ from normlab.nn.norms import ALIASES, NORMS, StdConv2d
 
 @pytest.mark.parametrize("norm", list(NORMS))
 def test_every_norm_is_small_and_classifies(norm):
-    model = TrainConfig(norm=norm).model()
+    model = TrainConfig(norm=norm).build_model()
     assert count_parameters(model) <= 8000
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
@@ -40,8 +40,8 @@ def test_each_block_follows_the_registry_entry(norm):
 def test_channels_last_is_a_layout_only(norm):
     """Net keeps channels-last memory for speed; the same weights in NCHW compute the same outputs and gradients."""
     torch.manual_seed(0)
-    fast = TrainConfig(norm=norm).model()
-    plain = TrainConfig(norm=norm).model()
+    fast = TrainConfig(norm=norm).build_model()
+    plain = TrainConfig(norm=norm).build_model()
     plain.load_state_dict(fast.state_dict())
     plain.channels_last = False
     plain.to(memory_format=torch.contiguous_format)
@@ -56,19 +56,19 @@ def test_channels_last_is_a_layout_only(norm):
 
 
 def test_the_model_is_built_from_its_config():
-    model = TrainConfig(norm="gn", groups=2, dropout=0.1).model()
+    model = TrainConfig(norm="gn", groups=2, dropout=0.1).build_model()
     assert (model.norm, model.groups) == ("group", 2)
     assert [m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)] == [2] * 5
     assert sum(isinstance(m, nn.Dropout2d) for m in model.modules()) == 5
-    bn = TrainConfig(norm="bn", norm_eps=1e-3, norm_momentum=0.01, bn_batch=4).model()
+    bn = TrainConfig(norm="bn", norm_eps=1e-3, norm_momentum=0.01, bn_batch=4).build_model()
     assert {(m.eps, m.momentum, m.images) for m in bn.modules() if isinstance(m, nn.BatchNorm2d)} == {(1e-3, 0.01, 4)}
     config = TrainConfig(norm="brn", epochs=2, renorm_from=0.1, renorm_to=0.5, renorm_r_max=2.0)
-    layer = next(m for m in config.model().modules() if hasattr(m, "clips"))
+    layer = next(m for m in config.build_model().modules() if hasattr(m, "clips"))
     assert (layer.s.relax_from, layer.s.relax_to, layer.s.r_max) == (round(0.1 * config.steps), config.steps // 2, 2.0)
 
 
 def test_l1_penalty_covers_conv_weights_only_unless_asked():
-    model = TrainConfig(norm="batch").model()
+    model = TrainConfig(norm="batch").build_model()
     weights = l1_parameters(model, include_norm=False)
     assert all(p.dim() == 4 for p in weights) and len(weights) == 6  # 5 conv blocks + head
     assert len(l1_parameters(model, include_norm=True)) == len(list(model.parameters()))

@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 def test_the_two_setup_commands_come_first():
     lines = README.splitlines()
-    assert len(lines) <= 320
+    assert len(lines) <= 322  # the findings move to docs/findings.md with issue 31
     first_screen = "\n".join(lines[:40])
     assert "```bash\npip install -e . && normlab study\n```" in first_screen
     assert '```bash\npip install -e ".[test,ray]" && ruff check . && pytest\n```' in first_screen
@@ -26,7 +26,7 @@ def test_the_worked_example_is_explain_output():
 
 
 def test_the_model_table_is_summary_output():
-    assert format_summary(TrainConfig(norm="group").model()) in (ROOT / "docs" / "model.md").read_text()
+    assert format_summary(TrainConfig(norm="group").build_model()) in (ROOT / "docs" / "model.md").read_text()
 
 
 @pytest.mark.parametrize("study", ["study", "fashion"])

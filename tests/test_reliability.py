@@ -7,19 +7,20 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import quiet, without_seconds
 
-import normlab.engine.runs
 from normlab import files
 from normlab.cli import main
 from normlab.engine.config import TrainConfig
 from normlab.engine.runs import CHECKPOINT, is_finished
 from normlab.engine.train import train
 from normlab.errors import UserError
+from normlab.nn.models import MODELS
 from normlab.nn.net import LAYOUT
 from normlab.study.study import run_study
 
@@ -188,7 +189,7 @@ def test_a_run_of_another_model_layout_is_never_taken_for_this_one(tmp_path, mni
     run_study(out, ["ln"], [0], config, progress=False, log=quiet)
     run = out / "ln" / "b50" / "seed0"
     assert is_finished(run, config)
-    monkeypatch.setattr(normlab.engine.runs, "LAYOUT", [*LAYOUT, "pool"])
+    monkeypatch.setitem(MODELS, "normlab", replace(MODELS["normlab"], layout=repr([*LAYOUT, "pool"])))
     assert not is_finished(run, config)
     with pytest.raises(UserError, match=r"different config \(another normlab version"):
         train(config, out=run, data=mnist, progress=False, log=quiet, resume=True)

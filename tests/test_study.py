@@ -39,7 +39,7 @@ def test_every_artifact_is_written(study):
     run = saved["runs"][0]
     assert run["variant"] == "bn+l1" and run["l1"] == L1_LAMBDA and saved["runs"][2]["l1"] == 0
     assert len(run["metrics"]) == 2 and run["final_test_acc"] == run["metrics"][-1]["test_acc"]
-    model = TrainConfig(norm="batch").model()
+    model = TrainConfig(norm="batch").build_model()
     model.load_state_dict(torch.load(out / run["weights"], weights_only=True))
     conv_l1 = sum(m.weight.abs().sum().item() for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert run["conv_weight_l1"] == pytest.approx(conv_l1, rel=1e-5)
@@ -300,3 +300,16 @@ def test_test_stats_chooses_which_evaluation_the_tables_give_and_the_report_says
     assert "the run's test accuracy" not in report and "the run's test accuracy" in (out / "report.md").read_text()
     with pytest.raises(UserError, match="choose moving"):
         run_study(tmp_path / "s", ["gn"], [0], BASE, progress=False, log=quiet, test_stats="ema")
+
+
+def test_a_study_of_the_residual_network_trains_its_runs_apart_and_reports_them(tmp_path, mnist):
+    logs = []
+    out = tmp_path / "resnet"
+    results = run_study(out, ["bn", "gn"], [0], TrainConfig(model="resnet", epochs=1, train_limit=640, test_limit=200,
+                                                             batch_size=64), fuse="on", progress=False,
+                        log=logs.append)
+    assert "only normlab's Net trains fused: the resnet runs train apart" in logs
+    assert [r["parameters"] for r in results["runs"]] == [19074, 19074]
+    assert "2 variants of resnet (ResNet-8, 19k parameters" in (out / "report.md").read_text()
+    assert (out / "misclassified_gn.png").is_file()
+    assert json.loads((out / "bn" / "b64" / "seed0" / "config.json").read_text())["config"]["model"] == "resnet"

@@ -4,7 +4,7 @@ from normlab.report.summary import format_summary, layer_table
 
 
 def test_summary_table():
-    model = TrainConfig(norm="group").model()
+    model = TrainConfig(norm="group").build_model()
     rows = layer_table(model)
     assert sum(r["params"] for r in rows) == count_parameters(model)
     by_name = {r["layer"]: r for r in rows}

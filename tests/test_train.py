@@ -46,7 +46,7 @@ def test_the_step_adds_l1_to_the_gradient_of_the_cross_entropy():
         assert epoch.loss == pytest.approx(expected, rel=1e-5) and epoch.bad_step is None
         grads[l1] = {name: p.grad.clone() for name, p in model.named_parameters()}
     torch.manual_seed(config.seed)
-    initial = dict(config.model().named_parameters())
+    initial = dict(config.build_model().named_parameters())
     for name, grad in grads[0.5].items():
         weight = initial[name]
         extra = 0.5 * torch.sign(weight.detach()) if weight.dim() == 4 else 0
@@ -56,7 +56,7 @@ def test_the_step_adds_l1_to_the_gradient_of_the_cross_entropy():
 def test_momentum_reaches_the_optimizer_and_swings_against_the_lr():
     for momentum, nesterov in ((0.9, True), (0.5, True), (0.0, False)):
         config = TrainConfig(momentum=momentum)
-        optimizer, schedule = sgd_one_cycle(config.model().parameters(), config)
+        optimizer, schedule = sgd_one_cycle(config.build_model().parameters(), config)
         assert optimizer.nesterov is nesterov
         assert optimizer.momentum == pytest.approx(momentum + config.swing)  # high while the LR is low
         for _ in range(int(config.steps * 0.3)):
@@ -79,7 +79,7 @@ def test_compiled_step_trains_like_the_eager_one_and_repeats_exactly(mnist):
 
 def test_evaluate_is_the_mean_cross_entropy_and_accuracy(mnist):
     torch.manual_seed(0)
-    model = TrainConfig(norm="layer").model().eval()
+    model = TrainConfig(norm="layer").build_model().eval()
     images, labels = mnist.test_images[:1500], mnist.test_labels[:1500]  # two batches, the second short
     loss, acc = evaluate(model, images, labels, mnist.info)
     with torch.no_grad():

@@ -96,7 +96,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from normlab.engine.config import TrainConfig
     from normlab.report.summary import format_summary
 
-    print(format_summary(TrainConfig(norm=args.norm, groups=args.groups, weight_std=args.weight_std).model()))
+    config = TrainConfig(model=args.model, norm=args.norm, groups=args.groups, weight_std=args.weight_std)
+    print(format_summary(config.build_model()))
 
 
 def cmd_exercise(args: argparse.Namespace) -> None:

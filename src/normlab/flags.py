@@ -35,10 +35,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def add_architecture_arg(p: argparse.ArgumentParser) -> None:
+    from normlab.nn.models import MODELS
+
+    p.add_argument("--model", default="normlab",
+                   help="the network: " + "; ".join(f"{name}: {m.summary}" for name, m in MODELS.items()))
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     from normlab.engine.config import TrainConfig
     from normlab.nn.norms import ALIASES, GROUPS, NORMS, names_where
 
+    add_architecture_arg(p)
     p.add_argument("--norm", default=TrainConfig().norm,
                    help=f"normalization: {', '.join(NORMS)} or an alias ({', '.join(ALIASES)})")
     p.add_argument("--groups", type=int, default=None,
@@ -53,7 +61,9 @@ def add_train_args(p: argparse.ArgumentParser, study: bool = False, exercise: bo
     from normlab.engine.config import TrainConfig
 
     d = TrainConfig()
-    if not study:
+    if study:
+        add_architecture_arg(p)
+    else:
         add_model_args(p)
         add_penalty_args(p, d, exercise)
     add_norm_args(p, d)

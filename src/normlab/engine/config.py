@@ -11,9 +11,11 @@ from dataclasses import InitVar, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from normlab.data.datasets import DATASETS, TRAIN_IMAGES
 from normlab.errors import UserError
-from normlab.nn.net import Net, check_groups
+from normlab.nn.models import MODELS, check_groups, check_model
 from normlab.nn.norms import GROUPS, NORMS, NormSettings, canonical_norm, names_where
 
 MIN_STEPS = 10  # fewer SGD steps in a run barely leave one-cycle's warm-up
@@ -23,6 +25,7 @@ MIN_STEPS = 10  # fewer SGD steps in a run barely leave one-cycle's warm-up
 class TrainConfig:
     """One run: model, regularization, schedule, augmentation, data and where it runs."""
 
+    model: str = "normlab"        # a name of normlab.nn.models.MODELS: normlab's Net (the exercise's) or resnet
     norm: str = "batch"           # a name of normlab.nn.norms.NORMS (or an alias: bn, gn, ln, in)
     groups: int | None = None     # channel groups of a grouped norm (gn, evonorm-s0); None: GROUPS, or none
     bn_batch: int | None = None   # a batch-statistics norm's statistics over groups of this many images of each
@@ -68,6 +71,7 @@ class TrainConfig:
     def __post_init__(self, check_length: bool) -> None:
         """Check every value and normalise names, so a bad value fails before any work is done."""
         self.norm = canonical_norm(self.norm)
+        check_model(self.model)
         if self.dataset not in DATASETS:
             raise UserError(f"unknown dataset; choose one of: {', '.join(DATASETS)}", "dataset", self.dataset)
         if not 0 <= self.val_size <= TRAIN_IMAGES - 1:
@@ -91,6 +95,9 @@ class TrainConfig:
         for name in ("dropout", "momentum"):
             if getattr(self, name) >= 1:
                 raise UserError("must be at least 0 and below 1", name, getattr(self, name))
+        if self.dropout and not MODELS[self.model].dropout:
+            raise UserError(f"is normlab's Net's (a mask per conv block), not {{model}} {self.model}'s; drop it",
+                            "dropout", self.dropout)
         if self.scale >= 1:
             raise UserError("must be below 1 (a scale of 1 ± it must stay positive)", "scale", self.scale)
         if not 0 <= self.seed < 2**63:
@@ -123,7 +130,7 @@ class TrainConfig:
         entry = NORMS[self.norm]
         if entry.grouped:
             self.groups = GROUPS if self.groups is None else self.groups
-            check_groups(self.groups)
+            check_groups(self.groups, MODELS[self.model].channels)
         elif self.groups is not None:
             raise UserError(f"only for a norm with channel groups ({names_where('grouped')}), not {{norm}} "
                             f"{self.norm}; drop it", "groups", self.groups)
@@ -177,8 +184,9 @@ class TrainConfig:
                             relax_from=round(self.renorm_from * self.steps),
                             relax_to=round(self.renorm_to * self.steps))
 
-    def model(self) -> Net:
-        return Net(self.norm, self.groups, self.dropout, self.bn_batch, self.weight_std, self.norm_settings())
+    def build_model(self) -> nn.Module:
+        return MODELS[self.model].build(self.norm, self.groups, self.dropout, self.bn_batch, self.weight_std,
+                                        self.norm_settings())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,7 +26,7 @@ from normlab.data.datasets import DatasetInfo
 from normlab.engine.config import TrainConfig
 from normlab.engine.predict import normalize, pixels
 from normlab.engine.sgd import SGD, OneCycle
-from normlab.nn.net import BLOCK_CHANNELS, batch_plan, dropout_keep, l1_parameters
+from normlab.nn.net import BLOCK_CHANNELS, batch_plan, dropout_keep, l1_parameters, logits
 
 CAPTURE_LOCK = threading.Lock()  # one capture at a time in a process
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graphs need (cuDNN, allocator)
@@ -102,8 +102,8 @@ class GraphedEpochs:
         for p in self.params:
             p.grad = None
         keep = self.keep.index_select(0, positions) if self.keep is not None else None
-        logits = self.model(normalize(x, self.info), keep)
-        loss = F.cross_entropy(logits, y)
+        output = logits(self.model, normalize(x, self.info), keep)
+        loss = F.cross_entropy(output, y)
         objective = loss + self.l1 * sum(p.abs().sum() for p in self.penalized) if self.penalized else loss
         objective.backward()
         with torch.no_grad():
@@ -111,7 +111,7 @@ class GraphedEpochs:
             self.bad_step.copy_(torch.where((self.bad_step < 0) & ~torch.isfinite(loss), self.step_in_epoch,
                                             self.bad_step))
             self.loss_sum.add_(loss * size)
-            self.correct.add_((logits.argmax(1) == y).sum())
+            self.correct.add_((output.argmax(1) == y).sum())
             self.step_in_epoch.add_(1)
             self.step.add_(1)
 

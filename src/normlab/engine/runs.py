@@ -34,7 +34,7 @@ from normlab.engine.config import TrainConfig
 from normlab.engine.evalstats import WAYS
 from normlab.errors import UserError
 from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atomic
-from normlab.nn.net import LAYOUT
+from normlab.nn.models import MODELS
 
 CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
 CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
@@ -48,14 +48,18 @@ SCHEMA_1_VALUES = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale":
                    "norm_momentum": 0.1, "renorm_r_max": 3.0, "renorm_d_max": 5.0, "renorm_from": 0.05,
                    "renorm_to": 0.25, "freeze_bn_epochs": 0, "lr_warmup": 0.3, "lr_start_div": 25.0,
                    "lr_end_div": 1e4}
+# Settings added after schema 2's first folders: hashed only where they differ from the value those folders
+# computed with, so that every earlier folder keeps its name.
+LATER_VALUES = {"model": "normlab"}
 
 
 def config_hash(config: TrainConfig, schema: int = SCHEMA) -> str:
     """What a run computes: every setting but where it runs, and the model's layout (another layout, another
     run); as config.json of ``schema`` records it."""
-    values = {k: v for k, v in config.to_dict().items() if k not in NOT_HASHED
-              and not (schema == 1 and k in SCHEMA_1_VALUES and SCHEMA_1_VALUES[k] == v)}
-    values["layout"] = repr(LAYOUT)
+    earlier = {**SCHEMA_1_VALUES, **LATER_VALUES} if schema == 1 else LATER_VALUES
+    values = {k: v for k, v in config.to_dict().items()
+              if k not in NOT_HASHED and not (k in earlier and earlier[k] == v)}
+    values["layout"] = MODELS[config.model].layout
     if config.dropout > 0:  # dropout's masks come from the run's generator; earlier, from torch's global one
         values["dropout_masks"] = "the run's generator"
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
@@ -152,7 +156,7 @@ def check_metrics_csv(folder: Path, metrics: list[dict[str, float]], config: Tra
 def load_weights(folder: Path, config: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
     """The run's final model, model.pt loaded into ``config``'s model; a broken file is a one-line error."""
     path = folder / WEIGHTS
-    model = config.model().to(device)
+    model = config.build_model().to(device)
     try:
         model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
     except Exception as e:  # whatever torch raises for a file that is not these weights
@@ -245,8 +249,9 @@ class RunFolder:
         """A fresh run writes its config.json, then removes what an earlier run left (a failed write keeps it all)."""
         if self.resume_state is not None:
             return
+        layout = MODELS[self.config.model].layout
         write_atomic(self.path / CONFIG, json.dumps({"schema": SCHEMA, "config": self.config.to_dict(),
-                                                     "config_hash": self.hash, "layout": repr(LAYOUT),
+                                                     "config_hash": self.hash, "layout": layout,
                                                      "parameters": parameters, "environment": environment}, indent=2))
         for name in RUN_FILES:
             if name != CONFIG:

@@ -34,7 +34,7 @@ from normlab.engine.runs import RunFolder, SavedRun, metric_columns, open_run
 from normlab.engine.sgd import SGD, OneCycle
 from normlab.errors import StopFlag
 from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
-from normlab.nn.net import Net, count_parameters, dropout_keep, l1_parameters
+from normlab.nn.net import count_parameters, dropout_keep, l1_parameters, logits
 from normlab.nn.norms import NORMS, batch_stat_layers
 
 NON_FINITE = "the training loss became NaN or infinite"
@@ -44,7 +44,7 @@ INIT_LOCK = threading.Lock()  # runs in threads (normlab.study.jobs) share torch
 @dataclass
 class RunResult:
     config: TrainConfig
-    model: Net
+    model: nn.Module
     parameters: int
     metrics: list[dict[str, float]] = field(default_factory=list)
     failure: dict[str, Any] | None = None  # where the loss became non-finite, when it did
@@ -136,11 +136,11 @@ def epoch_row(model: nn.Module, config: TrainConfig, info: DatasetInfo, number: 
 
 
 def setup(config: TrainConfig, device: torch.device
-          ) -> tuple[Net, SGD, OneCycle, torch.Generator, Affine | None]:
+          ) -> tuple[nn.Module, SGD, OneCycle, torch.Generator, Affine | None]:
     """A fresh run's model, optimizer, schedule, data generator and augmentation, seeded by ``config.seed``."""
     with INIT_LOCK:
         torch.manual_seed(config.seed)  # the weights' initialisation
-        model = config.model().to(device)
+        model = config.build_model().to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)  # data order and augmentation
     optimizer, schedule = sgd_one_cycle(model.parameters(), config)
     augment = Affine(config.rotate, config.shift, config.scale) if config.augment else None
@@ -162,8 +162,8 @@ def train_epoch(model: nn.Module, optimizer: SGD, schedule: OneCycle, config: Tr
         x, y = pixels(images[idx]), labels[idx]
         if augment is not None:
             x = augment(x, generator)
-        logits = model(normalize(x, info), dropout_keep(config.dropout, len(x), generator))
-        loss = F.cross_entropy(logits, y)
+        output = logits(model, normalize(x, info), dropout_keep(config.dropout, len(x), generator))
+        loss = F.cross_entropy(output, y)
         objective = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
         optimizer.zero_grad()
         objective.backward()
@@ -171,7 +171,7 @@ def train_epoch(model: nn.Module, optimizer: SGD, schedule: OneCycle, config: Tr
         schedule.step()
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), i, bad_step)
         loss_sum += loss.detach() * len(idx)
-        correct += (logits.detach().argmax(1) == y).sum()
+        correct += (output.detach().argmax(1) == y).sum()
     bad = int(bad_step.item())
     return Epoch(loss_sum.item() / len(images), correct.item() * 100 / len(images), bad + 1 if bad >= 0 else None)
 
@@ -199,7 +199,7 @@ def set_training_mode(model: nn.Module, epoch: int, config: TrainConfig) -> bool
 
 def read_back(saved: SavedRun, config: TrainConfig, device: torch.device) -> RunResult:
     """A run that ended in its folder, as the result its training returned."""
-    model = (saved.model or config.model()).to(device)
+    model = (saved.model or config.build_model()).to(device)
     return RunResult(config, model, count_parameters(model), saved.metrics, saved.failure, saved.evaluation)
 
 

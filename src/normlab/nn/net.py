@@ -19,7 +19,6 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from normlab.errors import UserError
 from normlab.nn.norms import NORMS, NormSettings, StdConv2d, canonical_norm
 
 # (name, in_channels, out_channels, kernel): the conv blocks in order; "pool" marks the 2×2 max-pool.
@@ -123,6 +122,11 @@ def dropout_keep(p: float, images: int, generator: torch.Generator) -> Tensor | 
     return torch.rand(images, sum(BLOCK_CHANNELS), generator=generator, device=generator.device) >= p
 
 
+def logits(model: nn.Module, x: Tensor, keep: Tensor | None) -> Tensor:
+    """The model's output, with dropout's masks where drawn: normlab's Net takes them, any model takes x alone."""
+    return model(x) if keep is None else model(x, keep)
+
+
 def batch_plan(images: int, batch_size: int) -> list[tuple[int, int]]:
     """An epoch's steps as (batch size, how many steps of it): the full batches, then a short last one if any."""
     full, last = divmod(images, batch_size)
@@ -145,11 +149,3 @@ def l1_parameters(model: nn.Module, include_norm: bool) -> list[Tensor]:
         return list(model.parameters())
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
-
-def check_groups(groups: int) -> None:
-    """GroupNorm needs ``groups`` to divide the channels of every layer; say which counts would."""
-    channels = sorted({layer[2] for layer in LAYOUT if isinstance(layer, tuple)})
-    valid = [g for g in range(1, min(channels) + 1) if all(c % g == 0 for c in channels)]
-    if groups not in valid:
-        raise UserError(f"does not divide the channel counts {channels} of every layer; "
-                        f"use one of {', '.join(map(str, valid))}", "groups", groups)

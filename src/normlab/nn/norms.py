@@ -9,7 +9,7 @@ evaluation statistics differ from its training ones, and it needs two images per
 is its own activation (FRN's TLU, EvoNorm: the block then has no ReLU). Weight Standardization modifies
 the conv, not the norm, so it combines with any of them (``gn+ws``): ``StdConv2d``.
 
-A new norm is one entry in NORMS plus its from-scratch version in normlab.explain.
+A new norm is one entry in NORMS plus its from-scratch version in normlab.report.explain.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """results.json -> report.md and a self-contained report.html: the tables, the graphs and the findings.
 
 Every table gives the mean ± std over seeds and a 95 % confidence interval, from normlab.report.results' rows;
-the sentences come from normlab.findings.
+the sentences come from normlab.report.findings.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.files import write_atomic
+from normlab.nn.models import MODELS
 from normlab.report.findings import failures, findings
 from normlab.report.results import evaluation_rows, seeds_text, size_text, small_batch_rows, summarize
 from normlab.report.stats import Interval
@@ -205,7 +206,10 @@ def what_was_run(results: dict[str, Any]) -> str:
     val = (f", {base['val_size']:,} training images held out for validation, chosen by the seed"
            if base.get("val_size") else "")
     n, seeds, epochs = len(results["variants"]), results["seeds"], base["epochs"]
-    return (f"{n} variant{'s' * (n != 1)}{batches} × seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}; "
+    name = base.get("model", "normlab")
+    model = "" if name == "normlab" else f" of {name} ({MODELS[name].summary})"
+    return (f"{n} variant{'s' * (n != 1)}{model}{batches} × seed{'s' * (len(seeds) != 1)} "
+            f"{', '.join(map(str, seeds))}; "
             f"{epochs} epoch{'s' * (epochs != 1)} each, on real {results['dataset_title']} ({run['test_images']:,} "
             f"test images{val}).{lr} {how_trained(results)}{TEST_STATS[results.get('test_stats', 'moving')][1]}")
 

@@ -20,7 +20,7 @@ from normlab.engine.config import TrainConfig
 from normlab.engine.runs import CONFIG, SavedRun, Status, read_run
 from normlab.errors import UserError
 from normlab.files import check_folder
-from normlab.nn.net import check_groups
+from normlab.nn.models import check_groups
 from normlab.nn.norms import CONV_MODIFIERS, NORMS, canonical_norm, names_where
 
 VARIANTS = ("bn+l1", "gn", "ln")  # the three models of the exercise

@@ -34,6 +34,7 @@ from normlab.engine.train import train
 from normlab.errors import UserError
 from normlab.files import FolderLock, prepare_folder, write_atomic
 from normlab.machine import check_threads, cpu_cores, resolve_device
+from normlab.nn.models import MODELS
 from normlab.nn.norms import NORMS
 from normlab.report.findings import TARGET_ACC
 from normlab.report.misclassified import save_misclassified
@@ -132,13 +133,21 @@ def run_study(
             if not all(p.run.ended for p in points):  # until every run has ended, no report describes other runs
                 for path in study_outputs(out):
                     path.unlink()
-            fused = fuse == "on" or (fuse == "auto" and device.type == "cuda" and backend == "local")
+            fused = fusing(fuse, base, device, backend, log)
             points = train_grid(out, grid, points, lambda todo: train_runs(todo, data, device, jobs, threads,
                                                                               progress, log, ray, fused))
             study = {**grid.settings(), "dataset_title": data.info.title, "backend": backend,
                      "jobs": min(jobs, n_runs) if jobs else None, "threads": threads, "test_stats": test_stats,
                      "graph_batch": base.batch_size if base.batch_size in grid.sizes else max(grid.sizes)}
             return collect(out, points, grid.variants, study, data, device, log)
+
+
+def fusing(fuse: str, base: TrainConfig, device: torch.device, backend: str, log: Callable[[str], None]) -> bool:
+    """Whether the study's runs train as fused models: asked (on), or auto on a GPU; normlab's Net only."""
+    asked = fuse == "on" or (fuse == "auto" and device.type == "cuda" and backend == "local")
+    if asked and not MODELS[base.model].fuses:
+        log(f"only normlab's Net trains fused: the {base.model} runs train apart")
+    return asked and MODELS[base.model].fuses
 
 
 def share_machine(backend: str, base: TrainConfig, jobs: int | None, device: torch.device,
