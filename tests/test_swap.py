@@ -11,7 +11,15 @@ from torch import nn
 from normlab import norm_layer, swap_norms  # the library face
 from normlab.errors import UserError
 from normlab.nn.net import Net
-from normlab.nn.norms import NORMS, BatchRenorm2d, EvoNormB0, FilterResponseNorm2d, FrozenBatchNorm2d, StdConv2d
+from normlab.nn.norms import (
+    NORMS,
+    BatchRenorm2d,
+    EvoNormB0,
+    EvoNormS0,
+    FilterResponseNorm2d,
+    FrozenBatchNorm2d,
+    StdConv2d,
+)
 from normlab.nn.swap import freeze_batch_norms
 
 
@@ -96,7 +104,7 @@ def test_norm_layer_takes_groups_in_the_spec_and_settings_as_keywords():
 @pytest.mark.parametrize("spec, settings, words", [
     ("batchy", {}, "unknown norm"),
     ("bn:2", {}, "only a grouped norm"),
-    ("gn:x", {}, "only a grouped norm"),
+    ("gn:x", {}, "must be a whole number above 0"),
     ("gn+ws", {}, "Weight Standardization changes the convs"),
     ("gn+l1", {}, r"then \+ws for Weight"),
     ("gn", {"group": 2}, "unknown norm setting 'group'"),
@@ -279,3 +287,119 @@ def test_a_frozen_model_can_be_swapped_again():
     model = freeze_batch_norms(ResNetLike())
     swap_norms(model, "gn:4")
     assert sum(isinstance(m, nn.GroupNorm) for m in model.modules()) == 6
+
+
+def seq(norm):
+    return nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), norm, nn.ReLU())
+
+
+def test_a_new_layer_keeps_the_mode_the_device_type_and_the_frozen_parameters_of_the_old():
+    model = seq(nn.BatchNorm2d(8)).eval()
+    model[1].requires_grad_(False)
+    swap_norms(model, "bn", bn_batch=2)
+    assert not model[1].training and not any(p.requires_grad for p in model[1].parameters())
+    stateless = seq(nn.InstanceNorm2d(8)).double()
+    swap_norms(stateless, "gn:2")
+    assert stateless(torch.randn(2, 8, 4, 4, dtype=torch.float64)).dtype == torch.float64
+    frozen = freeze_batch_norms(seq(nn.BatchNorm2d(8)).double())
+    assert frozen(torch.randn(2, 8, 4, 4, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_running_statistics_kept_by_normlabs_own_layers_carry_over_too():
+    model = swap_norms(seq(nn.BatchNorm2d(8)), "brn").train()
+    model(torch.randn(6, 8, 5, 5) * 3 + 2)
+    mean = model[1].stats.running_mean.clone()
+    swap_norms(model, "bn")
+    assert torch.equal(model[1].running_mean, mean)
+
+
+def test_eps_and_momentum_carry_over_unless_the_spec_gives_them():
+    assert swap_norms(seq(nn.BatchNorm2d(8, eps=1e-3)), "gn:2")[1].eps == 1e-3
+    assert swap_norms(seq(nn.BatchNorm2d(8, eps=1e-3)), "gn:2", eps=1e-6)[1].eps == 1e-6
+    assert swap_norms(seq(nn.BatchNorm2d(8, momentum=0.01)), "brn")[1].stats.momentum == 0.01
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: seq(BatchNormAct2d(8)), "a BatchNorm2d with a forward of its own"),
+    (lambda: seq(hooked(nn.BatchNorm2d(8))), "has forward hooks"),
+    (lambda: seq(parametrized(nn.BatchNorm2d(8))), "has parametrized weights"),
+    (lambda: seq(trained_layer_norm()), "trained weights per position"),
+    (lambda: seq(nn.LazyBatchNorm2d()), "lazy layer not yet initialized"),
+    (lambda: nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU()), "found no normalization layer"),
+    (lambda: torch.jit.script(seq(nn.BatchNorm2d(8))), "a TorchScript model cannot be changed"),
+    (lambda: Net("batch", copies=2), "several fused copies"),
+    (lambda: "not a model", "not of str"),
+])
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_what_a_swap_would_lose_is_refused_in_one_line_and_nothing_changes(make, words):
+    model = make()
+    before = repr(model)
+    with pytest.raises(UserError, match=words):
+        swap_norms(model, "gn:2")
+    assert repr(model) == before
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's shape: a batch norm with its activation inside its forward."""
+
+    def forward(self, x):
+        return F.relu(super().forward(x))
+
+
+def hooked(layer):
+    layer.register_forward_hook(lambda *_: None)
+    return layer
+
+
+def parametrized(layer):
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", nn.Identity())
+    return layer
+
+
+def trained_layer_norm():
+    layer = nn.LayerNorm([8, 4, 4])
+    with torch.no_grad():
+        layer.weight[0, 0, 0] = 3
+    return layer
+
+
+@pytest.mark.parametrize("conv, words", [
+    (nn.Conv2d(8, 8, 1, groups=8), "one weight per output channel"),
+    (type("MyConv", (nn.Conv2d,), {})(8, 8, 3), "not a plain Conv2d"),
+])
+def test_convs_that_weight_standardization_cannot_take_are_named(conv, words):
+    with pytest.raises(UserError, match=words):
+        swap_norms(nn.Sequential(conv, nn.BatchNorm2d(8), nn.ReLU()), "gn:2+ws")
+
+
+def test_skip_takes_names_of_the_model_and_everything_inside_them():
+    model = ResNetLike()
+    swap_norms(model, "gn:4", skip=["layer1.1"])
+    assert isinstance(model.layer1[0].bn1, nn.GroupNorm) and isinstance(model.layer1[1].downsample[1], nn.BatchNorm2d)
+    for skip, words in (("bn1", "a list of layer names"), (["bn9"], "skip names 'bn9', which is no layer")):
+        with pytest.raises(UserError, match=words):
+            swap_norms(ResNetLike(), "gn:4", skip=skip)
+
+
+def test_a_norm_that_is_its_own_activation_can_be_swapped_for_another():
+    model = swap_norms(UNetLike(), "frn")
+    swap_norms(model, "evonorm-s0")
+    assert sum(isinstance(m, EvoNormS0) for m in model.modules()) == 6
+
+
+@pytest.mark.parametrize("spec, settings, words", [
+    (None, {}, "a norm spec is a string"),
+    ("", {}, "names no norm"),
+    ("gn:0", {}, "must be a whole number above 0"),
+    ("gn:", {}, "must be a whole number above 0"),
+    ("gn:8", {"groups": 4}, "give it once"),
+    ("gn", {"groups": 0}, "groups=0: must be a whole number at least 1"),
+    ("bn", {"eps": -1.0}, "eps=-1.0: must be a finite number above 0"),
+    ("bn", {"momentum": 5}, "momentum=5: must be a finite number above 0 and at most 1"),
+    ("bn", {"bn_batch": 1}, "bn_batch=1: must be a whole number at least 2"),
+    ("brn", {"r_max": 0.5}, "r_max=0.5: must be a finite number at least 1"),
+    ("brn", {"relax_from": 5, "relax_to": 2}, "relax_from must not be above relax_to"),
+])
+def test_bad_specs_and_settings_are_one_line(spec, settings, words):
+    with pytest.raises(UserError, match=words):
+        norm_layer(spec, **settings)

@@ -9,7 +9,7 @@
 import importlib
 
 __version__ = "0.1.0"
-FACE = {"Net": "normlab.nn.net", "norm_layer": "normlab.nn.swap", "swap_norms": "normlab.nn.swap",
+FACE = {"Net": "normlab.nn.net", "norm_layer": "normlab.nn.norm_layer", "swap_norms": "normlab.nn.swap",
         "freeze_batch_norms": "normlab.nn.swap"}
 __all__ = ["__version__", *FACE]
 
