@@ -39,7 +39,10 @@ def add_architecture_arg(p: argparse.ArgumentParser) -> None:
     from normlab.nn.models import MODELS
 
     p.add_argument("--model", default="normlab",
-                   help="the network: " + "; ".join(f"{name}: {m.summary}" for name, m in MODELS.items()))
+                   help="the network: " + "; ".join(f"{name}: {m.summary}" for name, m in MODELS.items())
+                   + "; or yours, FILE.py:NAME or package.module:NAME: a factory given norm= (a registry name) or "
+                   "norm_layer= (a channels -> layer factory), and in_channels, num_classes, when it takes them; "
+                   "else normlab swaps the norms of what it builds")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

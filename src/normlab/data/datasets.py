@@ -53,6 +53,7 @@ class DatasetInfo:
     classes: tuple[str, ...]
     mirrors: tuple[str, ...]
     install_hint: str
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of every image
 
 
 DATASETS = {

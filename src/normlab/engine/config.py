@@ -15,8 +15,9 @@ from torch import nn
 
 from normlab.data.datasets import DATASETS, TRAIN_IMAGES
 from normlab.errors import UserError
-from normlab.nn.models import MODELS, check_groups, check_model
+from normlab.nn.models import MODELS, check_groups, check_model, model_entry, normalize_model
 from normlab.nn.norms import GROUPS, NORMS, NormSettings, canonical_norm, names_where
+from normlab.nn.user import parse_user_model, source_digest
 
 MIN_STEPS = 10  # fewer SGD steps in a run barely leave one-cycle's warm-up
 
@@ -25,7 +26,7 @@ MIN_STEPS = 10  # fewer SGD steps in a run barely leave one-cycle's warm-up
 class TrainConfig:
     """One run: model, regularization, schedule, augmentation, data and where it runs."""
 
-    model: str = "normlab"        # a name of normlab.nn.models.MODELS: normlab's Net (the exercise's) or resnet
+    model: str = "normlab"        # normlab's Net (the exercise's), resnet, or a user's FILE.py:NAME or module:NAME
     norm: str = "batch"           # a name of normlab.nn.norms.NORMS (or an alias: bn, gn, ln, in)
     groups: int | None = None     # channel groups of a grouped norm (gn, evonorm-s0); None: GROUPS, or none
     bn_batch: int | None = None   # a batch-statistics norm's statistics over groups of this many images of each
@@ -71,7 +72,8 @@ class TrainConfig:
     def __post_init__(self, check_length: bool) -> None:
         """Check every value and normalise names, so a bad value fails before any work is done."""
         self.norm = canonical_norm(self.norm)
-        check_model(self.model)
+        self.model = normalize_model(self.model)
+        entry = model_entry(self.model)
         if self.dataset not in DATASETS:
             raise UserError(f"unknown dataset; choose one of: {', '.join(DATASETS)}", "dataset", self.dataset)
         if not 0 <= self.val_size <= TRAIN_IMAGES - 1:
@@ -95,7 +97,7 @@ class TrainConfig:
         for name in ("dropout", "momentum"):
             if getattr(self, name) >= 1:
                 raise UserError("must be at least 0 and below 1", name, getattr(self, name))
-        if self.dropout and not MODELS[self.model].dropout:
+        if self.dropout and not entry.dropout:
             raise UserError(f"is normlab's Net's (a mask per conv block), not {{model}} {self.model}'s; drop it",
                             "dropout", self.dropout)
         if self.scale >= 1:
@@ -112,6 +114,10 @@ class TrainConfig:
         self._check_norm_settings()
         if check_length:
             self._check_length()
+        if self.model not in MODELS:  # a user's model, built once for these settings and tried on the data
+            info = DATASETS[self.dataset]
+            check_model(self.model, source_digest(parse_user_model(self.model)), self.norm, self.groups,
+                        self.bn_batch, self.weight_std, self.norm_settings(), info.image_shape, len(info.classes))
 
     def _check_length(self) -> None:
         if self.steps < MIN_STEPS:
@@ -130,7 +136,7 @@ class TrainConfig:
         entry = NORMS[self.norm]
         if entry.grouped:
             self.groups = GROUPS if self.groups is None else self.groups
-            check_groups(self.groups, MODELS[self.model].channels)
+            check_groups(self.groups, model_entry(self.model).channels)
         elif self.groups is not None:
             raise UserError(f"only for a norm with channel groups ({names_where('grouped')}), not {{norm}} "
                             f"{self.norm}; drop it", "groups", self.groups)
@@ -185,8 +191,9 @@ class TrainConfig:
                             relax_to=round(self.renorm_to * self.steps))
 
     def build_model(self) -> nn.Module:
-        return MODELS[self.model].build(self.norm, self.groups, self.dropout, self.bn_batch, self.weight_std,
-                                        self.norm_settings())
+        info = DATASETS[self.dataset]
+        return model_entry(self.model).build(self.norm, self.groups, self.dropout, self.bn_batch, self.weight_std,
+                                             self.norm_settings(), info.image_shape, len(info.classes))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

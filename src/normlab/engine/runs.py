@@ -34,7 +34,7 @@ from normlab.engine.config import TrainConfig
 from normlab.engine.evalstats import WAYS
 from normlab.errors import UserError
 from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atomic
-from normlab.nn.models import MODELS
+from normlab.nn.models import MODELS, model_entry
 
 CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
 CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
@@ -59,7 +59,9 @@ def config_hash(config: TrainConfig, schema: int = SCHEMA) -> str:
     earlier = {**SCHEMA_1_VALUES, **LATER_VALUES} if schema == 1 else LATER_VALUES
     values = {k: v for k, v in config.to_dict().items()
               if k not in NOT_HASHED and not (k in earlier and earlier[k] == v)}
-    values["layout"] = MODELS[config.model].layout
+    values["layout"] = model_entry(config.model).layout
+    if config.model not in MODELS:  # a user's model is its factory and source (the layout), wherever its file is
+        values["model"] = "user"
     if config.dropout > 0:  # dropout's masks come from the run's generator; earlier, from torch's global one
         values["dropout_masks"] = "the run's generator"
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
@@ -249,7 +251,7 @@ class RunFolder:
         """A fresh run writes its config.json, then removes what an earlier run left (a failed write keeps it all)."""
         if self.resume_state is not None:
             return
-        layout = MODELS[self.config.model].layout
+        layout = model_entry(self.config.model).layout
         write_atomic(self.path / CONFIG, json.dumps({"schema": SCHEMA, "config": self.config.to_dict(),
                                                      "config_hash": self.hash, "layout": layout,
                                                      "parameters": parameters, "environment": environment}, indent=2))

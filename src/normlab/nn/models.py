@@ -1,4 +1,5 @@
-"""The built-in models by name: what a run's ``model`` setting builds, and what the rest of normlab needs to know.
+"""The models by name: what a run's ``model`` setting builds (a built-in, or a user's factory), and what the rest of
+normlab needs to know.
 
     >>> MODELS["resnet"].build("gn", settings=NormSettings(groups=4))
 
@@ -9,8 +10,10 @@ architecture in a run's identity, and whether it takes normlab's dropout masks a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from torch import nn
 
@@ -18,16 +21,17 @@ from normlab.errors import UserError
 from normlab.nn.net import BLOCK_CHANNELS, LAYOUT, Net
 from normlab.nn.norms import NormSettings
 from normlab.nn.resnet import ResNet
+from normlab.nn.user import build_user_model, check_output, identity, parse_user_model
 
 RESNET_WIDTHS = (8, 16, 32)
 
 
 @dataclass(frozen=True)
 class Model:
-    """One built-in model: ``build(norm, groups, dropout, bn_batch, weight_std, settings)`` makes it."""
+    """A model: ``build(norm, groups, dropout, bn_batch, weight_std, settings, image_shape, classes)`` makes it."""
 
-    build: Callable[[str, int | None, float, int | None, bool, NormSettings], nn.Module]
-    channels: tuple[int, ...]  # the channel counts its norms normalize
+    build: Callable[[str, int | None, float, int | None, bool, NormSettings, tuple[int, int, int], int], nn.Module]
+    channels: tuple[int, ...]  # the channel counts its norms normalize (empty: checked layer by layer)
     layout: str                # its architecture, as a run's identity records it
     summary: str               # one line for --help and the report
     dropout: bool = False      # takes dropout's masks per conv block (normlab's Net)
@@ -35,25 +39,51 @@ class Model:
 
 
 MODELS: dict[str, Model] = {
-    "normlab": Model(lambda norm, groups, dropout, bn_batch, ws, s: Net(norm, groups, dropout, bn_batch, ws, s),
+    "normlab": Model(lambda norm, groups, dropout, bn_batch, ws, s, shape, classes: Net(norm, groups, dropout,
+                                                                                        bn_batch, ws, s),
                      tuple(sorted(set(BLOCK_CHANNELS))), repr(LAYOUT),
                      "the exercise's 7.6k-parameter CNN, conv → ReLU → norm", dropout=True, fuses=True),
-    "resnet": Model(lambda norm, groups, dropout, bn_batch, ws, s: ResNet(norm, groups, bn_batch, ws, s,
-                                                                         widths=RESNET_WIDTHS),
+    "resnet": Model(lambda norm, groups, dropout, bn_batch, ws, s, shape, classes: ResNet(
+                        norm, groups, bn_batch, ws, s, in_channels=shape[0], num_classes=classes, widths=RESNET_WIDTHS),
                     RESNET_WIDTHS, f"ResNet widths {RESNET_WIDTHS}, 1 basic block a stage, option-A shortcuts",
                     "ResNet-8, 19k parameters, conv → norm → ReLU with identity shortcuts"),
 }
 
 
-def check_model(name: str) -> str:
-    """``name`` if it is a built-in model; a one-line error listing them otherwise."""
-    if name not in MODELS:
-        raise UserError(f"unknown model; choose one of: {', '.join(MODELS)}", "model", name)
-    return name
+def model_entry(spec: str) -> Model:
+    """A built-in model by name, or a user's factory (FILE.py:NAME, package.module:NAME, normlab.nn.user)."""
+    if spec in MODELS:
+        return MODELS[spec]
+    if ":" not in spec:
+        raise UserError(f"unknown model; choose one of: {', '.join(MODELS)}, or give FILE.py:NAME or "
+                        "package.module:NAME (the factory that builds your model)", "model", spec)
+    return Model(partial(user_model, spec), (), identity(spec), f"{spec}, a user's model")
+
+
+def user_model(spec: str, norm: str, groups: int | None, dropout: float, bn_batch: int | None, weight_std: bool,
+               settings: NormSettings, image_shape: tuple[int, int, int], classes: int) -> nn.Module:
+    return build_user_model(spec, norm, groups, bn_batch, weight_std, settings, image_shape, classes)
+
+
+def normalize_model(spec: str) -> str:
+    """The model setting as a run records it: a built-in name, or a user's factory with its file's absolute path."""
+    return spec if spec in MODELS or ":" not in spec else parse_user_model(spec).spec
+
+
+@functools.lru_cache(maxsize=64)
+def check_model(spec: str, digest: str, norm: str, groups: int | None, bn_batch: int | None, weight_std: bool,
+                settings: NormSettings, image_shape: tuple[int, int, int], classes: int) -> None:
+    """A user's model built once for these settings (``digest``: its source's hash) and tried on the data's shape:
+    one line for anything that does not fit, before anything is written."""
+    model = user_model(spec, norm, groups, 0.0, bn_batch, weight_std, settings, image_shape, classes)
+    check_output(model, spec, image_shape, classes)
 
 
 def check_groups(groups: int, channels: tuple[int, ...] = MODELS["normlab"].channels) -> None:
-    """GroupNorm needs ``groups`` to divide the channels of every layer; say which counts would."""
+    """GroupNorm needs ``groups`` to divide the channels of every layer; say which counts would (a user's model,
+    whose channels are not known up front: each layer when its norm is made)."""
+    if not channels:
+        return
     valid = [g for g in range(1, min(channels) + 1) if all(c % g == 0 for c in channels)]
     if groups not in valid:
         raise UserError(f"does not divide the channel counts {list(channels)} of every layer; "

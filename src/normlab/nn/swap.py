@@ -147,6 +147,9 @@ def build_like(module: nn.Module, layer: NormLayer, fallback: Tensor | None) -> 
 
 def std_conv(name: str, conv: nn.Conv2d) -> StdConv2d:
     """``conv`` as a Weight-Standardized conv with the same shape, settings, weights and bias."""
+    if type(conv) is not nn.Conv2d:
+        raise UserError(f"layer {name!r} is a {type(conv).__name__}, not a plain Conv2d, so +ws cannot tell what it "
+                        f"computes: leave it with skip=[{name!r}]")
     check_layer(name, conv, (nn.Conv2d,))
     if hasattr(conv, "weight_g"):
         raise UserError(f"layer {name!r} uses torch.nn.utils.weight_norm, which Weight Standardization would "
@@ -224,9 +227,6 @@ def swap_norms(model: nn.Module, spec: str, *, skip: list[str] | tuple[str, ...]
             if id(child) not in replaced:
                 replaced[id(child)] = build_like(child, layer, fallback)
         elif ws and isinstance(child, nn.Conv2d) and not isinstance(child, StdConv2d) and id(child) not in replaced:
-            if type(child) is not nn.Conv2d:
-                raise UserError(f"layer {name!r} is a {type(child).__name__}, not a plain Conv2d, so +ws cannot "
-                                f"tell what it computes: leave it with skip=[{name!r}]")
             replaced[id(child)] = std_conv(name, child)
     if not any(norm_channels(child) is not None for *_, child, _ in places if id(child) in replaced):
         raise UserError(f"found no normalization layer to replace with {spec!r} (BatchNorm, GroupNorm, InstanceNorm, "
@@ -236,6 +236,15 @@ def swap_norms(model: nn.Module, spec: str, *, skip: list[str] | tuple[str, ...]
     if isinstance(model, Net | ResNet):  # normlab's own models say which norm they hold
         model.norm, model.groups = layer.name, layer.settings.groups if NORMS[layer.name].grouped else None
         model.weight_std = model.weight_std or ws
+    return put(places, replaced)
+
+
+def standardize_convs(model: nn.Module) -> nn.Module:
+    """Every Conv2d of ``model`` Weight-Standardized, its norms left as they are (+ws for a model that built its
+    own norms)."""
+    places = slots(model)
+    replaced = {id(child): std_conv(name, child) for _, _, child, name in places
+                if isinstance(child, nn.Conv2d) and not isinstance(child, StdConv2d)}
     return put(places, replaced)
 
 

@@ -207,7 +207,8 @@ def what_was_run(results: dict[str, Any]) -> str:
            if base.get("val_size") else "")
     n, seeds, epochs = len(results["variants"]), results["seeds"], base["epochs"]
     name = base.get("model", "normlab")
-    model = "" if name == "normlab" else f" of {name} ({MODELS[name].summary})"
+    model = "" if name == "normlab" else f" of {name} ({MODELS[name].summary})" if name in MODELS else \
+        f" of the user's model {name}"
     return (f"{n} variant{'s' * (n != 1)}{model}{batches} × seed{'s' * (len(seeds) != 1)} "
             f"{', '.join(map(str, seeds))}; "
             f"{epochs} epoch{'s' * (epochs != 1)} each, on real {results['dataset_title']} ({run['test_images']:,} "

@@ -84,7 +84,8 @@ def format_summary(model: nn.Module) -> str:
     """normlab's Net with receptive fields; any other model by its top-level layers."""
     if not isinstance(model, Net):
         rows = module_table(model)
-        lines = [f"{type(model).__name__}(norm={getattr(model, 'norm', '?')!r})"]
+        norm = getattr(model, "norm", None)  # normlab's own models say which norm they hold
+        lines = [f"{type(model).__name__}(norm={norm!r})" if isinstance(norm, str) else type(model).__name__]
     else:
         rows = layer_table(model)
         lines = [f"Net(norm={model.norm!r}{f', groups={model.groups}' if model.groups is not None else ''}"

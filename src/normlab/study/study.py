@@ -34,7 +34,7 @@ from normlab.engine.train import train
 from normlab.errors import UserError
 from normlab.files import FolderLock, prepare_folder, write_atomic
 from normlab.machine import check_threads, cpu_cores, resolve_device
-from normlab.nn.models import MODELS
+from normlab.nn.models import model_entry
 from normlab.nn.norms import NORMS
 from normlab.report.findings import TARGET_ACC
 from normlab.report.misclassified import save_misclassified
@@ -145,9 +145,10 @@ def run_study(
 def fusing(fuse: str, base: TrainConfig, device: torch.device, backend: str, log: Callable[[str], None]) -> bool:
     """Whether the study's runs train as fused models: asked (on), or auto on a GPU; normlab's Net only."""
     asked = fuse == "on" or (fuse == "auto" and device.type == "cuda" and backend == "local")
-    if asked and not MODELS[base.model].fuses:
+    fuses = model_entry(base.model).fuses
+    if asked and not fuses:
         log(f"only normlab's Net trains fused: the {base.model} runs train apart")
-    return asked and MODELS[base.model].fuses
+    return asked and fuses
 
 
 def share_machine(backend: str, base: TrainConfig, jobs: int | None, device: torch.device,

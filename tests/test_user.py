@@ -1,0 +1,143 @@
+"""A user's model from a file or a module: the three factory contracts, its identity, and every way it can be wrong,
+on real digits and real training."""
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import quick, quiet
+from torch import nn
+
+from normlab.engine.config import TrainConfig
+from normlab.engine.runs import config_hash
+from normlab.engine.train import train
+from normlab.errors import UserError
+from normlab.nn.norms import BatchRenorm2d, StdConv2d
+from normlab.study.study import run_study
+
+MODELS = textwrap.dedent('''
+    from torch import nn
+
+    def body(norm_of):
+        return nn.Sequential(nn.Conv2d(1, 8, 3), norm_of(8), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3),
+                             norm_of(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def exercise(norm="batch"):
+        """The exercise's contract: a registry name."""
+        return body({"batch": nn.BatchNorm2d, "group": lambda c: nn.GroupNorm(2, c),
+                     "layer": lambda c: nn.GroupNorm(1, c)}[norm])
+
+    def torchvision_style(norm_layer, num_classes=10, in_channels=1):
+        return body(norm_layer)
+
+    def plain():
+        return body(nn.BatchNorm2d)
+
+    def no_norms():
+        return body(lambda c: nn.Identity())
+
+    def wrong_classes():
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 7))
+
+    def wrong_input():
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(100, 10))
+
+    def not_a_model():
+        return "a string"
+
+    def crashes():
+        raise RuntimeError("out of coffee")
+''')
+
+
+@pytest.fixture
+def models(tmp_path):
+    path = tmp_path / "models.py"
+    path.write_text(MODELS)
+    return path
+
+
+def test_a_factory_without_norm_arguments_is_built_then_its_norms_swapped(models, mnist):
+    config = quick(model=f"{models}:plain", norm="brn", weight_std=True)
+    model = config.build_model()
+    assert sum(isinstance(m, BatchRenorm2d) for m in model.modules()) == 2
+    assert sum(isinstance(m, StdConv2d) for m in model.modules()) == 2
+    result = train(config, data=mnist, progress=False, log=quiet)
+    assert result.final_test_acc > 10 and result.metrics[0]["train_loss"] > 0
+
+
+def test_the_exercises_contract_gets_the_registry_name(models):
+    model = TrainConfig(model=f"{models}:exercise", norm="ln").build_model()
+    assert [m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)] == [1, 1]
+
+
+def test_a_norm_layer_factory_gets_normlabs_layers_with_every_setting(models):
+    model = TrainConfig(model=f"{models}:torchvision_style", norm="brn", norm_momentum=0.01).build_model()
+    renorms = [m for m in model.modules() if isinstance(m, BatchRenorm2d)]
+    assert len(renorms) == 2 and renorms[0].stats.momentum == 0.01
+
+
+def test_a_model_of_a_module_on_the_path(models, monkeypatch):
+    monkeypatch.syspath_prepend(str(models.parent))
+    config = TrainConfig(model="models:plain", norm="gn")
+    assert sum(isinstance(m, nn.GroupNorm) for m in config.build_model().modules()) == 2
+
+
+def test_the_identity_is_the_factory_and_its_source_not_the_path(models, tmp_path):
+    config = TrainConfig(model=f"{models}:plain", norm="gn")
+    moved = tmp_path / "elsewhere" / "copy.py"
+    moved.parent.mkdir()
+    shutil.copy(models, moved)
+    assert config_hash(TrainConfig(model=f"{moved}:plain", norm="gn")) == config_hash(config)
+    moved.write_text(MODELS.replace("nn.Conv2d(8, 16, 3)", "nn.Conv2d(8, 16, 3, padding=1)"))
+    assert config_hash(TrainConfig(model=f"{moved}:plain", norm="gn")) != config_hash(config)
+    assert config_hash(TrainConfig(model=f"{models}:exercise", norm="gn")) != config_hash(config)
+
+
+@pytest.mark.parametrize("factory, settings, words", [
+    ("missing", {}, "has no function or class 'missing'"),
+    ("no_norms", {"norm": "gn"}, "found no normalization layer"),
+    ("wrong_classes", {}, r"gives \(2, 7\) for a batch of 2 images; it must give \(2, 10\)"),
+    ("wrong_input", {}, r"fails on a batch of the data's images \(2, 1, 28, 28\)"),
+    ("not_a_model", {}, "returned str, not a torch.nn.Module"),
+    ("crashes", {}, r"crashes\(\) failed: RuntimeError: out of coffee"),
+    ("exercise", {"norm": "bn", "bn_batch": 4}, "takes a norm's name only, so it cannot take bn_batch"),
+])
+def test_a_model_that_does_not_fit_is_one_line(models, factory, settings, words):
+    with pytest.raises(UserError, match=words):
+        TrainConfig(**{"model": f"{models}:{factory}", **settings})
+
+
+def test_files_that_are_missing_or_broken_are_one_line(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def f(:\n")
+    for spec, words in ((f"{tmp_path / 'nope.py'}:f", "is no file"),
+                        (f"{broken}:f", "importing .* failed: SyntaxError"),
+                        ("no_such_module_here:f", "importing no_such_module_here failed: ModuleNotFoundError"),
+                        ("resnet50", "unknown model; choose one of: normlab, resnet, or give FILE.py:NAME")):
+        with pytest.raises(UserError, match=words):
+            TrainConfig(model=spec)
+
+
+def test_the_command_line_trains_a_users_model_and_refuses_a_broken_one_writing_nothing(models, tmp_path):
+    out = tmp_path / "run"
+    ok = subprocess.run([sys.executable, "-m", "normlab", "train", "--model", f"{models}:plain", "--norm", "gn",
+                         "--epochs", "1", "--train-limit", "640", "--test-limit", "200", "--batch-size", "64",
+                         "--no-progress", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert (out / "model.pt").is_file()
+    bad = subprocess.run([sys.executable, "-m", "normlab", "train", "--model", f"{models}:wrong_classes", "--out",
+                          str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.count("\n") == 1 and "must give (2, 10)" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_study_of_a_users_model_compares_norms_and_says_whose_model(models, mnist, tmp_path):
+    out = tmp_path / "study"
+    results = run_study(out, ["bn", "gn"], [0], TrainConfig(model=f"{models}:plain", epochs=1, train_limit=640,
+                                                             test_limit=200, batch_size=64), progress=False, log=quiet)
+    assert len(results["runs"]) == 2 and (out / "misclassified_gn.png").is_file()
+    assert f"of the user's model {models}:plain" in (out / "report.md").read_text()
