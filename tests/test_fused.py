@@ -46,7 +46,8 @@ CASES = [{"norm": n} for n in NORMS] + [{"norm": "batch", "bn_batch": 8}, {"norm
                                         {"norm": "evonorm-b0", "bn_batch": 4}, {"norm": "group", "weight_std": True},
                                         {"norm": "batch", "freeze_bn_epochs": 1}, {"norm": "layer", "momentum": 0.0},
                                         {"norm": "group", "groups": 2, "l1_norm_params": True},
-                                        {"norm": "batch", "dropout": 0.2}, {"norm": "frn", "dropout": 0.1}]
+                                        {"norm": "batch", "dropout": 0.2}, {"norm": "frn", "dropout": 0.1},
+                                        {"norm": "batch", "norm_first": True}]
 
 
 @pytest.mark.usefixtures("float64")

@@ -72,3 +72,17 @@ def test_l1_penalty_covers_conv_weights_only_unless_asked():
     weights = l1_parameters(model, include_norm=False)
     assert all(p.dim() == 4 for p in weights) and len(weights) == 6  # 5 conv blocks + head
     assert len(l1_parameters(model, include_norm=True)) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "frn"])
+def test_norm_first_is_the_papers_block_order_with_the_same_weights(norm):
+    """conv → norm → ReLU against conv → ReLU → norm: the same parameters under the same names, another function
+    (one function where the norm is its own activation: its block has no ReLU)."""
+    torch.manual_seed(0)
+    exercise, papers = Net(norm), Net(norm, norm_first=True)
+    papers.load_state_dict(exercise.state_dict())
+    block, x = exercise.features.conv2, torch.randn(4, 8, 13, 13)
+    conv, relu, layer, _ = block
+    assert torch.allclose(papers.features.conv2(x), relu(layer(conv(x))))
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(exercise.eval()(x), papers.eval()(x)) == (norm == "frn")

@@ -69,3 +69,11 @@ def test_a_bad_grid_is_one_error_before_anything_is_made(args, message):
     variants, seeds, sizes, lrs, tune, scaling, ghost = args
     with pytest.raises(UserError, match=message):
         plan_grid(variants, seeds, TrainConfig(), sizes, lrs, tune, scaling, ghost)
+
+
+def test_normfirst_is_a_variant_of_its_own_and_a_setting_of_the_run():
+    variant = parse_variant("gn+normfirst")
+    assert variant.norm_first and variant.config(TrainConfig(), 0).norm_first
+    assert not parse_variant("gn").config(TrainConfig(), 0).norm_first
+    grid = plan_grid(["gn", "gn+normfirst"], [0], TrainConfig(), None, None, None, True, False)
+    assert len({c.norm_first for c in grid.configs.values()}) == 2

@@ -82,3 +82,11 @@ def test_a_resnet_run_learns_on_real_digits_deterministically_and_its_folder_is_
     assert "already holds this run" in logs[0]
     assert [m["test_acc"] for m in again.metrics] == [m["test_acc"] for m in saved.metrics] == \
         [m["test_acc"] for m in whole.metrics]
+
+
+def test_norm_first_is_normlabs_nets_and_a_new_run_while_old_runs_keep_their_hash():
+    with pytest.raises(UserError, match="keep their own order"):
+        TrainConfig(model="resnet", norm_first=True)
+    saved = json.loads((ROOT / "docs" / "study" / "ln" / "b128" / "seed0" / "config.json").read_text())
+    config = TrainConfig.from_dict(saved["config"])
+    assert config_hash(TrainConfig.from_dict({**saved["config"], "norm_first": True}), 1) != config_hash(config, 1)

@@ -144,7 +144,8 @@ def build_parser() -> Parser:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS),
                    help=f"a norm ({', '.join(NORMS)}; aliases {', '.join(ALIASES)}), :G for G groups (gn:2), +ws "
                         "for Weight Standardization, +l1 for the L1 penalty, +frozenK for FrozenBN in the last K "
-                        f"epochs (bn+frozen2) (default: {' '.join(VARIANTS)})")
+                        "epochs, +normfirst for the papers' block order conv → norm → ReLU (bn+frozen2, gn+normfirst) "
+                        f"(default: {' '.join(VARIANTS)})")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed and variant (default: 0)")
     add_train_args(p, study=True)
     p.add_argument("--jobs", type=int, default=None,

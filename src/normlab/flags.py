@@ -43,6 +43,9 @@ def add_architecture_arg(p: argparse.ArgumentParser) -> None:
                    + "; or yours, FILE.py:NAME or package.module:NAME: a factory given norm= (a registry name) or "
                    "norm_layer= (a channels -> layer factory), and in_channels, num_classes, when it takes them; "
                    "else normlab swaps the norms of what it builds")
+    p.add_argument("--norm-first", action="store_true",
+                   help="normlab's Net in the papers' block order, conv → norm → ReLU, for the exercise's conv → ReLU "
+                   "→ norm (a study variant's +normfirst; default: off)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

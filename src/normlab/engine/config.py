@@ -32,6 +32,7 @@ class TrainConfig:
     bn_batch: int | None = None   # a batch-statistics norm's statistics over groups of this many images of each
                                   # SGD batch (ghost batch norm: the GroupNorm paper's images per GPU); None: all
     weight_std: bool = False      # Weight Standardization of every block's conv (a variant's +ws)
+    norm_first: bool = False      # normlab's Net: conv → norm → ReLU (the papers') for conv → ReLU → norm (+normfirst)
     norm_eps: float | None = None  # the norm's ε; None: its registry default (1e-5; FRN 1e-6)
     norm_momentum: float = 0.1    # running averages of batch statistics: running += momentum · (batch − running)
     renorm_r_max: float = 3.0     # Batch Renorm's clips of r and d once relaxed (its paper's final values)
@@ -97,6 +98,9 @@ class TrainConfig:
         for name in ("dropout", "momentum"):
             if getattr(self, name) >= 1:
                 raise UserError("must be at least 0 and below 1", name, getattr(self, name))
+        if self.norm_first and not entry.orders:
+            raise UserError(f"orders normlab's Net's blocks; {{model}} {self.model}'s blocks keep their own order "
+                            "(resnet's: conv → norm → ReLU already); drop it", "norm_first", self.norm_first)
         if self.dropout and not entry.dropout:
             raise UserError(f"is normlab's Net's (a mask per conv block), not {{model}} {self.model}'s; drop it",
                             "dropout", self.dropout)
@@ -193,7 +197,8 @@ class TrainConfig:
     def build_model(self) -> nn.Module:
         info = DATASETS[self.dataset]
         return model_entry(self.model).build(self.norm, self.groups, self.dropout, self.bn_batch, self.weight_std,
-                                             self.norm_settings(), info.image_shape, len(info.classes))
+                                             self.norm_settings(), info.image_shape, len(info.classes),
+                                             self.norm_first)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

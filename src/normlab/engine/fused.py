@@ -92,6 +92,7 @@ class FusedModel:
         self.members = sorted(members, key=lambda m: kinds.index(norm_kind(m.config)))  # stable: kinds together
         self.n, first = len(members), self.members[0].config
         self.net = Net(first.norm, first.groups, first.dropout, first.bn_batch, first.weight_std, first.norm_settings(),
+                       norm_first=first.norm_first,
                        copies=self.n)
         counts = [sum(norm_kind(m.config) == kind for m in members) for kind in kinds]
         self.segments = [(sum(counts[:j]), sum(counts[:j + 1])) for j in range(len(kinds))]

@@ -50,7 +50,7 @@ SCHEMA_1_VALUES = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale":
                    "lr_end_div": 1e4}
 # Settings added after schema 2's first folders: hashed only where they differ from the value those folders
 # computed with, so that every earlier folder keeps its name.
-LATER_VALUES = {"model": "normlab"}
+LATER_VALUES = {"model": "normlab", "norm_first": False}
 
 
 def config_hash(config: TrainConfig, schema: int = SCHEMA) -> str:

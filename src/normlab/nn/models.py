@@ -28,22 +28,25 @@ RESNET_WIDTHS = (8, 16, 32)
 
 @dataclass(frozen=True)
 class Model:
-    """A model: ``build(norm, groups, dropout, bn_batch, weight_std, settings, image_shape, classes)`` makes it."""
+    """A model: ``build(norm, groups, dropout, bn_batch, weight_std, settings, image_shape, classes, norm_first)``
+    makes it."""
 
-    build: Callable[[str, int | None, float, int | None, bool, NormSettings, tuple[int, int, int], int], nn.Module]
+    build: Callable[[str, int | None, float, int | None, bool, NormSettings, tuple[int, int, int], int, bool],
+                    nn.Module]
     channels: tuple[int, ...]  # the channel counts its norms normalize (empty: checked layer by layer)
     layout: str                # its architecture, as a run's identity records it
     summary: str               # one line for --help and the report
     dropout: bool = False      # takes dropout's masks per conv block (normlab's Net)
     fuses: bool = False        # several runs can train as one model (normlab.engine.fused)
+    orders: bool = False       # its blocks take either order, conv → ReLU → norm or conv → norm → ReLU (norm_first)
 
 
 MODELS: dict[str, Model] = {
-    "normlab": Model(lambda norm, groups, dropout, bn_batch, ws, s, shape, classes: Net(norm, groups, dropout,
-                                                                                        bn_batch, ws, s),
+    "normlab": Model(lambda norm, groups, dropout, bn_batch, ws, s, shape, classes, first: Net(
+                         norm, groups, dropout, bn_batch, ws, s, norm_first=first),
                      tuple(sorted(set(BLOCK_CHANNELS))), repr(LAYOUT),
-                     "the exercise's 7.6k-parameter CNN, conv → ReLU → norm", dropout=True, fuses=True),
-    "resnet": Model(lambda norm, groups, dropout, bn_batch, ws, s, shape, classes: ResNet(
+                     "the exercise's 7.6k-parameter CNN, conv → ReLU → norm", dropout=True, fuses=True, orders=True),
+    "resnet": Model(lambda norm, groups, dropout, bn_batch, ws, s, shape, classes, first: ResNet(
                         norm, groups, bn_batch, ws, s, in_channels=shape[0], num_classes=classes, widths=RESNET_WIDTHS),
                     RESNET_WIDTHS, f"ResNet widths {RESNET_WIDTHS}, 1 basic block a stage, option-A shortcuts",
                     "ResNet-8, 19k parameters, conv → norm → ReLU with identity shortcuts"),
@@ -61,7 +64,8 @@ def model_entry(spec: str) -> Model:
 
 
 def user_model(spec: str, norm: str, groups: int | None, dropout: float, bn_batch: int | None, weight_std: bool,
-               settings: NormSettings, image_shape: tuple[int, int, int], classes: int) -> nn.Module:
+               settings: NormSettings, image_shape: tuple[int, int, int], classes: int,
+               norm_first: bool = False) -> nn.Module:
     return build_user_model(spec, norm, groups, bn_batch, weight_std, settings, image_shape, classes)
 
 

@@ -46,12 +46,14 @@ class ChannelDropout(nn.Dropout2d):
 
 
 class ConvBlock(nn.Sequential):
-    """conv → ReLU → norm → dropout. The conv has no bias where the norm adds a learned shift (the exercise's
-    model; the shift comes after the ReLU, so it is a choice, not an equivalence) and standardizes its weights
-    with ``weight_std``; the ReLU is an Identity where the norm is its own activation."""
+    """conv → ReLU → norm → dropout (the exercise's order), or conv → norm → ReLU → dropout with ``norm_first`` (the
+    papers'; its modules keep their places, so a run's weights have the same names either way). The conv has no
+    bias where the norm adds a learned shift (after the ReLU that is a choice, not an equivalence) and standardizes
+    its weights with ``weight_std``; the ReLU is an Identity where the norm is its own activation (then the two
+    orders are one)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, norm: str, settings: NormSettings, dropout: float,
-                 weight_std: bool) -> None:
+                 weight_std: bool, norm_first: bool = False) -> None:
         entry, n = NORMS[norm], settings.copies
         conv = StdConv2d if weight_std else nn.Conv2d
         super().__init__(
@@ -60,10 +62,11 @@ class ConvBlock(nn.Sequential):
             entry.build(cout * n, settings),
             ChannelDropout(dropout) if dropout > 0 else nn.Identity(),
         )
+        self.norm_first = norm_first
 
     def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:  # type: ignore[override]
         conv, activation, norm, dropout = self
-        x = norm(activation(conv(x)))
+        x = activation(norm(conv(x))) if self.norm_first else norm(activation(conv(x)))
         return dropout(x, keep) if isinstance(dropout, ChannelDropout) else dropout(x)
 
 
@@ -72,25 +75,27 @@ class Net(nn.Module):
     (default 4), ``bn_batch`` (ghost images per statistics group) for batch-statistics norms; ``settings``
     carries the rest of a norm's hyperparameters (ε, momentum, Batch Renorm's clips), the registry's defaults
     when omitted. ``copies`` models side by side make one (normlab.engine.fused): each its own channels, every conv
-    grouped by copy, input and logits (N, copies, ...) flattened on the channels."""
+    grouped by copy, input and logits (N, copies, ...) flattened on the channels. ``norm_first``: every block
+    conv → norm → ReLU, the papers' order, in place of the exercise's conv → ReLU → norm."""
 
     def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0,
                  bn_batch: int | None = None, weight_std: bool = False, settings: NormSettings | None = None,
-                 copies: int = 1) -> None:
+                 copies: int = 1, norm_first: bool = False) -> None:
         super().__init__()
         self.norm, self.copies = canonical_norm(norm), copies
         settings = settings or NormSettings()
         settings = replace(settings, groups=groups or settings.groups, bn_batch=bn_batch or settings.bn_batch,
                            copies=copies)
         self.groups = settings.groups if NORMS[self.norm].grouped else None
-        self.weight_std = weight_std
+        self.weight_std, self.norm_first = weight_std, norm_first
         self.features = nn.Sequential()
         for layer in LAYOUT:
             if layer == "pool":
                 self.features.add_module("pool", nn.MaxPool2d(2))
             else:
                 name, cin, cout, kernel = layer
-                self.features.add_module(name, ConvBlock(cin, cout, kernel, self.norm, settings, dropout, weight_std))
+                self.features.add_module(name, ConvBlock(cin, cout, kernel, self.norm, settings, dropout, weight_std,
+                                                         norm_first))
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Conv2d(LAYOUT[-1][2] * copies, NUM_CLASSES * copies, 1, groups=copies)  # type: ignore[index]
         # channels_last is a memory layout only, the same function either way; on a 2-core CPU it makes the

@@ -38,6 +38,7 @@ class Variant:
     l1: float
     weight_std: bool = False
     frozen_epochs: int = 0
+    norm_first: bool = False
 
     @property
     def folder(self) -> str:
@@ -50,16 +51,18 @@ class Variant:
     def config(self, base: TrainConfig, seed: int) -> TrainConfig:
         frozen = self.frozen_epochs or base.freeze_bn_epochs
         return replace(base, norm=self.norm, groups=self.groups, l1=self.l1, weight_std=self.weight_std, seed=seed,
-                       freeze_bn_epochs=frozen)
+                       freeze_bn_epochs=frozen, norm_first=self.norm_first or base.norm_first)
 
 
 def parse_variant(text: str) -> Variant:
     """A norm name or alias (``bn``, ``gn``, ``brn``, ``frn``, ...), then ``:G`` for G channel groups (``gn:2``),
-    ``+ws`` for Weight Standardization, ``+l1`` for the L1 penalty and ``+frozenK`` for FrozenBN in the last K
-    epochs, in any order (``gn:2+ws``, ``bn+ws+l1``, ``bn+frozen2``)."""
+    ``+ws`` for Weight Standardization, ``+l1`` for the L1 penalty, ``+frozenK`` for FrozenBN in the last K
+    epochs and ``+normfirst`` for the papers' block order, conv → norm → ReLU, in any order (``gn:2+ws``,
+    ``bn+ws+l1``, ``bn+frozen2``, ``gn+normfirst``)."""
     base, *suffixes = text.lower().split("+")
     frozen = [int(s[6:]) for s in suffixes if re.fullmatch(r"frozen[1-9][0-9]*", s)]
-    unknown = [s for s in suffixes if s not in ("l1", *CONV_MODIFIERS) and not re.fullmatch(r"frozen[1-9][0-9]*", s)]
+    unknown = [s for s in suffixes if s not in ("l1", "normfirst", *CONV_MODIFIERS)
+               and not re.fullmatch(r"frozen[1-9][0-9]*", s)]
     base, _, groups_text = base.partition(":")
     try:
         norm = canonical_norm(base)
@@ -68,7 +71,8 @@ def parse_variant(text: str) -> Variant:
     except UserError:
         raise UserError(f"unknown variant {text!r}; use a norm ({', '.join(NORMS)}; aliases bn, gn, ln, in), "
                         "then :G for a group count (gn:2), +ws for Weight Standardization, +l1 for the L1 penalty, "
-                        "+frozenK for FrozenBN's last K epochs (bn+ws+l1, bn+frozen2)") from None
+                        "+frozenK for FrozenBN's last K epochs, +normfirst for conv → norm → ReLU (bn+ws+l1, "
+                        "bn+frozen2, gn+normfirst)") from None
     if frozen and not NORMS[norm].batch_stats:
         raise UserError(f"variant {text!r}: FrozenBN freezes batch statistics, which only "
                         f"{names_where('batch_stats')} have")
@@ -83,7 +87,8 @@ def parse_variant(text: str) -> Variant:
             check_groups(groups)
         except UserError as e:
             raise UserError(f"variant {text!r}: {groups} groups {e.message}") from None
-    return Variant(text.lower(), norm, groups, l1, "ws" in suffixes, frozen[0] if frozen else 0)
+    return Variant(text.lower(), norm, groups, l1, "ws" in suffixes, frozen[0] if frozen else 0,
+                   "normfirst" in suffixes)
 
 
 def check_axis(name: str, values: list[Any] | tuple[Any, ...], kind: type) -> list[Any]:
