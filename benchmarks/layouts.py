@@ -56,12 +56,13 @@ class Candidate(nn.Module):
     layout = "C"
 
     def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0,
-                 bn_batch: int | None = None, weight_std: bool = False, settings: NormSettings | None = None) -> None:
+                 bn_batch: int | None = None, weight_std: bool = False, settings: NormSettings | None = None,
+                 norm_first: bool = False) -> None:
         super().__init__()
         norm, layers, fc = canonical_norm(norm), *LAYOUTS[self.layout]
         settings = settings or NormSettings(groups=groups or NormSettings().groups, bn_batch=bn_batch)
-        blocks = [nn.MaxPool2d(2) if layer == "pool" else ConvBlock(*layer, norm, settings, dropout, weight_std)
-                  for layer in layers]
+        blocks = [nn.MaxPool2d(2) if layer == "pool"
+                  else ConvBlock(*layer, norm, settings, dropout, weight_std, norm_first) for layer in layers]
         self.features = nn.Sequential(*blocks)
         with torch.no_grad():
             shape = self.features.eval()(torch.zeros(2, 1, 28, 28)).shape[1:]

@@ -13,14 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--epochs", "1", "--train-limit", "320", "--test-limit", "300", "--batch-size", "32", "--no-progress"]
 
 
-@pytest.mark.parametrize("norm, l1, stem", [("bn+l1", L1_LAMBDA, "bn+l1"), ("group", 0.0, "group")])
+@pytest.mark.parametrize("norm, l1, stem", [("bn+l1", L1_LAMBDA, "bn+l1"), ("group", 0.0, "group"),
+                                            ("gn+normfirst", 0.0, "gn+normfirst")])
 def test_main_applies_l1_only_to_bn_l1(tmp_path, norm, l1, stem, mnist):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--norm", norm, "--out", str(out), *TINY],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     config = json.loads((out / "config.json").read_text())["config"]
-    assert config["l1"] == l1
+    assert config["l1"] == l1 and config["norm_first"] == ("normfirst" in norm)  # the whole variant, as a study's
     assert (out / f"misclassified_{stem}.png").is_file()
     assert len(json.loads((out / f"misclassified_{stem}.json").read_text())["images"]) == 10
 

@@ -49,6 +49,14 @@ MODELS = textwrap.dedent('''
 
     def crashes():
         raise RuntimeError("out of coffee")
+
+    def exits():
+        raise SystemExit(3)
+
+    def with_helper():
+        from helper import WIDTH
+        return nn.Sequential(nn.Conv2d(1, WIDTH, 3), nn.BatchNorm2d(WIDTH), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(WIDTH, 10))
 ''')
 
 
@@ -56,6 +64,7 @@ MODELS = textwrap.dedent('''
 def models(tmp_path):
     path = tmp_path / "models.py"
     path.write_text(MODELS)
+    (tmp_path / "helper.py").write_text("WIDTH = 8\n")
     return path
 
 
@@ -86,10 +95,9 @@ def test_a_model_of_a_module_on_the_path(models, monkeypatch):
 
 
 def test_the_identity_is_the_factory_and_its_source_not_the_path(models, tmp_path):
+    """The source is the file's folder: the same folder elsewhere is the same model, an edit another."""
     config = TrainConfig(model=f"{models}:plain", norm="gn")
-    moved = tmp_path / "elsewhere" / "copy.py"
-    moved.parent.mkdir()
-    shutil.copy(models, moved)
+    moved = shutil.copytree(models.parent, tmp_path.parent / f"{tmp_path.name}-moved") / "models.py"
     assert config_hash(TrainConfig(model=f"{moved}:plain", norm="gn")) == config_hash(config)
     moved.write_text(MODELS.replace("nn.Conv2d(8, 16, 3)", "nn.Conv2d(8, 16, 3, padding=1)"))
     assert config_hash(TrainConfig(model=f"{moved}:plain", norm="gn")) != config_hash(config)
@@ -103,6 +111,7 @@ def test_the_identity_is_the_factory_and_its_source_not_the_path(models, tmp_pat
     ("wrong_input", {}, r"fails on a batch of the data's images \(2, 1, 28, 28\)"),
     ("not_a_model", {}, "returned str, not a torch.nn.Module"),
     ("crashes", {}, r"crashes\(\) failed: RuntimeError: out of coffee"),
+    ("exits", {}, r"exits\(\) failed: SystemExit: 3"),
     ("exercise", {"norm": "bn", "bn_batch": 4}, "takes a norm's name only, so it cannot take bn_batch"),
 ])
 def test_a_model_that_does_not_fit_is_one_line(models, factory, settings, words):
@@ -115,7 +124,8 @@ def test_files_that_are_missing_or_broken_are_one_line(tmp_path):
     broken.write_text("def f(:\n")
     for spec, words in ((f"{tmp_path / 'nope.py'}:f", "is no file"),
                         (f"{broken}:f", "importing .* failed: SyntaxError"),
-                        ("no_such_module_here:f", "importing no_such_module_here failed: ModuleNotFoundError"),
+                        ("no_such_module_here:f", "no Python source for module no_such_module_here"),
+                        ("sys:exit", "no Python source for module sys"),
                         ("resnet50", "unknown model; choose one of: normlab, resnet, or give FILE.py:NAME")):
         with pytest.raises(UserError, match=words):
             TrainConfig(model=spec)
@@ -141,3 +151,20 @@ def test_a_study_of_a_users_model_compares_norms_and_says_whose_model(models, mn
                                                              test_limit=200, batch_size=64), progress=False, log=quiet)
     assert len(results["runs"]) == 2 and (out / "misclassified_gn.png").is_file()
     assert f"of the user's model {models}:plain" in (out / "report.md").read_text()
+
+
+def test_a_helper_beside_the_file_is_imported_and_part_of_the_identity(models):
+    config = TrainConfig(model=f"{models}:with_helper", norm="gn")
+    assert config.build_model()[0].out_channels == 8
+    before = config_hash(config)  # as the run's folder records it
+    (models.parent / "helper.py").write_text("WIDTH = 16\n")
+    assert config_hash(TrainConfig(model=f"{models}:with_helper", norm="gn")) != before
+
+
+def test_an_edited_module_is_built_from_its_new_source(tmp_path, monkeypatch):
+    (tmp_path / "editable_model.py").write_text(MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = TrainConfig(model="editable_model:plain", norm="gn").build_model()
+    (tmp_path / "editable_model.py").write_text(MODELS.replace("nn.Conv2d(1, 8, 3)", "nn.Conv2d(1, 8, 5)"))
+    second = TrainConfig(model="editable_model:plain", norm="gn").build_model()
+    assert (first[0].kernel_size, second[0].kernel_size) == ((3, 3), (5, 5))

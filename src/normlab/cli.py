@@ -96,7 +96,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from normlab.engine.config import TrainConfig
     from normlab.report.summary import format_summary
 
-    config = TrainConfig(model=args.model, norm=args.norm, groups=args.groups, weight_std=args.weight_std)
+    config = TrainConfig(model=args.model, norm=args.norm, groups=args.groups, weight_std=args.weight_std,
+                         norm_first=args.norm_first)
     print(format_summary(config.build_model()))
 
 
@@ -112,6 +113,8 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     args.norm, args.l1 = variant.norm, variant.l1 if args.l1 is None else args.l1
     args.groups = variant.groups if args.groups is None else args.groups
     args.weight_std = args.weight_std or variant.weight_std
+    args.norm_first = args.norm_first or variant.norm_first
+    args.freeze_bn_epochs = args.freeze_bn_epochs or variant.frozen_epochs
     config = config_from_args(args)
     out = Path(args.out or f"runs/main/{variant.folder}_seed{config.seed}")
     data = load_dataset(config.dataset, config.data_dir)

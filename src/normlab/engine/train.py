@@ -34,6 +34,7 @@ from normlab.engine.runs import RunFolder, SavedRun, metric_columns, open_run
 from normlab.engine.sgd import SGD, OneCycle
 from normlab.errors import StopFlag
 from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
+from normlab.nn.models import model_entry
 from normlab.nn.net import count_parameters, dropout_keep, l1_parameters, logits
 from normlab.nn.norms import NORMS, batch_stat_layers
 
@@ -82,7 +83,7 @@ def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | No
         start_log(folder, result, device, data, len(train_x), len(val_x), len(test_x), sharing, log)
         graphed = GraphedRun(model, optimizer, schedule, config, info,
                              train_x, train_y, augment) if device.type == "cuda" and config.cuda_graph \
-            and not config.compile else None
+            and model_entry(config.model).graphs and not config.compile else None
         forward = torch.compile(model, dynamic=False) if config.compile else model  # static shapes: 2 graphs
 
         for epoch in range(len(result.metrics) + 1, config.epochs + 1):

@@ -39,6 +39,7 @@ class Model:
     dropout: bool = False      # takes dropout's masks per conv block (normlab's Net)
     fuses: bool = False        # several runs can train as one model (normlab.engine.fused)
     orders: bool = False       # its blocks take either order, conv → ReLU → norm or conv → norm → ReLU (norm_first)
+    graphs: bool = True        # its step can be captured as a CUDA graph (a user's model: not known, so not)
 
 
 MODELS: dict[str, Model] = {
@@ -60,7 +61,7 @@ def model_entry(spec: str) -> Model:
     if ":" not in spec:
         raise UserError(f"unknown model; choose one of: {', '.join(MODELS)}, or give FILE.py:NAME or "
                         "package.module:NAME (the factory that builds your model)", "model", spec)
-    return Model(partial(user_model, spec), (), identity(spec), f"{spec}, a user's model")
+    return Model(partial(user_model, spec), (), identity(spec), f"{spec}, a user's model", graphs=False)
 
 
 def user_model(spec: str, norm: str, groups: int | None, dropout: float, bn_batch: int | None, weight_std: bool,

@@ -7,7 +7,7 @@ He et al. 2016's CIFAR ResNet in shape: a 3×3 stem, three stages of basic block
 followed by its norm; the first ReLU inside the block, the second after the identity is added), the second
 and third stages halving the resolution; option-A shortcuts (identity, subsampled and zero-padded where the
 width doubles: no parameters), global average pooling and a linear head. The default is ResNet-8 at widths
-8-16-32 (one block a stage): 19.6k parameters, 2.4M multiply-adds a 28×28 image, five times normlab's Net, so
+8-16-32 (one block a stage): 19,074 parameters, 2.31M multiply-adds a 28×28 image, five times normlab's Net, so
 that a 20-epoch MNIST run fits about ten minutes of a 2-core CPU. A norm that is its own activation (FRN,
 EvoNorm) takes the place of the ReLU inside each block and before the stages; the ReLU after each addition
 stays, as the block's output is a sum.

@@ -6,8 +6,9 @@ with what it takes.
     def resnet(): ...                          # neither: normlab builds it, then swaps its norms (normlab.swap_norms)
 
 ``in_channels`` (or ``in_chans``, ``channels``) and ``num_classes`` (or ``classes``) are passed when the factory
-takes them. A run's identity holds the factory's name and a hash of its source file, never its path: an edited
-file is another model, a moved one the same.
+takes them. A run's identity holds the factory's name and a hash of its source, never its path: an edited file is
+another model, a moved one the same. The source is the file's folder (its .py files, for the helpers it imports),
+or a package's whole tree, or a lone module's file.
 """
 
 from __future__ import annotations
@@ -47,12 +48,21 @@ class UserModel:
     def spec(self) -> str:
         return f"{self.source}:{self.name}"
 
-    @property
-    def file(self) -> Path:
-        """The source file (a module's, once imported): what the run's identity hashes."""
+    def files(self) -> list[Path]:
+        """What the run's identity hashes: a file's folder's .py files, a package's tree, a lone module's file
+        (found without importing it)."""
         if self.source.endswith(".py"):
-            return Path(self.source)
-        return Path(inspect.getfile(sys.modules[self.source]))
+            return sorted(Path(self.source).parent.glob("*.py"))
+        try:
+            found = importlib.util.find_spec(self.source)
+        except (ImportError, ValueError) as e:
+            raise UserError(f"cannot find module {self.source}: {e}", "model", self.spec) from None
+        if found is None or not found.origin or not found.has_location:
+            raise UserError(f"no Python source for module {self.source} (not installed, or built in)", "model",
+                            self.spec)
+        if found.submodule_search_locations:
+            return sorted(p for folder in found.submodule_search_locations for p in Path(folder).rglob("*.py"))
+        return [Path(found.origin)]
 
 
 def parse_user_model(spec: str) -> UserModel:
@@ -74,19 +84,30 @@ def parse_user_model(spec: str) -> UserModel:
     return UserModel(source, match["name"])
 
 
+LOADED: dict[str, str] = {}  # a module's name -> the digest of the source it was imported from
+
+
 @functools.cache
 def load_factory(model: UserModel, digest: str) -> Callable[..., Any]:
-    """The factory, imported once per content of its file (``digest``); one line for what fails on the way."""
+    """The factory, imported once per content of its source (``digest``; an edited module is reloaded); a file's
+    folder joins the path, so that it imports the helpers beside it; one line for what fails on the way."""
+    name = f"normlab_user_{hashlib.sha256(model.source.encode()).hexdigest()[:12]}_{digest[:12]}"
     try:
         if model.source.endswith(".py"):
-            name = f"normlab_user_{hashlib.sha256(model.source.encode()).hexdigest()[:12]}_{digest[:12]}"
             spec = importlib.util.spec_from_file_location(name, model.source)
             module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
             sys.modules[name] = module  # dataclasses and pickling look modules up here
+            folder = str(Path(model.source).parent)
+            if folder not in sys.path:  # its helpers beside it, after everything installed (no shadowing torch)
+                sys.path.append(folder)
             spec.loader.exec_module(module)  # type: ignore[union-attr]
+        elif model.source in sys.modules and LOADED.get(model.source) != digest:
+            module = importlib.reload(sys.modules[model.source])
         else:
             module = importlib.import_module(model.source)
-    except Exception as e:  # the user's code: any error it raises is theirs to fix, said in one line
+        LOADED[model.source] = digest
+    except (Exception, SystemExit) as e:  # the user's code: whatever it raises is theirs to fix, said in one line
+        sys.modules.pop(name, None)
         raise UserError(f"importing {model.source} failed: {type(e).__name__}: {e}", "model", model.spec) from None
     factory = getattr(module, model.name, None)
     if not callable(factory):
@@ -95,13 +116,14 @@ def load_factory(model: UserModel, digest: str) -> Callable[..., Any]:
 
 
 def source_digest(model: UserModel) -> str:
-    """A hash of the factory's source file, importing a module to find it."""
-    if not model.source.endswith(".py") and model.source not in sys.modules:
-        load_factory(model, "")
-    try:
-        return hashlib.sha256(model.file.read_bytes()).hexdigest()
-    except OSError as e:
-        raise UserError(f"cannot read {model.file}: {e.strerror}", "model", model.spec) from None
+    """A hash of the factory's source (UserModel.files), each file by its name and content."""
+    digest = hashlib.sha256()
+    for path in model.files():
+        try:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror}", "model", model.spec) from None
+    return digest.hexdigest()
 
 
 def identity(spec: str) -> str:
@@ -139,18 +161,20 @@ def build_user_model(spec: str, norm: str, groups: int | None, bn_batch: int | N
             kwargs[name] = value
     try:
         built = factory(**kwargs)
-    except Exception as e:  # the user's code
+    except UserError:  # normlab's own, from the norm_layer factory it was given: already one line
+        raise
+    except (Exception, SystemExit) as e:  # the user's code
         call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         raise UserError(f"{model.name}({call}) failed: {type(e).__name__}: {e}", "model", spec) from None
     if not isinstance(built, nn.Module):
         raise UserError(f"{model.name}(...) returned {type(built).__name__}, not a torch.nn.Module", "model", spec)
     if "norm" not in kwargs and "norm_layer" not in kwargs:
         grouped = f":{settings.groups}" if NORMS[norm].grouped else ""
-        swap_norms(built, f"{norm}{grouped}{'+ws' if weight_std else ''}", bn_batch=bn_batch, eps=settings.eps,
+        built = swap_norms(built, f"{norm}{grouped}{'+ws' if weight_std else ''}", bn_batch=bn_batch, eps=settings.eps,
                    momentum=settings.momentum, r_max=settings.r_max, d_max=settings.d_max,
                    relax_from=settings.relax_from, relax_to=settings.relax_to)
     elif weight_std:
-        standardize_convs(built)
+        built = standardize_convs(built)
     return built
 
 
@@ -160,7 +184,7 @@ def check_output(model: nn.Module, spec: str, image_shape: tuple[int, int, int],
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(2, *image_shape))
-    except Exception as e:  # the user's code, on the data's shape
+    except (Exception, SystemExit) as e:  # the user's code, on the data's shape
         raise UserError(f"fails on a batch of the data's images (2, {', '.join(map(str, image_shape))}): "
                         f"{type(e).__name__}: {e}", "model", spec) from None
     finally:

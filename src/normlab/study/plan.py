@@ -20,7 +20,6 @@ from normlab.engine.config import TrainConfig
 from normlab.engine.runs import CONFIG, SavedRun, Status, read_run
 from normlab.errors import UserError
 from normlab.files import check_folder
-from normlab.nn.models import check_groups
 from normlab.nn.norms import CONV_MODIFIERS, NORMS, canonical_norm, names_where
 
 VARIANTS = ("bn+l1", "gn", "ln")  # the three models of the exercise
@@ -49,9 +48,15 @@ class Variant:
         return f"L1 λ={self.l1:g}" if self.l1 else "no L1"
 
     def config(self, base: TrainConfig, seed: int) -> TrainConfig:
+        """The variant's run over ``base``; a group count its model's channels refuse names the variant."""
         frozen = self.frozen_epochs or base.freeze_bn_epochs
-        return replace(base, norm=self.norm, groups=self.groups, l1=self.l1, weight_std=self.weight_std, seed=seed,
-                       freeze_bn_epochs=frozen, norm_first=self.norm_first or base.norm_first)
+        try:
+            return replace(base, norm=self.norm, groups=self.groups, l1=self.l1, weight_std=self.weight_std,
+                           seed=seed, freeze_bn_epochs=frozen, norm_first=self.norm_first or base.norm_first)
+        except UserError as e:
+            if e.setting != "groups" or self.groups is None:
+                raise
+            raise UserError(f"variant {self.name!r}: {self.groups} groups {e.message}") from None
 
 
 def parse_variant(text: str) -> Variant:
@@ -83,10 +88,6 @@ def parse_variant(text: str) -> Variant:
             raise UserError(f"variant {text!r}: only a grouped norm ({names_where('grouped')}) takes a group count, "
                             "a number as in gn:2")
         groups = int(groups_text)
-        try:
-            check_groups(groups)
-        except UserError as e:
-            raise UserError(f"variant {text!r}: {groups} groups {e.message}") from None
     return Variant(text.lower(), norm, groups, l1, "ws" in suffixes, frozen[0] if frozen else 0,
                    "normfirst" in suffixes)
 
@@ -135,7 +136,7 @@ def plan_grid(variants: list[str] | tuple[str, ...], seeds: list[int] | tuple[in
               tune_seeds: list[int] | tuple[int, ...] | None, lr_scaling: bool, ghost: bool) -> Grid:
     """Every axis checked and every run's config made (and so checked), before anything is written."""
     parsed = [parse_variant(v) for v in variants]
-    models = [v.config(TrainConfig(), 0) for v in parsed]
+    models = [v.config(TrainConfig(model=base.model), 0) for v in parsed]
     same = [(a.name, b.name) for i, a in enumerate(parsed) for b, m in zip(parsed[i + 1:], models[i + 1:], strict=True)
             if m == models[i]]
     if same:
