@@ -67,6 +67,7 @@ def model_entry(spec: str) -> Model:
 def user_model(spec: str, norm: str, groups: int | None, dropout: float, bn_batch: int | None, weight_std: bool,
                settings: NormSettings, image_shape: tuple[int, int, int], classes: int,
                norm_first: bool = False) -> nn.Module:
+    """Model.build for a user's factory (dropout and norm_first are Net's, refused for it by TrainConfig)."""
     return build_user_model(spec, norm, groups, bn_batch, weight_std, settings, image_shape, classes)
 
 
@@ -80,7 +81,7 @@ def check_model(spec: str, digest: str, norm: str, groups: int | None, bn_batch:
                 settings: NormSettings, image_shape: tuple[int, int, int], classes: int) -> None:
     """A user's model built once for these settings (``digest``: its source's hash) and tried on the data's shape:
     one line for anything that does not fit, before anything is written."""
-    model = user_model(spec, norm, groups, 0.0, bn_batch, weight_std, settings, image_shape, classes)
+    model = build_user_model(spec, norm, groups, bn_batch, weight_std, settings, image_shape, classes)
     check_output(model, spec, image_shape, classes)
 
 
