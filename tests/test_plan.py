@@ -83,3 +83,8 @@ def test_a_variants_group_count_is_checked_against_its_studys_model():
     plan_grid(["gn:8"], [0], TrainConfig(model="resnet"), None, None, None, True, False)  # 8, 16, 32 channels
     with pytest.raises(UserError, match="variant 'gn:8': 8 groups does not divide the channel counts"):
         plan_grid(["gn:8"], [0], TrainConfig(), None, None, None, True, False)  # normlab's 8, 12, 16
+
+
+def test_normfirst_for_a_model_that_keeps_its_order_names_the_variant():
+    with pytest.raises(UserError, match=r"variant 'gn\+normfirst': \+normfirst orders normlab's Net's blocks"):
+        plan_grid(["gn", "gn+normfirst"], [0], TrainConfig(model="resnet"), None, None, None, True, False)

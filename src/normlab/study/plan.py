@@ -53,10 +53,12 @@ class Variant:
         try:
             return replace(base, norm=self.norm, groups=self.groups, l1=self.l1, weight_std=self.weight_std,
                            seed=seed, freeze_bn_epochs=frozen, norm_first=self.norm_first or base.norm_first)
-        except UserError as e:
-            if e.setting != "groups" or self.groups is None:
-                raise
-            raise UserError(f"variant {self.name!r}: {self.groups} groups {e.message}") from None
+        except UserError as e:  # a value the variant gave: name the variant, as the user typed it
+            if e.setting == "groups" and self.groups is not None:
+                raise UserError(f"variant {self.name!r}: {self.groups} groups {e.message}") from None
+            if e.setting == "norm_first" and self.norm_first and not base.norm_first:
+                raise UserError(f"variant {self.name!r}: +normfirst {e.message}") from None
+            raise
 
 
 def parse_variant(text: str) -> Variant:
