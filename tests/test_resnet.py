@@ -90,3 +90,13 @@ def test_norm_first_is_normlabs_nets_and_a_new_run_while_old_runs_keep_their_has
     saved = json.loads((ROOT / "docs" / "study" / "ln" / "b128" / "seed0" / "config.json").read_text())
     config = TrainConfig.from_dict(saved["config"])
     assert config_hash(TrainConfig.from_dict({**saved["config"], "norm_first": True}), 1) != config_hash(config, 1)
+
+
+def test_skipinit_blocks_start_as_their_shortcut_and_the_norm_free_network_learns(mnist):
+    """SkipInit (De & Smith 2020): each residual branch times a learned scalar that starts at 0."""
+    model = TrainConfig(model="resnet-skipinit", norm="none").build_model()
+    block, x = model.stages[1][0], torch.randn(2, 8, 14, 14)
+    assert block.gain.item() == 0 and torch.equal(block(x), torch.relu(block.shortcut(x)))
+    result = train(quick(model="resnet-skipinit", norm="none", epochs=2), data=mnist, progress=False, log=quiet)
+    assert result.metrics[1]["train_loss"] < result.metrics[0]["train_loss"]
+    assert all(b.gain.item() != 0 for stage in result.model.stages for b in stage)  # the branches opened

@@ -126,7 +126,7 @@ def test_files_that_are_missing_or_broken_are_one_line(tmp_path):
                         (f"{broken}:f", "importing .* failed: SyntaxError"),
                         ("no_such_module_here:f", "no Python source for module no_such_module_here"),
                         ("sys:exit", "no Python source for module sys"),
-                        ("resnet50", "unknown model; choose one of: normlab, resnet, or give FILE.py:NAME")):
+                        ("resnet50", "choose one of: normlab, resnet, resnet-skipinit, or give FILE.py:NAME")):
         with pytest.raises(UserError, match=words):
             TrainConfig(model=spec)
 

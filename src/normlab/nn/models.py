@@ -24,6 +24,7 @@ from normlab.nn.resnet import ResNet
 from normlab.nn.user import build_user_model, check_output, identity, parse_user_model
 
 RESNET_WIDTHS = (8, 16, 32)
+RESNET_LAYOUT = f"ResNet widths {RESNET_WIDTHS}, 1 basic block a stage, option-A shortcuts"
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,23 @@ class Model:
     graphs: bool = True        # its step can be captured as a CUDA graph (a user's model: not known, so not)
 
 
+def resnet(skip_init: bool) -> Callable[..., nn.Module]:
+    """Model.build for the ResNet-8, with or without SkipInit's zero-started residual branches."""
+    return lambda norm, groups, dropout, bn_batch, ws, s, shape, classes, first: ResNet(
+        norm, groups, bn_batch, ws, s, in_channels=shape[0], num_classes=classes, widths=RESNET_WIDTHS,
+        skip_init=skip_init)
+
+
 MODELS: dict[str, Model] = {
     "normlab": Model(lambda norm, groups, dropout, bn_batch, ws, s, shape, classes, first: Net(
                          norm, groups, dropout, bn_batch, ws, s, norm_first=first),
                      tuple(sorted(set(BLOCK_CHANNELS))), repr(LAYOUT),
                      "the exercise's 7.6k-parameter CNN, conv → ReLU → norm", dropout=True, fuses=True, orders=True),
-    "resnet": Model(lambda norm, groups, dropout, bn_batch, ws, s, shape, classes, first: ResNet(
-                        norm, groups, bn_batch, ws, s, in_channels=shape[0], num_classes=classes, widths=RESNET_WIDTHS),
-                    RESNET_WIDTHS, f"ResNet widths {RESNET_WIDTHS}, 1 basic block a stage, option-A shortcuts",
+    "resnet": Model(resnet(skip_init=False), RESNET_WIDTHS, RESNET_LAYOUT,
                     "ResNet-8, 19k parameters, conv → norm → ReLU with identity shortcuts"),
+    "resnet-skipinit": Model(resnet(skip_init=True), RESNET_WIDTHS, f"{RESNET_LAYOUT}, SkipInit",
+                             "ResNet-8 whose residual branches start at 0 (SkipInit: with --variants none, the "
+                             "norm-free residual baseline)"),
 }
 
 

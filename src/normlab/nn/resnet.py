@@ -15,6 +15,7 @@ stays, as the block's output is a sum.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,9 +34,12 @@ class ZeroPadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """conv → norm → ReLU → conv → norm, plus the shortcut, then ReLU."""
+    """conv → norm → ReLU → conv → norm, plus the shortcut, then ReLU. With ``skip_init`` the residual branch is
+    scaled by a learned scalar that starts at 0 (SkipInit, De & Smith 2020): each block starts as its shortcut, the
+    normalization-free way to train a residual network."""
 
-    def __init__(self, cin: int, cout: int, stride: int, norm: str, settings: NormSettings, weight_std: bool) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, norm: str, settings: NormSettings, weight_std: bool,
+                 skip_init: bool = False) -> None:
         super().__init__()
         conv, entry = StdConv2d if weight_std else nn.Conv2d, NORMS[norm]
         self.conv1 = conv(cin, cout, 3, stride, 1, bias=not entry.shift)
@@ -45,10 +49,11 @@ class BasicBlock(nn.Module):
         self.norm2 = entry.build(cout, settings)
         self.shortcut = nn.Identity() if stride == 1 and cin == cout else ZeroPadShortcut(stride, cout - cin)
         self.act2 = nn.ReLU(inplace=True)
+        self.gain = nn.Parameter(torch.zeros(())) if skip_init else None
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
-        return self.act2(y + self.shortcut(x))
+        return self.act2((y if self.gain is None else self.gain * y) + self.shortcut(x))
 
 
 class ResNet(nn.Module):
@@ -56,7 +61,8 @@ class ResNet(nn.Module):
 
     def __init__(self, norm: str = "batch", groups: int | None = None, bn_batch: int | None = None,
                  weight_std: bool = False, settings: NormSettings | None = None, in_channels: int = 1,
-                 num_classes: int = 10, widths: tuple[int, ...] = (8, 16, 32), blocks: int = 1) -> None:
+                 num_classes: int = 10, widths: tuple[int, ...] = (8, 16, 32), blocks: int = 1,
+                 skip_init: bool = False) -> None:
         super().__init__()
         self.norm = canonical_norm(norm)
         settings = settings or NormSettings()
@@ -72,7 +78,7 @@ class ResNet(nn.Module):
         stages, cin = [], widths[0]
         for i, width in enumerate(widths):
             stage = [BasicBlock(cin if j == 0 else width, width, 2 if i > 0 and j == 0 else 1, self.norm, settings,
-                                weight_std) for j in range(blocks)]
+                                weight_std, skip_init) for j in range(blocks)]
             stages.append(nn.Sequential(*stage))
             cin = width
         self.stages = nn.Sequential(*stages)
