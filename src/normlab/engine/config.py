@@ -17,7 +17,6 @@ from normlab.data.datasets import DATASETS, TRAIN_IMAGES
 from normlab.errors import UserError
 from normlab.nn.models import MODELS, check_groups, check_model, model_entry, normalize_model
 from normlab.nn.norms import GROUPS, NORMS, NormSettings, canonical_norm, names_where
-from normlab.nn.user import parse_user_model, source_digest
 
 MIN_STEPS = 10  # fewer SGD steps in a run barely leave one-cycle's warm-up
 
@@ -115,12 +114,12 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")
                                                                and self.device[5:].isdecimal()):
             raise UserError("choose auto, cpu, cuda or cuda:N", "device", self.device)
-        self._check_norm_settings()
+        self._check_norm_settings(entry.channels)
         if check_length:
             self._check_length()
         if self.model not in MODELS:  # a user's model, built once for these settings and tried on the data
             info = DATASETS[self.dataset]
-            check_model(self.model, source_digest(parse_user_model(self.model)), self.norm, self.groups,
+            check_model(self.model, entry.layout, self.norm, self.groups,
                         self.bn_batch, self.weight_std, self.norm_settings(), info.image_shape, len(info.classes))
 
     def _check_length(self) -> None:
@@ -135,12 +134,12 @@ class TrainConfig:
                             f"{self.steps - warmup:g} to fall; one-cycle needs at least 2 each: give a fraction "
                             "nearer 0.5, or a longer run", "lr_warmup", self.lr_warmup)
 
-    def _check_norm_settings(self) -> None:
+    def _check_norm_settings(self, channels: tuple[int, ...]) -> None:
         """The settings of the norm: its groups, ghost group size, ε, momentum, Batch Renorm's clips, FrozenBN."""
         entry = NORMS[self.norm]
         if entry.grouped:
             self.groups = GROUPS if self.groups is None else self.groups
-            check_groups(self.groups, model_entry(self.model).channels)
+            check_groups(self.groups, channels)
         elif self.groups is not None:
             raise UserError(f"only for a norm with channel groups ({names_where('grouped')}), not {{norm}} "
                             f"{self.norm}; drop it", "groups", self.groups)
