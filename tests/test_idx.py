@@ -5,7 +5,8 @@ import pickle
 import numpy as np
 import pytest
 
-from normlab.data.idx import _ArrayOnlyUnpickler, decode_idx, encode_idx
+from normlab.data.idx import decode_idx, encode_idx
+from normlab.data.safepickle import ArrayOnlyUnpickler
 from normlab.errors import UserError
 
 
@@ -28,7 +29,7 @@ def test_corrupt_idx_is_a_clear_error(damage, message):
 
 def test_unpickler_allows_arrays_and_nothing_else():
     arrays = (np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(3))
-    out = _ArrayOnlyUnpickler(io.BytesIO(pickle.dumps(arrays, protocol=4))).load()
+    out = ArrayOnlyUnpickler(io.BytesIO(pickle.dumps(arrays, protocol=4))).load()
     assert np.array_equal(out[0], arrays[0]) and np.array_equal(out[1], arrays[1])
 
     class Boom:
@@ -36,4 +37,4 @@ def test_unpickler_allows_arrays_and_nothing_else():
             return (os.system, ("echo should-not-run",))
 
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to load .*system: only numpy arrays"):
-        _ArrayOnlyUnpickler(io.BytesIO(pickle.dumps(Boom()))).load()
+        ArrayOnlyUnpickler(io.BytesIO(pickle.dumps(Boom()))).load()

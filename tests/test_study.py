@@ -308,7 +308,7 @@ def test_a_study_of_the_residual_network_trains_its_runs_apart_and_reports_them(
     results = run_study(out, ["bn", "gn"], [0], TrainConfig(model="resnet", epochs=1, train_limit=640, test_limit=200,
                                                              batch_size=64), fuse="on", progress=False,
                         log=logs.append)
-    assert "only normlab's Net trains fused: the resnet runs train apart" in logs
+    assert "only normlab's Net on grey images of 10 classes trains fused: the resnet runs on MNIST train apart" in logs
     assert [r["parameters"] for r in results["runs"]] == [19074, 19074]
     assert "2 variants of resnet (ResNet-8, 19k parameters" in (out / "report.md").read_text()
     assert (out / "misclassified_gn.png").is_file()

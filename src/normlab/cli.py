@@ -117,7 +117,8 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     args.freeze_bn_epochs = args.freeze_bn_epochs or variant.frozen_epochs
     config = config_from_args(args)
     out = Path(args.out or f"runs/main/{variant.folder}_seed{config.seed}")
-    data = load_dataset(config.dataset, config.data_dir)
+    data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
+                        download=config.download)
     result = train_one(config, out, args, data)
     label = f"{variant.name} ({config.norm}, L1 λ={config.l1:g}), seed {config.seed}, {config.epochs} epochs"
     device = next(result.model.parameters()).device

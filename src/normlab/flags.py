@@ -147,8 +147,12 @@ def add_sgd_args(p: argparse.ArgumentParser, d: Any, study: bool) -> None:
                    help=f"SGD momentum, Nesterov (0: plain SGD); one-cycle swings it ±{d.momentum_swing} against "
                         "the learning rate")
     p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help=f"no random affine on training images (default: ±{d.rotate:g}°, ±{d.shift:g} px, "
-                        f"±{d.scale * 100:g} %% scale)")
+                   help=f"no augmentation of training images (default: grey images a random affine, ±{d.rotate:g}°, "
+                        f"±{d.shift:g} px, ±{d.scale * 100:g} %% scale; color images pad-and-crop and a flip)")
+    p.add_argument("--crop", type=int, default=d.crop, metavar="PX",
+                   help="color images: shift each training image by up to ±PX pixels (pad-and-crop)")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="color images: no random horizontal flip (for data whose left and right differ)")
     if not study:
         p.add_argument("--seed", type=int, default=d.seed, help="seeds the weights, data order and augmentation")
 
@@ -156,15 +160,23 @@ def add_sgd_args(p: argparse.ArgumentParser, d: Any, study: bool) -> None:
 def add_data_args(p: argparse.ArgumentParser, d: Any) -> None:
     from normlab.data.datasets import DATASETS
 
-    p.add_argument("--dataset", default=d.dataset, help=f"the images to train and test on: {' or '.join(DATASETS)}")
+    p.add_argument("--dataset", default=d.dataset, metavar="DATA",
+                   help=f"the images to train and test on: {', '.join(DATASETS)}; or your own: npz:FILE.npz "
+                        "(x_train, y_train, x_test, y_test uint8 arrays) or folder:DIR (a folder per class, in "
+                        "train/ and test/ or split by a fixed seed)")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="folder:DIR: decode every image to PX×PX (default: the most common size)")
     p.add_argument("--val-size", type=int, default=d.val_size, metavar="N",
                    help="hold out N training images for validation, chosen by the seed (0: none)")
     p.add_argument("--train-limit", type=int, default=None, metavar="N",
-                   help="train on the first N training images (default: all 60,000 less --val-size)")
+                   help="train on the first N training images (default: all, less --val-size)")
     p.add_argument("--test-limit", type=int, default=None, metavar="N",
-                   help="test on the first N test images (default: all 10,000)")
+                   help="test on the first N test images (default: all)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="folder with the four IDX files of --dataset (default: the cache, else the offline copy)")
+                   help="folder with --dataset's files: MNIST's four IDX files, CIFAR-10's tarball or extracted "
+                        "batches (default: normlab's cache, else the offline copy)")
+    p.add_argument("--download", action="store_true",
+                   help="cifar10: download the official tarball (170 MB) into normlab's cache if it is not there")
 
 
 def add_machine_args(p: argparse.ArgumentParser, d: Any) -> None:

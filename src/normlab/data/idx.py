@@ -15,10 +15,11 @@ import sys
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from normlab.data.safepickle import ArrayOnlyUnpickler
 from normlab.errors import UserError
 
 if TYPE_CHECKING:
@@ -120,27 +121,10 @@ def load_idx_folder(folder: Path, info: DatasetInfo) -> dict[str, np.ndarray]:
     return arrays_from_raw({name: read_maybe_gzip(path) for name, path in found.items()}, str(folder), info)
 
 
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that can rebuild numpy arrays and nothing else: no other callable can be named."""
-
-    _allowed: ClassVar[dict[tuple[str, str], object]] = {
-        ("numpy.core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
-        ("numpy._core.multiarray", "_reconstruct"): np.ndarray((0,)).__reduce__()[0],
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-    def find_class(self, module: str, name: str) -> object:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed") from None
-
-
 def arrays_from_mnist_pickle(gz_bytes: bytes, origin: str, info: DatasetInfo) -> dict[str, np.ndarray]:
     """MNIST from the classic ``mnist.pkl.gz`` ((train 50k, valid 10k, test 10k), float32 = uint8/256)."""
     try:
-        splits = _ArrayOnlyUnpickler(gzip.GzipFile(fileobj=io.BytesIO(gz_bytes)), encoding="latin1").load()
+        splits = ArrayOnlyUnpickler(gzip.GzipFile(fileobj=io.BytesIO(gz_bytes)), encoding="latin1").load()
         (xtr, ytr), (xva, yva), (xte, yte) = splits
     except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError) as e:
         raise UserError(f"{origin}: cannot read MNIST from it ({e}); delete it so normlab fetches it again") from None

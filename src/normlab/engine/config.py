@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from normlab.data.datasets import DATASETS, TRAIN_IMAGES
+from normlab.data.datasets import DatasetInfo, dataset_info, normalize_dataset
 from normlab.errors import UserError
 from normlab.nn.models import MODELS, check_groups, check_model, model_entry, normalize_model
 from normlab.nn.norms import GROUPS, NORMS, NormSettings, canonical_norm, names_where
@@ -51,12 +51,16 @@ class TrainConfig:
     lr_end_div: float = 1e4       # one-cycle: and ends at lr / (lr_start_div · this)
     momentum: float = 0.9         # SGD (Nesterov) momentum; 0 = plain SGD
     momentum_swing: float = 0.05  # one-cycle moves the momentum this far down at the LR peak and back (0.95→0.85→0.95)
-    augment: bool = True          # random affine on training batches (never on test)
-    rotate: float = 7.0           # augmentation: rotation within ±degrees
-    shift: float = 1.0            # augmentation: translation within ±pixels
-    scale: float = 0.05           # augmentation: scale within 1 ± this
+    augment: bool = True          # augment training batches (never test): grey digits a small random affine,
+    rotate: float = 7.0           # rotation within ±degrees,
+    shift: float = 1.0            # translation within ±pixels,
+    scale: float = 0.05           # scale within 1 ± this;
+    crop: int = 4                 # natural (color) images: pad-and-crop by up to ±pixels,
+    flip: bool = True             # and a random horizontal flip
     seed: int = 0
-    dataset: str = "mnist"        # mnist | fashion-mnist
+    dataset: str = "mnist"        # mnist | fashion-mnist | cifar10 | npz:PATH | folder:PATH (normlab.data.datasets)
+    image_size: int | None = None  # folder:PATH: decode every image to this size (None: the most common size)
+    download: bool = False        # cifar10: download the official tarball into the cache when it is not there
     val_size: int = 0             # training images held out for validation (chosen by the seed, never trained on)
     train_limit: int | None = None  # train on the first N training images left after validation (None: all)
     test_limit: int | None = None   # test on the first N test images (None: all 10k)
@@ -74,11 +78,13 @@ class TrainConfig:
         self.norm = canonical_norm(self.norm)
         self.model = normalize_model(self.model)
         entry = model_entry(self.model)
-        if self.dataset not in DATASETS:
-            raise UserError(f"unknown dataset; choose one of: {', '.join(DATASETS)}", "dataset", self.dataset)
-        if not 0 <= self.val_size <= TRAIN_IMAGES - 1:
-            raise UserError(f"must be from 0 to {TRAIN_IMAGES - 1} (the training set has {TRAIN_IMAGES:,} images)",
-                            "val_size", self.val_size)
+        if self.image_size is not None and not (self.dataset.startswith("folder:") and 4 <= self.image_size <= 1024):
+            raise UserError("is a folder:PATH dataset's, from 4 to 1024 pixels", "image_size", self.image_size)
+        self.dataset = normalize_dataset(self.dataset)
+        info = self.data_info
+        if not 0 <= self.val_size <= info.train_size - 1:
+            raise UserError(f"must be from 0 to {info.train_size - 1} (the training set has {info.train_size:,} "
+                            "images)", "val_size", self.val_size)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError("must be a finite number above 0", "lr", self.lr)
         for name in ("dropout", "l1", "weight_decay", "momentum", "momentum_swing", "rotate", "shift", "scale",
@@ -103,6 +109,9 @@ class TrainConfig:
         if self.dropout and not entry.dropout:
             raise UserError(f"is normlab's Net's (a mask per conv block), not {{model}} {self.model}'s; drop it",
                             "dropout", self.dropout)
+        if not 0 <= self.crop <= min(info.image_shape[1:]) // 2:
+            raise UserError(f"must be from 0 to half the images' side ({min(info.image_shape[1:]) // 2})", "crop",
+                            self.crop)
         if self.scale >= 1:
             raise UserError("must be below 1 (a scale of 1 ± it must stay positive)", "scale", self.scale)
         if not 0 <= self.seed < 2**63:
@@ -118,7 +127,6 @@ class TrainConfig:
         if check_length:
             self._check_length()
         if self.model not in MODELS:  # a user's model, built once for these settings and tried on the data
-            info = DATASETS[self.dataset]
             check_model(self.model, entry.layout, self.norm, self.groups,
                         self.bn_batch, self.weight_std, self.norm_settings(), info.image_shape, len(info.classes))
 
@@ -170,8 +178,13 @@ class TrainConfig:
                             "of the run with 0 <= from <= to <= 1")
 
     @property
+    def data_info(self) -> DatasetInfo:
+        """The dataset's shapes, statistics and classes (a user's data: read and checked once per process)."""
+        return dataset_info(self.dataset, self.data_dir, self.image_size, self.download)
+
+    @property
     def train_images(self) -> int:
-        left = TRAIN_IMAGES - self.val_size
+        left = self.data_info.train_size - self.val_size
         return min(self.train_limit or left, left)
 
     @property
@@ -194,7 +207,7 @@ class TrainConfig:
                             relax_to=round(self.renorm_to * self.steps))
 
     def build_model(self) -> nn.Module:
-        info = DATASETS[self.dataset]
+        info = self.data_info
         return model_entry(self.model).build(self.norm, self.groups, self.dropout, self.bn_batch, self.weight_std,
                                              self.norm_settings(), info.image_shape, len(info.classes),
                                              self.norm_first)

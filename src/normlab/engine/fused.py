@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.data.augment import Affine
+from normlab.data.augment import Augment
 from normlab.data.datasets import Dataset, DatasetInfo
 from normlab.engine.checkpoint import restore_training_state, training_state
 from normlab.engine.config import TrainConfig
@@ -75,7 +75,7 @@ class Member:
     optimizer: SGD
     schedule: OneCycle
     generator: torch.Generator
-    augment: Affine | None
+    augment: Augment | None
     images: Tensor
     labels: Tensor
     val: tuple[Tensor, Tensor]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.data.augment import Affine
+from normlab.data.augment import Augment
 from normlab.data.datasets import DatasetInfo
 from normlab.engine.config import TrainConfig
 from normlab.engine.predict import normalize, pixels
@@ -44,7 +44,7 @@ class GraphedEpochs:
     """Epochs of SGD on ``images``/``labels`` (uint8, on the device), each step one graph replay."""
 
     def __init__(self, model: nn.Module, optimizer: SGD, schedule: OneCycle, config: TrainConfig, info: DatasetInfo,
-                 images: Tensor, labels: Tensor, augment: Affine | None, capture: bool) -> None:
+                 images: Tensor, labels: Tensor, augment: Augment | None, capture: bool) -> None:
         device = images.device
         self.model, self.schedule, self.augment, self.info, self.l1 = model, schedule, augment, info, config.l1
         self.penalized = l1_parameters(model, config.l1_norm_params) if config.l1 > 0 else []
@@ -164,7 +164,7 @@ class GraphedRun:
     """A run's epochs as graph replays, one captured step for each mode it trains in (BN training, or frozen)."""
 
     def __init__(self, model: nn.Module, optimizer: SGD, schedule: OneCycle, config: TrainConfig, info: DatasetInfo,
-                 images: Tensor, labels: Tensor, augment: Affine | None) -> None:
+                 images: Tensor, labels: Tensor, augment: Augment | None) -> None:
         self.args = model, optimizer, schedule, config, info, images, labels, augment
         self.graphs: dict[bool, GraphedEpochs] = {}  # a graph replays the modes it was captured in
 

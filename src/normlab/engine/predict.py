@@ -16,17 +16,21 @@ EVAL_BATCH = 1000  # images per forward pass when evaluating: memory only, the r
 
 
 def pixels(images: Tensor) -> Tensor:
-    """uint8 images N×28×28 -> pixels in [0, 1], N×1×28×28 in torch's default float type: what augmentation warps."""
-    return images.unsqueeze(1).to(torch.get_default_dtype()) / 255
+    """uint8 images N×H×W (grey) or N×C×H×W -> pixels in [0, 1], N×C×H×W in torch's default float type: what
+    augmentation warps."""
+    return (images.unsqueeze(1) if images.dim() == 3 else images).to(torch.get_default_dtype()) / 255
 
 
 def normalize(images: Tensor, info: DatasetInfo) -> Tensor:
-    """Pixels in [0, 1] -> the dataset's zero-mean, unit-variance input."""
-    return (images - info.mean) / info.std
+    """Pixels in [0, 1] -> the dataset's zero-mean, unit-variance input, channel by channel (Python scalars, no
+    tensor made: a CUDA graph can capture it)."""
+    if len(info.mean) == 1:
+        return (images - info.mean[0]) / info.std[0]
+    return torch.stack([(images[:, c] - m) / s for c, (m, s) in enumerate(zip(info.mean, info.std, strict=True))], 1)
 
 
 def model_input(images: Tensor, info: DatasetInfo) -> Tensor:
-    """uint8 images N×28×28 -> the normalized float batch N×1×28×28 the model takes."""
+    """uint8 images -> the normalized float batch N×C×H×W the model takes."""
     return normalize(pixels(images), info)
 
 

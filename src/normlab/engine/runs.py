@@ -39,7 +39,7 @@ from normlab.nn.models import MODELS, model_entry
 CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
 CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
 RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED, EVALUATION)
-NOT_HASHED = ("device", "threads", "data_dir")  # where or how fast a run goes, not what it computes
+NOT_HASHED = ("device", "threads", "data_dir", "download")  # where or how fast a run goes, not what it computes
 SCHEMA = 2  # config.json: a run is named by the hash of every setting but NOT_HASHED, and the model's layout
 # Schema 1 hashed a setting added after its first folders only where it differed from the value those folders
 # computed with; its folders are read with these values, so they stay valid for the same command.
@@ -50,7 +50,7 @@ SCHEMA_1_VALUES = {"momentum_swing": 0.05, "rotate": 7.0, "shift": 1.0, "scale":
                    "lr_end_div": 1e4}
 # Settings added after schema 2's first folders: hashed only where they differ from the value those folders
 # computed with, so that every earlier folder keeps its name.
-LATER_VALUES = {"model": "normlab", "norm_first": False}
+LATER_VALUES = {"model": "normlab", "norm_first": False, "crop": 4, "flip": True, "image_size": None}
 
 
 def config_hash(config: TrainConfig, schema: int = SCHEMA) -> str:
@@ -62,6 +62,8 @@ def config_hash(config: TrainConfig, schema: int = SCHEMA) -> str:
     values["layout"] = model_entry(config.model).layout
     if config.model not in MODELS:  # a user's model is its factory and source (the layout), wherever its file is
         values["model"] = "user"
+    if config.data_info.identity:  # a user's data is its content, wherever its file is
+        values["dataset"] = f"{config.dataset.partition(':')[0]}:{config.data_info.identity}"
     if config.dropout > 0:  # dropout's masks come from the run's generator; earlier, from torch's global one
         values["dropout_masks"] = "the run's generator"
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.data.augment import Affine
+from normlab.data.augment import Affine, Augment, CropFlip
 from normlab.data.datasets import Dataset, DatasetInfo, load_dataset
 from normlab.engine.checkpoint import restore_training_state, training_state
 from normlab.engine.config import TrainConfig
@@ -66,7 +66,8 @@ def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | No
     shares the machine, {"backend", "runs_at_once"}."""
     out = Path(out) if out is not None else None
     device = use_machine(config)
-    data = data or load_dataset(config.dataset, config.data_dir)
+    data = data or load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
+                                        download=config.download)
     rest, val_x, val_y = data.split(config.val_size, config.seed)
     train_x, train_y, test_x, test_y = rest.limit(config.train_limit, config.test_limit).to(device).tensors()
     val_x, val_y, info = val_x.to(device), val_y.to(device), data.info
@@ -137,20 +138,23 @@ def epoch_row(model: nn.Module, config: TrainConfig, info: DatasetInfo, number: 
 
 
 def setup(config: TrainConfig, device: torch.device
-          ) -> tuple[nn.Module, SGD, OneCycle, torch.Generator, Affine | None]:
+          ) -> tuple[nn.Module, SGD, OneCycle, torch.Generator, Augment | None]:
     """A fresh run's model, optimizer, schedule, data generator and augmentation, seeded by ``config.seed``."""
     with INIT_LOCK:
         torch.manual_seed(config.seed)  # the weights' initialisation
         model = config.build_model().to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)  # data order and augmentation
     optimizer, schedule = sgd_one_cycle(model.parameters(), config)
-    augment = Affine(config.rotate, config.shift, config.scale) if config.augment else None
+    augment: Augment | None = None
+    if config.augment:
+        augment = CropFlip(config.crop, config.flip) if config.data_info.natural else \
+            Affine(config.rotate, config.shift, config.scale)
     return model, optimizer, schedule, generator, augment
 
 
 def train_epoch(model: nn.Module, optimizer: SGD, schedule: OneCycle, config: TrainConfig,
                 info: DatasetInfo, images: Tensor, labels: Tensor, generator: torch.Generator,
-                augment: Affine | None, batches: Iterable[int]) -> Epoch:
+                augment: Augment | None, batches: Iterable[int]) -> Epoch:
     """One pass over the uint8 training images in a seeded order, one SGD step per batch. Reads nothing back
     from the device until the end."""
     order = torch.randperm(len(images), generator=generator, device=images.device)

@@ -52,7 +52,8 @@ def resnet(skip_init: bool) -> Callable[..., nn.Module]:
 
 MODELS: dict[str, Model] = {
     "normlab": Model(lambda norm, groups, dropout, bn_batch, ws, s, shape, classes, first: Net(
-                         norm, groups, dropout, bn_batch, ws, s, norm_first=first),
+                         norm, groups, dropout, bn_batch, ws, s, norm_first=first, in_channels=shape[0],
+                         num_classes=classes),
                      tuple(sorted(set(BLOCK_CHANNELS))), repr(LAYOUT),
                      "the exercise's 7.6k-parameter CNN, conv → ReLU → norm", dropout=True, fuses=True, orders=True),
     "resnet": Model(resnet(skip_init=False), RESNET_WIDTHS, RESNET_LAYOUT,

@@ -76,11 +76,13 @@ class Net(nn.Module):
     carries the rest of a norm's hyperparameters (ε, momentum, Batch Renorm's clips), the registry's defaults
     when omitted. ``copies`` models side by side make one (normlab.engine.fused): each its own channels, every conv
     grouped by copy, input and logits (N, copies, ...) flattened on the channels. ``norm_first``: every block
-    conv → norm → ReLU, the papers' order, in place of the exercise's conv → ReLU → norm."""
+    conv → norm → ReLU, the papers' order, in place of the exercise's conv → ReLU → norm. ``in_channels`` and
+    ``num_classes`` fit other data (3 for color; any size of image: the head follows a global average pool)."""
 
     def __init__(self, norm: str = "batch", groups: int | None = None, dropout: float = 0.0,
                  bn_batch: int | None = None, weight_std: bool = False, settings: NormSettings | None = None,
-                 copies: int = 1, norm_first: bool = False) -> None:
+                 copies: int = 1, norm_first: bool = False, in_channels: int = 1,
+                 num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.norm, self.copies = canonical_norm(norm), copies
         settings = settings or NormSettings()
@@ -94,10 +96,11 @@ class Net(nn.Module):
                 self.features.add_module("pool", nn.MaxPool2d(2))
             else:
                 name, cin, cout, kernel = layer
+                cin = in_channels if name == "conv1" else cin
                 self.features.add_module(name, ConvBlock(cin, cout, kernel, self.norm, settings, dropout, weight_std,
                                                          norm_first))
         self.gap = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Conv2d(LAYOUT[-1][2] * copies, NUM_CLASSES * copies, 1, groups=copies)  # type: ignore[index]
+        self.head = nn.Conv2d(LAYOUT[-1][2] * copies, num_classes * copies, 1, groups=copies)  # type: ignore[index]
         # channels_last is a memory layout only, the same function either way; on a 2-core CPU it makes the
         # group- and layer-norm steps 24-37 % faster, batch norm's no slower (docs/performance.md).
         self.channels_last = True

@@ -157,10 +157,15 @@ def lr_figure(rows: list[dict[str, Any]], path: Path, dataset: str, sizes: dict[
 
 def misclassified_figure(images: np.ndarray, picks: list[dict[str, Any]], title: str, path: Path,
                          classes: tuple[str, ...]) -> Figure:
-    """A 5-row × 2-column grid: each cell the image, its true and predicted class and the confidence."""
+    """A 5-row × 2-column grid: each cell the image (grey N×H×W as ink on paper, color N×3×H×W as it is), its
+    true and predicted class and the confidence."""
     fig, axes = plt.subplots(5, 2, figsize=(4.6, 11), dpi=110)
     for ax, pick in zip(axes.flat, picks, strict=False):
-        ax.imshow(images[pick["index"]], cmap="gray_r", interpolation="nearest")
+        image = images[pick["index"]]
+        if image.ndim == 3:
+            ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+        else:
+            ax.imshow(image, cmap="gray_r", interpolation="nearest")
         ax.set_title(f"true {classes[pick['label']]} → pred {classes[pick['predicted']]}\n"
                      f"conf {pick['confidence'] * 100:.1f}%  (test #{pick['index']})", fontsize=9)
     for ax in axes.flat:

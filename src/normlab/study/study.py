@@ -120,7 +120,7 @@ def run_study(
     out = Path(out)
     check_marker(out)
     device = resolve_device(base.device)
-    data = load_dataset(base.dataset, base.data_dir)
+    data = load_dataset(base.dataset, base.data_dir, image_size=base.image_size, download=base.download)
     n_runs = grid.runs(out)
     jobs, threads = share_machine(backend, base, jobs, device, n_runs)
     with ray_session(address) if backend == "ray" else contextlib.nullcontext() as ray:  # unreachable: nothing written
@@ -143,11 +143,14 @@ def run_study(
 
 
 def fusing(fuse: str, base: TrainConfig, device: torch.device, backend: str, log: Callable[[str], None]) -> bool:
-    """Whether the study's runs train as fused models: asked (on), or auto on a GPU; normlab's Net only."""
+    """Whether the study's runs train as fused models: asked (on), or auto on a GPU; normlab's Net on grey images of
+    10 classes only (the fused model's input and head are those)."""
     asked = fuse == "on" or (fuse == "auto" and device.type == "cuda" and backend == "local")
-    fuses = model_entry(base.model).fuses
+    info = base.data_info
+    fuses = model_entry(base.model).fuses and info.image_shape[0] == 1 and len(info.classes) == 10
     if asked and not fuses:
-        log(f"only normlab's Net trains fused: the {base.model} runs train apart")
+        log(f"only normlab's Net on grey images of 10 classes trains fused: the {base.model} runs on "
+            f"{info.title} train apart")
     return asked and fuses
 
 
