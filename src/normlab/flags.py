@@ -191,6 +191,9 @@ def add_machine_args(p: argparse.ArgumentParser, d: Any) -> None:
                         "graph (default: a graph)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar; the per-epoch table is still printed (default: a bar)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="live curves: each run writes TensorBoard event files into its folder's tensorboard/ "
+                        "(pip install \"normlab[tensorboard]\"; then tensorboard --logdir OUT)")
 
 
 def add_out_flags(p: argparse.ArgumentParser, default: str) -> None:

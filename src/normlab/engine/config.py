@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from normlab.data.datasets import DatasetInfo, dataset_info, normalize_dataset
+from normlab.engine.tensorboard import check_tensorboard
 from normlab.errors import UserError
 from normlab.nn.models import MODELS, check_groups, check_model, model_entry, normalize_model
 from normlab.nn.norms import GROUPS, NORMS, NormSettings, canonical_norm, names_where
@@ -69,6 +70,7 @@ class TrainConfig:
     threads: int | None = None    # CPU threads for torch (None: one per core available)
     compile: bool = False         # torch.compile the training step
     cuda_graph: bool = True       # on a GPU, replay each SGD step as one CUDA graph (normlab.engine.graphed)
+    tensorboard: bool = False     # live curves: event files in the run folder's tensorboard/ (engine/tensorboard.py)
     # A study's base over real SGD batch sizes is no run itself (its batch size only scales the rate): False skips
     # the check that the run is long enough, which each run made from it (dataclasses.replace) does again.
     check_length: InitVar[bool] = True
@@ -124,6 +126,8 @@ class TrainConfig:
                                                                and self.device[5:].isdecimal()):
             raise UserError("choose auto, cpu, cuda or cuda:N", "device", self.device)
         self._check_norm_settings(entry.channels)
+        if self.tensorboard:
+            check_tensorboard()
         if check_length:
             self._check_length()
         if self.model not in MODELS:  # a user's model, built once for these settings and tried on the data

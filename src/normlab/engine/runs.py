@@ -32,6 +32,7 @@ from torch import nn
 from normlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from normlab.engine.config import TrainConfig
 from normlab.engine.evalstats import WAYS
+from normlab.engine.tensorboard import EventLog, remove_events
 from normlab.errors import UserError
 from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atomic
 from normlab.nn.models import MODELS, model_entry
@@ -39,7 +40,8 @@ from normlab.nn.models import MODELS, model_entry
 CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
 CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
 RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED, EVALUATION)
-NOT_HASHED = ("device", "threads", "data_dir", "download")  # where or how fast a run goes, not what it computes
+# Where or how fast a run goes, or what else it writes: not what it computes.
+NOT_HASHED = ("device", "threads", "data_dir", "download", "tensorboard")
 SCHEMA = 2  # config.json: a run is named by the hash of every setting but NOT_HASHED, and the model's layout
 # Schema 1 hashed a setting added after its first folders only where it differed from the value those folders
 # computed with; its folders are read with these values, so they stay valid for the same command.
@@ -248,6 +250,7 @@ class RunFolder:
                  finished: SavedRun | None = None, recorded_hash: str | None = None) -> None:
         self.path, self.config, self.hash = path, config, recorded_hash or config_hash(config)
         self.resume_state, self.finished = resume_state, finished
+        self.events: EventLog | None = None
 
     def start(self, parameters: int, environment: dict[str, Any]) -> None:
         """A fresh run writes its config.json, then removes what an earlier run left (a failed write keeps it all)."""
@@ -260,15 +263,25 @@ class RunFolder:
         for name in RUN_FILES:
             if name != CONFIG:
                 (self.path / name).unlink(missing_ok=True)
+        remove_events(self.path)
 
     def save_epoch(self, metrics: list[dict[str, float]], state: dict[str, Any]) -> None:
         save_checkpoint(self.path / CHECKPOINT, state)
         self._write_metrics(metrics)
+        if self.config.tensorboard:
+            self.events = self.events or EventLog(self.path)
+            self.events.write(metrics)
 
     def fail(self, metrics: list[dict[str, float]], failure: dict[str, Any]) -> None:
         self._write_metrics(metrics)
         write_atomic(self.path / FAILED, json.dumps(failure, indent=2))
         (self.path / CHECKPOINT).unlink(missing_ok=True)
+        self.close_events()
+
+    def close_events(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
 
     def finish(self, model: nn.Module, evaluation: dict[str, float] | None = None) -> None:
         """The evaluation first, the weights last: they mark the run finished."""
@@ -276,6 +289,7 @@ class RunFolder:
             save_evaluation(self.path, evaluation)
         replace_atomic(self.path / WEIGHTS, lambda f: torch.save(model.state_dict(), f))
         (self.path / CHECKPOINT).unlink(missing_ok=True)
+        self.close_events()
 
     def _write_metrics(self, metrics: list[dict[str, float]]) -> None:
         write_atomic(self.path / METRICS_CSV, metrics_csv(metrics, self.config))
