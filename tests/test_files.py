@@ -63,3 +63,48 @@ def test_a_lock_file_left_behind_never_blocks(tmp_path, capsys, content):
 def test_one_lock_per_folder_in_one_process_too(tmp_path):
     with FolderLock(tmp_path), pytest.raises(UserError, match="in use"), FolderLock(tmp_path):
         pass
+
+
+def test_a_link_planted_where_a_file_is_written_is_replaced_never_written_through(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("SECRET")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").symlink_to(outside)
+    for pid in range(os.getpid() - 2, os.getpid() + 3):  # the temporary names an attacker could guess
+        (folder / f".config.json.tmp{pid}").symlink_to(outside)
+    write_atomic(folder / "config.json", "{}")
+    assert outside.read_text() == "SECRET"
+    assert not (folder / "config.json").is_symlink() and (folder / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_lock_that_is_a_link_is_refused_and_its_target_left_alone(tmp_path, dangling):
+    target = tmp_path / "victim"
+    if not dangling:
+        target.write_text("SECRET")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / LOCK).symlink_to(target)
+    with pytest.raises(UserError, match=r"\.lock is a symbolic link, which normlab never makes"), FolderLock(folder):
+        pass
+    assert (target.read_text() == "SECRET") if not dangling else not target.exists()
+
+
+@pytest.mark.parametrize("level", ["gn", "gn/b32/seed0"])
+def test_a_study_refuses_a_variant_or_run_folder_that_is_a_link(tmp_path, mnist, level):
+    import shutil
+
+    from normlab.engine.config import TrainConfig
+    from normlab.study.study import run_study
+
+    out = tmp_path / "study"
+    base = TrainConfig(epochs=1, train_limit=320, test_limit=100, batch_size=32, threads=1)
+    run_study(out, ["gn"], [0], base, progress=False, log=lambda _: None)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(out / level, elsewhere)
+    (out / level).symlink_to(elsewhere, target_is_directory=True)
+    before = sorted(p.name for p in elsewhere.iterdir())
+    with pytest.raises(UserError, match=f"study/{level} is a symbolic link"):
+        run_study(out, ["gn"], [0, 1], base, progress=False, log=lambda _: None, force=True)
+    assert sorted(p.name for p in elsewhere.iterdir()) == before

@@ -209,3 +209,50 @@ def test_non_finite_loss_fails_the_run_and_the_study_goes_on(tmp_path, mnist):
         assert json.loads((tmp_path / "study" / run["variant"] / "b50" / "seed0" / "failed.json").read_text())
     report = (tmp_path / "study" / "report.md").read_text()
     assert "bn seed 0 FAILED" in report and "gn seed 0 FAILED" in report
+
+
+LONG_GN = ["study", "--variants", "gn", "--epochs", "4", "--train-limit", "6400", "--test-limit", "200", "--jobs", "1",
+           "--no-progress"]
+
+
+def wait_for_an_epoch(out: Path, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 600  # a loaded machine (a sweep beside the tests) takes minutes for an epoch
+    while not list(out.glob(f"gn/*/seed0/{CHECKPOINT}")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(out.glob(f"gn/*/seed0/{CHECKPOINT}")), "no epoch finished in time"
+
+
+def test_a_closed_terminal_sighup_stops_like_sigterm_129_lock_released_and_resumes(tmp_path):
+    out = tmp_path / "study"
+    proc = subprocess.Popen([sys.executable, "-m", "normlab", *LONG_GN, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_an_epoch(out, proc)
+    proc.send_signal(signal.SIGHUP)
+    _, message = proc.communicate(timeout=120)
+    assert proc.returncode == 129 and message.startswith("normlab: stopped by SIGHUP; finished runs"), message
+    assert not list(out.rglob(".lock")) and list(out.glob(f"gn/*/seed0/{CHECKPOINT}"))
+
+
+def test_a_reader_that_stops_reading_ends_the_study_quietly_141_with_its_epochs_kept(tmp_path):
+    out = tmp_path / "study"
+    proc = subprocess.Popen([sys.executable, "-m", "normlab", *LONG_GN, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_an_epoch(out, proc)  # `| head -1`, once an epoch is in
+    proc.stdout.readline()
+    proc.stdout.close()
+    message = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, message
+    assert "Traceback" not in message and "Broken pipe" not in message
+    assert not list(out.rglob(".lock")) and list(out.glob(f"gn/*/seed0/{CHECKPOINT}"))
+
+
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_a_closed_or_full_stdout_is_never_a_traceback_and_the_run_is_saved(tmp_path, stdout):
+    out = tmp_path / "run"
+    redirect = ">&-" if stdout == "closed" else "> /dev/full"
+    done = subprocess.run(f"{sys.executable} -m normlab train --norm gn --epochs 1 --train-limit 320 --batch-size 32 "
+                          f"--test-limit 100 --no-progress --out {out} {redirect}", shell=True, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (out / "model.pt").is_file()
+    assert ("cannot write to stdout (No space left on device)" in done.stderr) == (stdout == "full")

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from normlab import __version__
-from normlab.errors import Interrupted, RunFailed, UserError, exit_on_signal, signals_raise_interrupted
+from normlab.errors import (
+    Interrupted,
+    RunFailed,
+    UserError,
+    exit_on_signal,
+    guard_output,
+    signals_raise_interrupted,
+)
 from normlab.flags import Parser, add_model_args, add_out_flags, add_train_args, config_from_args, flag
 
 # importing these imports torch, numpy, matplotlib and all of normlab
@@ -202,6 +209,7 @@ def finish(command: Callable[[], int]) -> None:
     in which Python has put the default signal handlers back (a SIGTERM then kills with no word), and after threads
     trained it can abort (SIGABRT, "terminate called without an active exception"). The output is flushed first;
     a signal outside the work (before it starts, as it exits) is one line too."""
+    guard_output()
     exit_on_signal("no work was in progress: nothing is lost")
     code = command()
     sys.stdout.flush()
@@ -244,7 +252,8 @@ def _run(make_parser: Callable[[], Parser], argv: list[str] | None,
     except (Interrupted, KeyboardInterrupt) as e:
         stopped = e if isinstance(e, Interrupted) else Interrupted(2)  # Ctrl-C before the handler was in place
         if not stopped.saved:
-            print(f"normlab: {stopped}; nothing was saved", file=sys.stderr)
+            if stopped.signum != signal.SIGPIPE:  # a reader that stopped reading (| head) wants no word
+                print(f"normlab: {stopped}; nothing was saved", file=sys.stderr)
         else:
             prog = "python main.py" if func is cmd_exercise else "normlab"
             print(f"normlab: {stopped}; {stopped.saved}. Resume with:\n  {resume_command(prog, argv)}",

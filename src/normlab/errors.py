@@ -58,6 +58,52 @@ class Interrupted(BaseException):
         self.signum, self.code, self.saved = signum, 128 + signum, ""
 
 
+# What stops the work as Ctrl-C does, saving what can be, and exits 128 + the signal: kill's SIGTERM, a closed terminal
+# or a dropped ssh (SIGHUP), and a closed pipe on stdout (SIGPIPE: ``normlab study | head -1``).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
+
+
+class GuardedStream:
+    """stdout or stderr that never raises: once a write fails (a closed pipe, a full disk, a terminal gone) the
+    rest of the output goes nowhere, so the work is not lost for want of a place to print. A closed pipe also
+    sends SIGPIPE, which stops the work (STOP_SIGNALS); other faults are said once on stderr, if it still writes."""
+
+    def __init__(self, stream: Any, name: str) -> None:
+        self.stream, self.name, self.failed = stream, name, False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError) as e:
+                self._fail(e)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError) as e:
+                self._fail(e)
+
+    def _fail(self, error: Exception) -> None:
+        self.failed = True
+        if self.name == "stdout" and not isinstance(error, BrokenPipeError):
+            print(f"normlab: cannot write to stdout ({getattr(error, 'strerror', None) or error}); the work goes on "
+                  "without printing, its results are in its folder", file=sys.stderr, flush=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def guard_output() -> None:
+    """Put GuardedStreams in place of sys.stdout and sys.stderr (a closed one, None, becomes a stream to nowhere)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name) or open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        if not isinstance(stream, GuardedStream):
+            setattr(sys, name, GuardedStream(stream, name))
+
+
 @contextmanager
 def signals_raise_interrupted() -> Iterator[list[int]]:
     """SIGINT and SIGTERM raise Interrupted wherever the program is, so ``finally`` blocks and atomic writes
@@ -77,7 +123,7 @@ def signals_raise_interrupted() -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
     default, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield received
@@ -88,15 +134,16 @@ def signals_raise_interrupted() -> Iterator[list[int]]:
 
 
 def exit_on_signal(message: str) -> None:
-    """From here to the process's end (the interpreter's teardown takes a second after torch), SIGINT or SIGTERM
-    print ``message`` after the signal's name and exit 128 + the signal at once."""
+    """From here to the process's end (the interpreter's teardown takes a second after torch), a stop signal prints
+    ``message`` after the signal's name and exits 128 + the signal at once."""
 
     def handle(signum: int, frame: object) -> None:
-        print(f"normlab: stopped by {signal.Signals(signum).name}; {message}", file=sys.stderr, flush=True)
+        if signum != signal.SIGPIPE:  # a reader that stopped reading wants no word
+            print(f"normlab: stopped by {signal.Signals(signum).name}; {message}", file=sys.stderr, flush=True)
         os._exit(128 + signum)
 
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, handle)
 
 
@@ -116,8 +163,7 @@ def signals_recorded() -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
-    previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum)) for sig in (signal.SIGINT,
-                                                                                                 signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum)) for sig in STOP_SIGNALS}
     try:
         yield received
     finally:
@@ -130,7 +176,7 @@ def signal_handlers_kept() -> Iterator[None]:
     """The SIGINT and SIGTERM handlers as they were before the block, put back after it: ray.init installs its own,
     which exit with 15 or 1 and no word. Only in the main thread."""
     main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if main else {}
     try:
         yield
     finally:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -19,15 +21,17 @@ def replace_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through ``write`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     A crash at any instant leaves either the old file or the new one; a failed write (a full disk)
-    removes the temporary file and leaves the old one untouched.
+    removes the temporary file and leaves the old one untouched. The temporary file has a random name and is
+    created exclusively, so a symbolic link planted beside ``path`` is never written through.
     """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # O_EXCL: no link followed
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # replaces a link at ``path`` itself, never what it points to
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -40,6 +44,16 @@ def replace_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 def write_atomic(path: Path, text: str) -> None:
     replace_atomic(path, lambda f: f.write(text.encode()))
+
+
+def refuse_links(*paths: Path) -> None:
+    """normlab never makes a symbolic link inside its folders: one where it would write (planted by someone else,
+    or left by a copy) could send the write outside, so it is refused in one line, naming it."""
+    for path in paths:
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link, which normlab never makes there: writing through it could "
+                            "write outside the folder; remove the link (copy what it points to in its place if you "
+                            "meant to use it)")
 
 
 def check_folder(out: Path, marker: str, what: str) -> bool:
@@ -59,9 +73,9 @@ def prepare_folder(out: Path, marker: str, what: str) -> bool:
     present = check_folder(out, marker, what)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise UserError(f"cannot write there ({e.strerror}); choose a folder you can write to", "out", out) from None
     return bool(present)
@@ -70,9 +84,13 @@ def prepare_folder(out: Path, marker: str, what: str) -> bool:
 def lock_is_held(path: Path) -> bool:
     """Whether a live process holds the FolderLock whose file is ``path`` (False for no file)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except (FileNotFoundError, IsADirectoryError):
         return False
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a link: no lock of normlab's
+            return False
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return False
@@ -97,7 +115,13 @@ class FolderLock:
     def __enter__(self) -> FolderLock:
         while True:
             left_behind = self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                refuse_links(self.path)
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from normlab.errors import UserError
+from normlab.files import replace_atomic
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 SPLIT_SEED, TEST_SHARE = 0, 5   # a folder without train/ and test/: every 5th image (seeded order) tests
@@ -186,10 +186,9 @@ def load_folder(root: Path, image_size: int | None, cache: Path) -> UserData:
                             root.name, key, tuple(z["notes"].tolist()))
     data = _decode_folder(root, splits, class_root, classes, image_size, split_note, key)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{key}.{os.getpid()}.npz"
-    np.savez(tmp, x_train=data.train_x, y_train=data.train_y, x_test=data.test_x, y_test=data.test_y,
-             classes=np.array(data.classes), notes=np.array(data.notes))
-    tmp.replace(cached)
+    replace_atomic(cached, lambda f: np.savez(f, x_train=data.train_x, y_train=data.train_y, x_test=data.test_x,
+                                              y_test=data.test_y, classes=np.array(data.classes),
+                                              notes=np.array(data.notes)))
     return data
 
 

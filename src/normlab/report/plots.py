@@ -7,6 +7,7 @@ can check its contents rather than its pixels.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,19 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
+from normlab.files import replace_atomic
 from normlab.report.stats import Interval
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
           "tab:olive", "tab:cyan")
 MANY = 5  # above this many variants: fainter bands, the legend beside the axes
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """The figure as ``path``'s format, written atomically (never through a link planted at ``path``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png")
+    replace_atomic(path, lambda f: f.write(buffer.getvalue()))
 
 
 def styles(names: Any) -> list[tuple[Any, dict[str, Any]]]:
@@ -87,7 +96,7 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
     else:
         ax.legend(fontsize=8, loc="upper right" if is_loss else "lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return fig
 
@@ -114,7 +123,7 @@ def batch_size_figure(errors: dict[str, dict[int, Interval]], path: Path, datase
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9 if len(errors) <= MANY else 8, ncol=1 if len(errors) <= MANY else 2)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return fig
 
@@ -150,7 +159,7 @@ def lr_figure(rows: list[dict[str, Any]], path: Path, dataset: str, sizes: dict[
     axes[0][0].set_ylabel("final validation error (%)")
     fig.suptitle(f"Graph 4 — {dataset} validation error by learning rate (band: 95% CI over seeds; ★ chosen)")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return fig
 
@@ -173,6 +182,6 @@ def misclassified_figure(images: np.ndarray, picks: list[dict[str, Any]], title:
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return fig

@@ -19,7 +19,7 @@ from typing import Any
 from normlab.engine.config import TrainConfig
 from normlab.engine.runs import CONFIG, SavedRun, Status, read_run
 from normlab.errors import UserError
-from normlab.files import check_folder
+from normlab.files import check_folder, refuse_links
 from normlab.nn.norms import CONV_MODIFIERS, NORMS, canonical_norm, names_where
 
 VARIANTS = ("bn+l1", "gn", "ln")  # the three models of the exercise
@@ -241,6 +241,7 @@ def run_folder(out: Path, variant: Variant, config: TrainConfig, lr_axis: bool =
 def plan_run(folder: Path, variant: Variant, seed: int, config: TrainConfig, force: bool,
              lr_axis: bool = False) -> PlannedRun:
     """What the run's folder holds now; a file that cannot be read is an error, unless ``force`` retrains it."""
+    refuse_links(folder.parent.parent, folder.parent, folder)  # the folders a study makes below its --out
     check_folder(folder, CONFIG, "run")
     try:
         saved: SavedRun | None = read_run(folder, config)
