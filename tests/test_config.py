@@ -56,7 +56,8 @@ def test_momentum_swing_keeps_the_momentum_within_0_and_1(momentum, swing):
     ({"threads": 0}, "threads 0: must be at least 1"),
     ({"device": "tpu"}, "device tpu: choose auto, cpu, cuda or cuda:N"),
     ({"device": "cuda:x"}, "device cuda:x: choose"),
-    ({"dataset": "cifar"}, "dataset cifar: unknown dataset; choose one of: mnist, fashion-mnist"),
+    ({"dataset": "cifar"}, "dataset cifar: unknown dataset; choose one of: mnist, fashion-mnist, cifar10, or give "
+                           "npz:PATH or folder:PATH"),
     ({"val_size": -1}, "val_size -1: must be from 0 to 59999"),
     ({"val_size": 60000}, "val_size 60000: must be from 0 to 59999"),
     ({"norm": "group", "bn_batch": 8}, "bn_batch 8: only for a norm with batch statistics (batch, brn, evonorm-b0), "
@@ -65,6 +66,12 @@ def test_momentum_swing_keeps_the_momentum_within_0_and_1(momentum, swing):
     ({"bn_batch": 1}, "bn_batch 1: must be from 2"),
     ({"freeze_bn_epochs": 20}, "freeze_bn_epochs 20: must be from 0 to epochs - 1 = 19"),
     ({"norm": "gn", "freeze_bn_epochs": 1}, "freeze_bn_epochs 1: only for a norm with batch statistics"),
+    ({"epochs": 10**23}, "epochs 100000000000000000000000: is more than 1000 epochs, far beyond any study here (20 "
+                         "epochs each); add allow_long if you mean it"),
+    ({"lr": 5e-324}, "lr 5e-324: one-cycle would start at 0 and end at 0: too small to be a rate"),
+    ({"batch_size": 100000, "train_limit": 1000}, "batch_size 100000: is more than the 1,000 training images"),
+    ({"image_size": 32}, "image_size 32: is a folder:PATH dataset's"),
+    ({"crop": 15}, "crop 15: must be from 0 to half the images' side (14)"),
 ])
 def test_a_bad_value_is_one_error_naming_the_setting(values, rendered):
     with pytest.raises(UserError) as e:
@@ -117,3 +124,10 @@ def test_the_schedules_shape_reaches_one_cycle():
 def test_renorm_schedule_is_a_range_within_the_run():
     with pytest.raises(UserError, match=r"renorm_from 0.6 and renorm_to 0.5 must be fractions of the run"):
         TrainConfig(renorm_from=0.6, renorm_to=0.5)
+
+
+def test_a_long_run_is_accepted_when_asked_and_asking_is_no_part_of_its_identity():
+    from normlab.engine.runs import config_hash
+
+    assert config_hash(TrainConfig(epochs=1500, allow_long=True)) != config_hash(TrainConfig())
+    assert config_hash(TrainConfig(allow_long=True)) == config_hash(TrainConfig())

@@ -38,3 +38,20 @@ def test_unpickler_allows_arrays_and_nothing_else():
 
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to load .*system: only numpy arrays"):
         ArrayOnlyUnpickler(io.BytesIO(pickle.dumps(Boom()))).load()
+
+
+def test_a_file_longer_than_its_format_promises_is_refused_before_it_is_read(tmp_path):
+    import gzip
+
+    from normlab.data.idx import idx_size, read_maybe_gzip
+
+    name = "t10k-labels-idx1-ubyte"
+    sparse = tmp_path / name
+    with sparse.open("wb") as f:
+        f.truncate(3 * 2**30)  # 3 GB that occupy no disk: reading them would take seconds and 3 GB of memory
+    with pytest.raises(UserError, match=r"3,221,225,472 bytes, more than the 10,008 of the original file"):
+        read_maybe_gzip(sparse, idx_size(name))
+    bomb = tmp_path / f"{name}.gz"
+    bomb.write_bytes(gzip.compress(bytes(50 * 2**20), compresslevel=1))  # 50 MB of zeros in about 50 kB
+    with pytest.raises(UserError, match=r"inflates past the 10,008 bytes of the original file"):
+        read_maybe_gzip(bomb, idx_size(name))

@@ -115,6 +115,8 @@ def add_sgd_args(p: argparse.ArgumentParser, d: Any, study: bool) -> None:
     p.add_argument("--dropout", type=float, default=d.dropout, help="Dropout2d after each conv block")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD's L2 weight decay")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training images")
+    p.add_argument("--allow-long", action="store_true",
+                   help="accept more than 1,000 epochs (refused by default: more often a typo than a plan)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="images per SGD step" + (", the base of the learning-rate scaling" if study else ""))
     if study:

@@ -59,14 +59,31 @@ def decode_idx(raw: bytes, name: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def read_maybe_gzip(path: Path) -> bytes:
-    data = path.read_bytes()
-    if data[:2] != b"\x1f\x8b":
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path}: broken gzip file ({e}); delete it and download it again") from None
+def idx_size(name: str) -> int:
+    """The bytes of the IDX file ``name`` as its dataset publishes it: header and body."""
+    shape = IDX_SHAPES[name]
+    return 4 + 4 * len(shape) + int(np.prod(shape))
+
+
+def read_maybe_gzip(path: Path, size: int) -> bytes:
+    """The file's bytes, uncompressed if it is gzip; a file, or a stream, longer than the ``size`` its format
+    promises is refused as soon as that is known, before it is read whole (a small .gz can inflate to gigabytes)."""
+    with path.open("rb") as f:
+        compressed = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        if not compressed:
+            if path.stat().st_size > size:
+                raise UserError(f"{path}: {path.stat().st_size:,} bytes, more than the {size:,} of the original "
+                                "file; replace it with the original")
+            return f.read()
+        try:
+            data = gzip.GzipFile(fileobj=f).read(size + 1)
+        except (OSError, EOFError) as e:
+            raise UserError(f"{path}: broken gzip file ({e}); delete it and download it again") from None
+    if len(data) > size:
+        raise UserError(f"{path}: inflates past the {size:,} bytes of the original file; replace it with the "
+                        "original")
+    return data
 
 
 def check_md5(name: str, raw: bytes, origin: str, info: DatasetInfo) -> None:
@@ -118,7 +135,8 @@ def load_idx_folder(folder: Path, info: DatasetInfo) -> dict[str, np.ndarray]:
     if missing:
         raise UserError(f"missing {', '.join(missing)} (raw or .gz); put the four {info.title} IDX files there, "
                         "or drop {data_dir} to use the offline copy", "data_dir", folder)
-    return arrays_from_raw({name: read_maybe_gzip(path) for name, path in found.items()}, str(folder), info)
+    raws = {name: read_maybe_gzip(path, idx_size(name)) for name, path in found.items()}
+    return arrays_from_raw(raws, str(folder), info)
 
 
 def arrays_from_mnist_pickle(gz_bytes: bytes, origin: str, info: DatasetInfo) -> dict[str, np.ndarray]:

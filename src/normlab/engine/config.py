@@ -20,6 +20,7 @@ from normlab.nn.models import MODELS, check_groups, check_model, model_entry, no
 from normlab.nn.norms import GROUPS, NORMS, NormSettings, canonical_norm, names_where
 
 MIN_STEPS = 10  # fewer SGD steps in a run barely leave one-cycle's warm-up
+MAX_EPOCHS = 1000  # more is a typo far more often than a plan (20 are the study's): --allow-long says it is one
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TrainConfig:
     threads: int | None = None    # CPU threads for torch (None: one per core available)
     compile: bool = False         # torch.compile the training step
     cuda_graph: bool = True       # on a GPU, replay each SGD step as one CUDA graph (normlab.engine.graphed)
+    allow_long: bool = False      # accept more than MAX_EPOCHS epochs
     tensorboard: bool = False     # live curves: event files in the run folder's tensorboard/ (engine/tensorboard.py)
     # A study's base over real SGD batch sizes is no run itself (its batch size only scales the rate): False skips
     # the check that the run is long enough, which each run made from it (dataclasses.replace) does again.
@@ -97,11 +99,18 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError("must be greater than 0", name, getattr(self, name))
-        if not (math.isfinite(self.lr_warmup) and 0 < self.lr_warmup < 1):
-            raise UserError("must be a fraction of the run above 0 and below 1", "lr_warmup", self.lr_warmup)
+        if self.epochs > MAX_EPOCHS and not self.allow_long:
+            raise UserError(f"is more than {MAX_EPOCHS} epochs, far beyond any study here (20 epochs each); add "
+                            "{allow_long} if you mean it", "epochs", self.epochs)
         for name in ("lr_start_div", "lr_end_div"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 1):
                 raise UserError("must be a finite number, 1 or more", name, getattr(self, name))
+        if self.lr / self.lr_start_div / self.lr_end_div == 0:
+            raise UserError(f"one-cycle would start at {self.lr / self.lr_start_div:g} and end at "
+                            f"{self.lr / self.lr_start_div / self.lr_end_div:g}: too small to be a rate; give a larger "
+                            "one", "lr", self.lr)
+        if not (math.isfinite(self.lr_warmup) and 0 < self.lr_warmup < 1):
+            raise UserError("must be a fraction of the run above 0 and below 1", "lr_warmup", self.lr_warmup)
         for name in ("dropout", "momentum"):
             if getattr(self, name) >= 1:
                 raise UserError("must be at least 0 and below 1", name, getattr(self, name))
@@ -140,6 +149,10 @@ class TrainConfig:
                             f"{self.batch_size} are {self.steps} SGD step(s), too few to train (one-cycle needs at "
                             f"least {MIN_STEPS}); raise {{epochs}} or {{train_limit}}, or lower {{batch_size}}"
                             + (" or {val_size}" if self.val_size else ""))
+        if self.batch_size > self.train_images:
+            raise UserError(f"is more than the {self.train_images:,} training images (an SGD step would take "
+                            f"them all, and record a batch it never had); give at most {self.train_images}",
+                            "batch_size", self.batch_size)
         warmup = self.lr_warmup * self.steps
         if warmup < 2 or self.steps - warmup < 2:
             raise UserError(f"leaves {warmup:g} of the run's {self.steps} SGD steps for the rate to rise and "

@@ -41,7 +41,7 @@ CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
 CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
 RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED, EVALUATION)
 # Where or how fast a run goes, or what else it writes: not what it computes.
-NOT_HASHED = ("device", "threads", "data_dir", "download", "tensorboard")
+NOT_HASHED = ("device", "threads", "data_dir", "download", "tensorboard", "allow_long")
 SCHEMA = 2  # config.json: a run is named by the hash of every setting but NOT_HASHED, and the model's layout
 # Schema 1 hashed a setting added after its first folders only where it differed from the value those folders
 # computed with; its folders are read with these values, so they stay valid for the same command.
