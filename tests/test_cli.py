@@ -92,6 +92,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args,
     (["--tune-seeds", "0"], "--tune-seeds 0: they choose among --lrs"),
     (["--batch-sizes", "8", "-2"], "--batch-sizes 8 -2: -2 is not a positive whole number"),
     (["--test-stats", "ema"], "--test-stats ema: choose moving (the running averages), precise (PreciseBN) or batch"),
+    (["--seeds", "0", "-1"], "--seeds -1: must be from 0 to 2**63 - 1"),
+    (["--variants", "gn", "bn+frozen5"], "variant 'bn+frozen5': +frozen5 must be from 0 to --epochs - 1 = 0"),
 ])
 def test_bad_study_axes_are_one_line_exit_2_naming_the_flag_and_write_nothing(tmp_path, capsys, args, message):
     assert main(["study", "--variants", "gn", "--out", str(tmp_path / "study"), *TINY, *args]) == 2

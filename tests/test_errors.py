@@ -19,3 +19,9 @@ def test_signals_become_interrupted_and_the_handlers_are_restored():
         signal.raise_signal(signal.SIGTERM)
     assert e.value.code == 143 and str(e.value) == "stopped by SIGTERM" and e.value.saved == ""
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_control_characters_in_a_value_or_path_are_shown_escaped_never_a_second_line():
+    error = UserError("is a file, not a folder; choose another {out}", "out", "/tmp/a\nnormlab: error: forged\x1b[2J")
+    assert error.render(lambda s: "--" + s) == \
+        "--out /tmp/a\\x0anormlab: error: forged\\x1b[2J: is a file, not a folder; choose another --out"

@@ -30,3 +30,18 @@ def test_main_bad_norm_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--norm", "batchy", "--out", str(tmp_path / "x")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown variant 'batchy'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_main_takes_the_studys_variant_grammar_and_names_a_bad_frozen_count_as_typed(tmp_path):
+    from normlab.cli import exercise_main
+
+    out = tmp_path / "frozen"
+    assert exercise_main(["--norm", "BN+Frozen1", "--out", str(out), "--epochs", "2", "--train-limit", "640",
+                          "--test-limit", "200", "--batch-size", "32", "--no-progress", "--lr", "0.02"]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["freeze_bn_epochs"] == 1
+    assert (out / "misclassified_bn+frozen1.png").is_file()
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--norm", "bn+frozen5", "--epochs", "1", "--out",
+                           str(tmp_path / "x")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr == \
+        "normlab: error: --norm bn+frozen5: +frozen5 must be from 0 to --epochs - 1 = 0\n"
+    assert not (tmp_path / "x").exists()

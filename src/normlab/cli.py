@@ -114,7 +114,7 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     from normlab.report.misclassified import save_misclassified
     from normlab.study.plan import parse_variant
 
-    variant = parse_variant(args.norm)
+    typed, variant = args.norm, parse_variant(args.norm)
     if variant.groups is not None and args.groups is not None and variant.groups != args.groups:
         raise UserError(f"--norm {args.norm} has {variant.groups} groups, --groups says {args.groups}: give one")
     args.norm, args.l1 = variant.norm, variant.l1 if args.l1 is None else args.l1
@@ -122,7 +122,13 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     args.weight_std = args.weight_std or variant.weight_std
     args.norm_first = args.norm_first or variant.norm_first
     args.freeze_bn_epochs = args.freeze_bn_epochs or variant.frozen_epochs
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except UserError as e:  # a value the variant gave (bn+frozen5 in 1 epoch): name it as the user typed it
+        if e.setting == "freeze_bn_epochs" and variant.frozen_epochs and args.freeze_bn_epochs == variant.frozen_epochs:
+            raise UserError(f"+frozen{variant.frozen_epochs} {e.message}", "norm",
+                            typed) from None
+        raise
     out = Path(args.out or f"runs/main/{variant.folder}_seed{config.seed}")
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
                         download=config.download)

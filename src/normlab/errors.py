@@ -34,11 +34,13 @@ class UserError(Exception):
         self.message, self.setting, self.value = message, setting, value
 
     def render(self, name: Callable[[str], str] = python_name) -> str:
+        """The line, control characters of paths and values shown escaped (a newline in a folder's name must not
+        forge a second line)."""
         text = re.sub(r"\{([a-z_]+)\}", lambda m: name(m.group(1)), self.message)
-        if self.setting is None:
-            return text
-        value = " ".join(map(str, self.value)) if isinstance(self.value, list | tuple) else self.value
-        return f"{name(self.setting)} {value}: {text}"
+        if self.setting is not None:
+            value = " ".join(map(str, self.value)) if isinstance(self.value, list | tuple) else self.value
+            text = f"{name(self.setting)} {value}: {text}"
+        return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
     def __str__(self) -> str:
         return self.render()

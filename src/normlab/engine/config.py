@@ -89,28 +89,12 @@ class TrainConfig:
         if not 0 <= self.val_size <= info.train_size - 1:
             raise UserError(f"must be from 0 to {info.train_size - 1} (the training set has {info.train_size:,} "
                             "images)", "val_size", self.val_size)
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError("must be a finite number above 0", "lr", self.lr)
+        self._check_schedule()
         for name in ("dropout", "l1", "weight_decay", "momentum", "momentum_swing", "rotate", "shift", "scale",
                      "renorm_d_max"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise UserError("must be a finite number, 0 or more", name, value)
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError("must be greater than 0", name, getattr(self, name))
-        if self.epochs > MAX_EPOCHS and not self.allow_long:
-            raise UserError(f"is more than {MAX_EPOCHS} epochs, far beyond any study here (20 epochs each); add "
-                            "{allow_long} if you mean it", "epochs", self.epochs)
-        for name in ("lr_start_div", "lr_end_div"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 1):
-                raise UserError("must be a finite number, 1 or more", name, getattr(self, name))
-        if self.lr / self.lr_start_div / self.lr_end_div == 0:
-            raise UserError(f"one-cycle would start at {self.lr / self.lr_start_div:g} and end at "
-                            f"{self.lr / self.lr_start_div / self.lr_end_div:g}: too small to be a rate; give a larger "
-                            "one", "lr", self.lr)
-        if not (math.isfinite(self.lr_warmup) and 0 < self.lr_warmup < 1):
-            raise UserError("must be a fraction of the run above 0 and below 1", "lr_warmup", self.lr_warmup)
         for name in ("dropout", "momentum"):
             if getattr(self, name) >= 1:
                 raise UserError("must be at least 0 and below 1", name, getattr(self, name))
@@ -142,6 +126,26 @@ class TrainConfig:
         if self.model not in MODELS:  # a user's model, built once for these settings and tried on the data
             check_model(self.model, entry.layout, self.norm, self.groups,
                         self.bn_batch, self.weight_std, self.norm_settings(), info.image_shape, len(info.classes))
+
+    def _check_schedule(self) -> None:
+        """The run's length and one-cycle's rates: each a number one-cycle can use."""
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError("must be a finite number above 0", "lr", self.lr)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError("must be greater than 0", name, getattr(self, name))
+        if self.epochs > MAX_EPOCHS and not self.allow_long:
+            raise UserError(f"is more than {MAX_EPOCHS} epochs, far beyond any study here (20 epochs each); add "
+                            "{allow_long} if you mean it", "epochs", self.epochs)
+        for name in ("lr_start_div", "lr_end_div"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 1):
+                raise UserError("must be a finite number, 1 or more", name, getattr(self, name))
+        if self.lr / self.lr_start_div / self.lr_end_div == 0:
+            raise UserError(f"one-cycle would start at {self.lr / self.lr_start_div:g} and end at "
+                            f"{self.lr / self.lr_start_div / self.lr_end_div:g}: too small to be a rate; give a larger "
+                            "one", "lr", self.lr)
+        if not (math.isfinite(self.lr_warmup) and 0 < self.lr_warmup < 1):
+            raise UserError("must be a fraction of the run above 0 and below 1", "lr_warmup", self.lr_warmup)
 
     def _check_length(self) -> None:
         if self.steps < MIN_STEPS:

@@ -56,6 +56,10 @@ class Variant:
         except UserError as e:  # a value the variant gave: name the variant, as the user typed it
             if e.setting == "groups" and self.groups is not None:
                 raise UserError(f"variant {self.name!r}: {self.groups} groups {e.message}") from None
+            if e.setting == "seed":  # a value of the --seeds axis
+                raise UserError(e.message, "seeds", seed) from None
+            if e.setting == "freeze_bn_epochs" and self.frozen_epochs:
+                raise UserError(f"variant {self.name!r}: +frozen{self.frozen_epochs} {e.message}") from None
             if e.setting == "norm_first" and self.norm_first and not base.norm_first:
                 raise UserError(f"variant {self.name!r}: +normfirst {e.message}") from None
             raise
