@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from normlab.engine.config import TrainConfig
-from normlab.engine.runs import read_metrics
+from normlab.engine.runfiles import read_metrics
 from normlab.engine.train import train
 
 

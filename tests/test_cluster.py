@@ -225,13 +225,21 @@ def test_a_missing_ray_is_one_error_with_the_install_hint(tmp_path, monkeypatch)
     assert not (tmp_path / "s").exists()
 
 
-def test_a_users_model_file_reaches_the_ray_workers_and_trains_as_locally(tmp_path, mnist):
-    """The config carries the file's absolute path; a local Ray's workers import it from there."""
+def test_a_users_model_file_and_data_reach_the_ray_workers_and_train_as_locally(tmp_path, mnist):
+    """The config carries the files' absolute paths; a local Ray's workers import the model and read the data from
+    there; the run's TensorBoard curves come back with its files."""
+    import numpy as np
+
     model = tmp_path / "my_model.py"
     model.write_text("from torch import nn\n\ndef small():\n    return nn.Sequential(nn.Conv2d(1, 8, 3), "
                      "nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))\n")
-    base = TrainConfig(model=f"{model}:small", epochs=1, train_limit=1280, test_limit=200, threads=1)
+    np.savez(tmp_path / "mine.npz", x_train=mnist.train_images[:1280].numpy(),
+             y_train=mnist.train_labels[:1280].numpy(), x_test=mnist.test_images[:200].numpy(),
+             y_test=mnist.test_labels[:200].numpy())
+    base = TrainConfig(model=f"{model}:small", dataset=f"npz:{tmp_path / 'mine.npz'}", epochs=1, threads=1,
+                       tensorboard=True)
     on_ray = run_study(tmp_path / "ray", ["gn:2"], [0], base, progress=False, log=quiet, backend="ray")
     local = run_study(tmp_path / "local", ["gn:2"], [0], base, progress=False, log=quiet, jobs=1)
     assert on_ray["runs"][0]["parameters"] == local["runs"][0]["parameters"] == 186
     assert without_seconds(metrics(tmp_path / "ray", "gn-g2")) == without_seconds(metrics(tmp_path / "local", "gn-g2"))
+    assert list((tmp_path / "ray" / "gn-g2" / "b128" / "seed0" / "tensorboard").glob("events.out.tfevents.*"))

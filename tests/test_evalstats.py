@@ -12,7 +12,7 @@ from normlab.engine.evalstats import (
     with_batch_statistics,
 )
 from normlab.engine.predict import evaluate, model_input
-from normlab.engine.runs import CHECKPOINT, EVALUATION, WEIGHTS
+from normlab.engine.runfiles import CHECKPOINT, EVALUATION, RECORD, WEIGHTS
 from normlab.engine.train import train
 from normlab.errors import Interrupted, StopFlag
 from normlab.nn.net import Net
@@ -79,7 +79,8 @@ def test_a_run_with_batch_statistics_saves_its_three_evaluations(mnist, bn_run):
 def test_a_study_adds_the_evaluation_to_a_finished_run_that_lacks_it(tmp_path, mnist):
     base = quick(test_limit=300)
     first = run_study(tmp_path, ["bn"], [0], base, progress=False, log=quiet)
-    (tmp_path / first["runs"][0]["folder"] / EVALUATION).unlink()
+    (tmp_path / first["runs"][0]["folder"] / EVALUATION).unlink()  # as a run finished before evaluation.json
+    (tmp_path / first["runs"][0]["folder"] / RECORD).unlink()  # and before finished.json
     again = run_study(tmp_path, ["bn"], [0], base, progress=False, log=quiet)
     assert again["runs"][0]["evaluation"] == first["runs"][0]["evaluation"]
     assert (tmp_path / first["runs"][0]["folder"] / EVALUATION).is_file()

@@ -9,7 +9,7 @@ from conftest import quiet, without_seconds
 
 from normlab.engine.config import TrainConfig
 from normlab.engine.fused import fuse_key, train_fused
-from normlab.engine.runs import FAILED, read_metrics
+from normlab.engine.runfiles import FAILED, read_metrics
 from normlab.engine.train import train
 from normlab.errors import Interrupted, StopFlag
 from normlab.nn.norms import NORMS

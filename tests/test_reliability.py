@@ -17,7 +17,8 @@ from conftest import quiet, without_seconds
 from normlab import files
 from normlab.cli import main
 from normlab.engine.config import TrainConfig
-from normlab.engine.runs import CHECKPOINT, is_finished
+from normlab.engine.runfiles import CHECKPOINT
+from normlab.engine.runs import is_finished
 from normlab.engine.train import train
 from normlab.errors import UserError
 from normlab.nn.models import MODELS

@@ -6,21 +6,17 @@ import pytest
 import torch
 from conftest import quick, quiet, without_seconds
 
-from normlab.engine.runs import (
+from normlab.engine.runfiles import (
     CHECKPOINT,
     CONFIG,
     METRICS_CSV,
     METRICS_JSON,
-    SCHEMA,
+    RECORD,
     WEIGHTS,
-    Status,
-    config_hash,
-    is_finished,
     metrics_csv,
-    open_run,
     read_metrics,
-    read_run,
 )
+from normlab.engine.runs import SCHEMA, Status, config_hash, is_finished, open_run, read_run
 from normlab.engine.train import train
 from normlab.errors import Interrupted, StopFlag, UserError
 
@@ -34,11 +30,14 @@ def finished(tmp_path_factory, mnist):
     return out
 
 
-def copy_of(run, tmp_path):
+def copy_of(run, tmp_path, record=False):
+    """A copy of the run's folder; without its finished.json (``record``), as runs finished before normlab wrote
+    one: each file is then checked on its own rules."""
     out = tmp_path / "copy"
     out.mkdir()
     for f in run.iterdir():
-        (out / f.name).write_bytes(f.read_bytes())
+        if f.is_file() and (record or f.name != RECORD):
+            (out / f.name).write_bytes(f.read_bytes())
     return out
 
 
@@ -216,3 +215,71 @@ def test_resume_of_a_finished_run_reads_it_back(finished, mnist):
     assert "already holds this run, finished; nothing to do" in logs[0]
     saved = torch.load(finished / WEIGHTS, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in result.model.state_dict().items())
+
+
+@pytest.mark.parametrize("tamper, message", [
+    ("config", "config.json: is not the file this run finished with (finished.json records another)"),
+    ("weights", "model.pt: is not the file this run finished with"),
+    ("metrics", "metrics.json: is not the file this run finished with"),
+    ("failed", "failed.json: came after the run finished"),
+    ("record", "finished.json: is not the record of a finished run"),
+])
+def test_a_finished_runs_files_are_bound_by_its_record(finished, tmp_path, mnist, tamper, message):
+    """An edited config.json with its hash kept, another run's weights, metrics doctored consistently (json and
+    csv), a planted failed.json: never reused as this run, never a false "failed"."""
+    run = copy_of(finished, tmp_path, record=True)
+    assert read_run(run, CONFIG_A).status is Status.FINISHED
+    if tamper == "config":
+        saved = json.loads((run / CONFIG).read_text())
+        saved["parameters"] += 1
+        (run / CONFIG).write_text(json.dumps(saved))
+    elif tamper == "weights":
+        other = train(quick(norm="layer", epochs=2, seed=1), data=mnist, progress=False, log=quiet)
+        torch.save(other.model.state_dict(), run / WEIGHTS)
+    elif tamper == "metrics":
+        edited_metrics(run, lambda rows: rows[1].update(test_acc=rows[1]["test_acc"] + 1))
+        (run / METRICS_CSV).write_text(metrics_csv(json.loads((run / METRICS_JSON).read_text()), CONFIG_A))
+    elif tamper == "failed":
+        (run / "failed.json").write_text(json.dumps({"epoch": 1, "step": 3, "reason": "planted"}))
+    else:
+        (run / RECORD).write_text("[]")
+    with pytest.raises(UserError) as e:
+        read_run(run, CONFIG_A)
+    assert message in str(e.value) and "add force to retrain this run" in str(e.value)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("longer", "holds 2 epochs of a 2-epoch run"),
+    ("optimizer", "lacks the optimizer's state"),
+    ("rng", "lacks the random generators' states"),
+    ("schedule", "its schedule is not 1 epochs"),
+    ("model", "its state does not fit this run (RuntimeError)"),
+])
+def test_a_checkpoint_that_loads_but_does_not_fit_is_one_line_and_kept(tmp_path, mnist, damage, message):
+    """Never a false "done" with the wrong weights, never a deleted resume point, never a traceback."""
+    run = tmp_path / "partial"
+
+    def stop_in_epoch_2(line):  # epoch 1 is saved; epoch 2's row is logged before it would be
+        if line.lstrip().startswith("2 "):
+            raise Interrupted(2)
+
+    with pytest.raises(Interrupted):
+        train(CONFIG_A, out=run, data=mnist, progress=False, log=stop_in_epoch_2)
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    if damage == "longer":
+        state["metrics"].append({**state["metrics"][0], "epoch": 2})
+    elif damage == "optimizer":
+        del state["optimizer"]
+    elif damage == "rng":
+        del state["rng"]["generator"]
+    elif damage == "schedule":
+        state["schedule"]["last_epoch"] = 0
+    else:
+        name = next(iter(state["model"]))
+        state["model"][name] = torch.zeros(3)
+    torch.save(state, run / CHECKPOINT)
+    before = (run / CHECKPOINT).read_bytes()
+    with pytest.raises(UserError) as e:
+        train(CONFIG_A, out=run, data=mnist, progress=False, log=quiet, resume=True)
+    assert message in str(e.value) and "checkpoint.pt" in str(e.value) and "force" in str(e.value)
+    assert (run / CHECKPOINT).read_bytes() == before and not (run / WEIGHTS).exists()

@@ -1,9 +1,22 @@
 import math
 import statistics
 
+import numpy as np
 import pytest
 
-from normlab.report.stats import choose_on_validation, interval, paired_difference, t_975
+from normlab.report.stats import (
+    Comparison,
+    choose_on_validation,
+    holm,
+    interval,
+    paired_bootstrap,
+    paired_difference,
+    paired_t,
+    t_975,
+    t_sf,
+    tost,
+    verdict,
+)
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (30, 2.042), (40, 2.021),
@@ -50,3 +63,56 @@ def test_the_choice_on_validation_takes_the_best_mean_ties_to_the_smaller_and_ne
     assert choose_on_validation({0.1: [99.38], 0.2: [99.39]}) == 0.2  # one image of 10,000 is no tie
     assert choose_on_validation({0.1: [98.0, 98.0], 0.4: [99.9, None]}) == 0.1  # 0.4 diverged on one seed
     assert choose_on_validation({0.1: [None], 0.4: [None]}) is None
+
+
+def test_t_sf_matches_the_t_tables():
+    for df, q in ((1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)):
+        assert 2 * t_sf(q, df) == pytest.approx(0.05, abs=2e-4)
+    assert t_sf(0.0, 5) == pytest.approx(0.5) and t_sf(-3.0, 7) == pytest.approx(1 - t_sf(3.0, 7))
+
+
+def test_holm_steps_down_and_keeps_the_order():
+    assert holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan], nan_ok=True)
+    assert holm([0.5]) == [0.5]
+
+
+def test_zero_spread_or_one_seed_measures_nothing_and_claims_nothing():
+    """FRN's 90.23 % on all three Fashion seeds: a difference without spread is not 'supported'."""
+    flat = paired_t([0.18, 0.18, 0.18])
+    assert not flat.estimable and math.isnan(flat.p) and math.isnan(tost([0.18, 0.18, 0.18], 0.5))
+    strong_images = Comparison(0.18, 0.1, 0.3, 0.001, 30000, True)
+    assert verdict(flat, strong_images, flat.p, 0.001, math.nan, 0.5) == "inconclusive"
+    assert not paired_t([0.3]).estimable
+
+
+def test_two_degrees_of_freedom_alone_or_one_lucky_seed_is_not_a_difference():
+    """Three seeds agree on +0.1 points (10 of 10,000 images): the seeds' t-test alone would call it; the images
+    that tell the two apart (about 280 each way) say the test set cannot."""
+    rng = np.random.default_rng(0)
+    a, b = np.ones((3, 10000), bool), np.ones((3, 10000), bool)
+    for seed, b_wrong in enumerate((145, 146, 144)):
+        order = rng.permutation(10000)
+        a[seed, order[:135]] = False
+        b[seed, order[135:135 + b_wrong]] = False
+    seeds = paired_t(list((a.mean(1) - b.mean(1)) * 100))
+    assert seeds.estimable and seeds.p < 0.05
+    images = paired_bootstrap(a, b, rounds=500)
+    assert images.low < 0 < images.high
+    assert verdict(seeds, images, seeds.p, images.p, math.nan, 0.05) == "inconclusive"
+    lucky = paired_t([1.5, -0.1, 0.05])  # one lucky seed
+    assert lucky.low < 0 < lucky.high and verdict(lucky, images, lucky.p, 0.0, math.nan, 0.1) == "inconclusive"
+
+
+def test_a_real_difference_is_found_by_both_tests_and_equivalence_needs_tost():
+    rng = np.random.default_rng(1)
+    b = rng.random((3, 10000)) < 0.85
+    a = b | (rng.random((3, 10000)) < 0.2)  # a gets right about 3 points more images
+    images = paired_bootstrap(a, b, rounds=500)
+    seeds = paired_t(list((a.mean(1) - b.mean(1)) * 100))
+    assert images.low > 0 and seeds.p < 0.05
+    assert verdict(seeds, images, seeds.p, images.p, math.nan, 0.5) == "higher"
+    same = [0.01, -0.02, 0.015, -0.005, 0.0]
+    assert tost(same, 0.1) < 0.05 and tost(same, 0.01) > 0.05
+    assert verdict(paired_t(same), images, 1.0, 1.0, tost(same, 0.1), 0.1) == "equivalent within ±0.1 points"
+    identical = paired_bootstrap(a, a, rounds=200)
+    assert not identical.estimable and identical.mean == 0

@@ -6,7 +6,7 @@ import torch
 from conftest import quiet, without_seconds
 
 from normlab.engine.config import TrainConfig
-from normlab.engine.runs import WEIGHTS
+from normlab.engine.runfiles import WEIGHTS
 from normlab.engine.train import train
 from normlab.errors import UserError
 from normlab.machine import cpu_cores
@@ -127,7 +127,8 @@ def test_a_broken_file_in_a_finished_run_is_one_line_or_retrained_with_force(tmp
     config = TrainConfig(epochs=1, train_limit=500, test_limit=100, batch_size=50)
     run_study(out, ["ln"], [0], config, progress=False, log=quiet)
     (out / "ln" / "b50" / "seed0" / WEIGHTS).write_bytes(b"")
-    with pytest.raises(UserError, match=r"model.pt: not readable weights of this model \(.*\); add force"):
+    with pytest.raises(UserError, match=r"model.pt: is not the file this run finished with \(finished.json records "
+                                         r"another\); add force"):
         run_study(out, ["ln"], [0], config, progress=False, log=quiet)
     results = run_study(out, ["ln"], [0], config, progress=False, log=quiet, force=True)
     assert results["runs"][0]["final_test_acc"] > 0
@@ -313,3 +314,15 @@ def test_a_study_of_the_residual_network_trains_its_runs_apart_and_reports_them(
     assert "2 variants of resnet (ResNet-8, 19k parameters" in (out / "report.md").read_text()
     assert (out / "misclassified_gn.png").is_file()
     assert json.loads((out / "bn" / "b64" / "seed0" / "config.json").read_text())["config"]["model"] == "resnet"
+
+
+def test_one_at_a_time_a_run_held_elsewhere_fails_alone_and_the_others_train(tmp_path, mnist):
+    from normlab.files import FolderLock
+
+    out, base = tmp_path / "study", TrainConfig(epochs=1, train_limit=640, test_limit=200, batch_size=64)
+    run_study(out, ["ln"], [1], base, jobs=1, progress=False, log=quiet)
+    held = out / "gn" / "b64" / "seed0"
+    held.mkdir(parents=True)
+    with FolderLock(held), pytest.raises(UserError, match=r"gn, batch 64, seed 0: .*in use by another normlab"):
+        run_study(out, ["gn", "ln"], [0], base, jobs=1, progress=False, log=quiet)
+    assert (out / "ln" / "b64" / "seed0" / WEIGHTS).is_file() and not (held / WEIGHTS).exists()

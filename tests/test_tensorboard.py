@@ -9,7 +9,7 @@ import pytest
 from conftest import quick
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from normlab.engine.runs import CHECKPOINT
+from normlab.engine.runfiles import CHECKPOINT
 from normlab.engine.tensorboard import FOLDER, tag
 from normlab.engine.train import train
 from normlab.errors import Interrupted, UserError

@@ -39,7 +39,7 @@ PRELOADED = ("normlab.study.study", "normlab.report.explain", "normlab.report.su
 
 def train_one(config: Any, out: Path, args: argparse.Namespace, data: Any = None) -> Any:
     """train() for `normlab train` and main.py: a stop says what was kept, a failed run becomes RunFailed."""
-    from normlab.engine.runs import CHECKPOINT, read_metrics
+    from normlab.engine.runfiles import CHECKPOINT, read_metrics
     from normlab.engine.train import train
 
     try:

@@ -31,13 +31,14 @@ from torch import Tensor, nn
 
 from normlab.data.augment import Augment
 from normlab.data.datasets import Dataset, DatasetInfo
-from normlab.engine.checkpoint import restore_training_state, training_state
+from normlab.engine.checkpoint import training_state
 from normlab.engine.config import TrainConfig
 from normlab.engine.evalstats import evaluation_statistics
 from normlab.engine.fusedgraph import FusedGraph
 from normlab.engine.graphed import Epoch
 from normlab.engine.predict import normalize, pixels
-from normlab.engine.runs import Job, RunFolder, metric_columns, open_run
+from normlab.engine.runfiles import metric_columns
+from normlab.engine.runs import Job, RunFolder, open_run
 from normlab.engine.sgd import SGD, OneCycle
 from normlab.engine.train import NON_FINITE, RunResult, epoch_row, read_back, set_training_mode, setup, start_log
 from normlab.errors import StopFlag
@@ -257,7 +258,7 @@ def member(config: TrainConfig, out: Path, folder: RunFolder, data: Dataset, dev
     model, optimizer, schedule, generator, augment = setup(config, device)
     result = RunResult(config, model, count_parameters(model))
     if folder.resume_state is not None:
-        result.metrics = restore_training_state(folder.resume_state, model, optimizer, schedule, generator)
+        result.metrics = folder.restore(model, optimizer, schedule, generator)
         log(f"normlab train: resuming {out} after epoch {len(result.metrics)}")
     rest, val_x, val_y = data.split(config.val_size, config.seed)
     train_x, train_y, _, _ = rest.limit(config.train_limit, config.test_limit).to(device).tensors()

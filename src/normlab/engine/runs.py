@@ -1,11 +1,5 @@
-"""The run folder: its layout, writing it, reading it back, and what it holds for a given config.
-
-    <run>/config.json     the config, its hash (config + model layout), parameter count, environment
-    <run>/metrics.csv     one row per finished epoch (also metrics.json)
-    <run>/checkpoint.pt   while the run is unfinished: its state after the last finished epoch
-    <run>/model.pt        the final weights, a state dict (once finished)
-    <run>/evaluation.json a norm with batch statistics: test accuracy under three evaluation statistics
-    <run>/failed.json     where the loss became non-finite (a failed run)
+"""The run folder's life: a run's identity (its config's hash), writing its files, and what it holds for a given
+config (its files and their checks: normlab.engine.runfiles).
 
 Every file is written atomically; every file read back is checked, and a broken one is a one-line error
 naming it. A run is *finished* when config.json has this config's hash, metrics.json holds all its epochs
@@ -14,11 +8,9 @@ and model.pt loads into the model; it *failed* when failed.json says so.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,17 +21,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from normlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from normlab.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from normlab.engine.config import TrainConfig
-from normlab.engine.evalstats import WAYS
+from normlab.engine.runfiles import (
+    CHECKPOINT,
+    CONFIG,
+    EVALUATION,
+    FAILED,
+    METRICS_CSV,
+    METRICS_JSON,
+    RECORD,
+    RUN_FILES,
+    WEIGHTS,
+    broken,
+    check_metrics_csv,
+    check_record,
+    check_resume_state,
+    load_weights,
+    metrics_csv,
+    read_evaluation,
+    read_json,
+    read_metrics,
+    save_evaluation,
+    sha256,
+)
+from normlab.engine.sgd import SGD, OneCycle
 from normlab.engine.tensorboard import EventLog, remove_events
 from normlab.errors import UserError
 from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atomic
 from normlab.nn.models import MODELS, model_entry
 
-CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
-CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
-RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED, EVALUATION)
 # Where or how fast a run goes, or what else it writes: not what it computes.
 NOT_HASHED = ("device", "threads", "data_dir", "download", "tensorboard", "allow_long")
 SCHEMA = 2  # config.json: a run is named by the hash of every setting but NOT_HASHED, and the model's layout
@@ -110,66 +121,6 @@ class SavedRun:
     hash: str = ""           # for PARTIAL: the run's hash as its config.json (and so its checkpoint) records it
 
 
-def metric_columns(config: TrainConfig) -> list[tuple[str, int, str]]:
-    """A run's per-epoch metrics (name, width, format), in the order of metrics.csv and of the log's table."""
-    val = [("val_loss", 9, ".4f"), ("val_acc", 8, ".2f")] if config.val_size else []
-    return [("epoch", 5, ""), ("train_loss", 10, ".4f"), ("train_acc", 9, ".2f"), *val, ("test_loss", 9, ".4f"),
-            ("test_acc", 8, ".2f"), ("lr", 8, ".5f"), ("seconds", 7, ".1f")]
-
-
-def _broken(path: Path, problem: str) -> UserError:
-    return UserError(f"{path}: {problem}; add {{force}} to retrain this run (or delete {path.parent})")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise _broken(path, f"cannot be read ({type(e).__name__})") from None
-
-
-def read_metrics(folder: Path, config: TrainConfig) -> list[dict[str, float]]:
-    """metrics.json: a list of rows, each with every column of ``config``'s run as a finite number."""
-    path = folder / METRICS_JSON
-    rows = _read_json(path)
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise _broken(path, "is not a list of per-epoch rows")
-    names = [name for name, _, _ in metric_columns(config)]
-    for i, row in enumerate(rows, 1):
-        missing = [c for c in names if not isinstance(row.get(c), int | float) or isinstance(row[c], bool)]
-        if missing or row["epoch"] != i:
-            raise _broken(path, f"row {i} lacks {', '.join(missing) or 'its epoch number'}")
-        if not all(math.isfinite(row[c]) for c in names):
-            raise _broken(path, f"row {i} holds a value that is not a finite number")
-        impossible = [c for c in names if row[c] < 0 or (c.endswith("_acc") and row[c] > 100)]
-        if impossible:
-            raise _broken(path, f"row {i} holds an impossible {', '.join(impossible)} (below 0, or an accuracy "
-                                "above 100)")
-    return rows
-
-
-def check_metrics_csv(folder: Path, metrics: list[dict[str, float]], config: TrainConfig) -> None:
-    """metrics.csv must say what metrics.json says: the same rows, to the last digit."""
-    path = folder / METRICS_CSV
-    try:
-        same = path.read_text() == metrics_csv(metrics, config)
-    except (OSError, UnicodeDecodeError) as e:
-        raise _broken(path, f"cannot be read ({type(e).__name__})") from None
-    if not same:
-        raise _broken(path, f"does not hold the rows of {METRICS_JSON}")
-
-
-def load_weights(folder: Path, config: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
-    """The run's final model, model.pt loaded into ``config``'s model; a broken file is a one-line error."""
-    path = folder / WEIGHTS
-    model = config.build_model().to(device)
-    try:
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    except Exception as e:  # whatever torch raises for a file that is not these weights
-        raise _broken(path, f"not readable weights of this model ({type(e).__name__})") from None
-    return model
-
-
 def _differences(saved: dict[str, Any], config: TrainConfig) -> str:
     asked = config.to_dict()
     changed = [f"{k} {saved.get(k, SCHEMA_1_VALUES.get(k))!r}, not {v!r}" for k, v in asked.items()
@@ -181,9 +132,9 @@ def read_run(folder: Path, config: TrainConfig) -> SavedRun:
     """What ``folder`` holds for ``config``; raises a one-line UserError for a file that cannot be read."""
     if not (folder / CONFIG).is_file():
         return SavedRun(Status.NEW)
-    saved = _read_json(folder / CONFIG)
+    saved = read_json(folder / CONFIG)
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise _broken(folder / CONFIG, "is not a normlab run config")
+        raise broken(folder / CONFIG, "is not a normlab run config")
     has_work = any((folder / name).is_file() for name in (METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED))
     schema = saved.get("schema", 1)
     if schema not in (1, SCHEMA):
@@ -194,19 +145,22 @@ def read_run(folder: Path, config: TrainConfig) -> SavedRun:
             else SavedRun(Status.NEW)
     parameters = saved.get("parameters")
     if not isinstance(parameters, int):
-        raise _broken(folder / CONFIG, "does not give the model's parameter count")
-    if (folder / FAILED).is_file():
-        failure = _read_json(folder / FAILED)
+        raise broken(folder / CONFIG, "does not give the model's parameter count")
+    recorded = (folder / WEIGHTS).is_file() and (folder / RECORD).is_file()
+    if recorded:  # a finished run's files must be the ones it finished with
+        check_record(folder)
+    if (folder / FAILED).is_file() and not recorded:
+        failure = read_json(folder / FAILED)
         if not isinstance(failure, dict) or not {"epoch", "step", "reason"} <= failure.keys():
-            raise _broken(folder / FAILED, "does not say where the run failed")
+            raise broken(folder / FAILED, "does not say where the run failed")
         metrics = read_metrics(folder, config) if (folder / METRICS_JSON).is_file() else []
         return SavedRun(Status.FAILED, metrics, failure, parameters, environment=saved.get("environment") or {})
     if (folder / WEIGHTS).is_file():  # the weights are written last: the run finished, its files must agree
         if not (folder / METRICS_JSON).is_file():
-            raise _broken(folder / METRICS_JSON, "is missing from a finished run")
+            raise broken(folder / METRICS_JSON, "is missing from a finished run")
         metrics = read_metrics(folder, config)
         if len(metrics) != config.epochs:
-            raise _broken(folder / METRICS_JSON, f"holds {len(metrics)} of the finished run's {config.epochs} epochs")
+            raise broken(folder / METRICS_JSON, f"holds {len(metrics)} of the finished run's {config.epochs} epochs")
         check_metrics_csv(folder, metrics, config)
         return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(folder, config),
                         evaluation=read_evaluation(folder), environment=saved.get("environment") or {})
@@ -215,32 +169,8 @@ def read_run(folder: Path, config: TrainConfig) -> SavedRun:
     return SavedRun(Status.NEW)
 
 
-def read_evaluation(folder: Path) -> dict[str, float] | None:
-    """evaluation.json, when the run has one: finite accuracies from 0 to 100 under each evaluation statistics."""
-    path = folder / EVALUATION
-    if not path.is_file():
-        return None
-    values = _read_json(path)
-    if not isinstance(values, dict) or not all(isinstance(values.get(k), int | float) and math.isfinite(values[k])
-                                               and 0 <= values[k] <= 100 for k in WAYS):
-        raise _broken(path, f"does not hold the test accuracies {', '.join(WAYS)} from 0 to 100")
-    return values
-
-
-def save_evaluation(folder: Path, evaluation: dict[str, float]) -> None:
-    write_atomic(folder / EVALUATION, json.dumps(evaluation, indent=2))
-
-
 def is_finished(folder: Path, config: TrainConfig) -> bool:
     return read_run(folder, config).status is Status.FINISHED
-
-
-def metrics_csv(metrics: list[dict[str, float]], config: TrainConfig) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[name for name, _, _ in metric_columns(config)], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(metrics)
-    return buf.getvalue()
 
 
 class RunFolder:
@@ -251,6 +181,16 @@ class RunFolder:
         self.path, self.config, self.hash = path, config, recorded_hash or config_hash(config)
         self.resume_state, self.finished = resume_state, finished
         self.events: EventLog | None = None
+
+    def restore(self, model: nn.Module, optimizer: SGD, schedule: OneCycle, generator: torch.Generator
+                ) -> list[dict[str, float]]:
+        """The checkpoint's state put back (its metrics returned); a state that does not fit the run is one line."""
+        assert self.resume_state is not None
+        try:
+            return restore_training_state(self.resume_state, model, optimizer, schedule, generator)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise UserError(f"{self.path / CHECKPOINT}: its state does not fit this run ({type(e).__name__}); add "
+                            "{force} to start the run over (the checkpoint is left as it is)") from None
 
     def start(self, parameters: int, environment: dict[str, Any]) -> None:
         """A fresh run writes its config.json, then removes what an earlier run left (a failed write keeps it all)."""
@@ -284,10 +224,17 @@ class RunFolder:
             self.events = None
 
     def finish(self, model: nn.Module, evaluation: dict[str, float] | None = None) -> None:
-        """The evaluation first, the weights last: they mark the run finished."""
+        """The evaluation first, then the record binding the run's files together, the weights last: they mark the
+        run finished."""
         if evaluation is not None:
             save_evaluation(self.path, evaluation)
-        replace_atomic(self.path / WEIGHTS, lambda f: torch.save(model.state_dict(), f))
+        weights = io.BytesIO()
+        torch.save(model.state_dict(), weights)
+        files = {name: sha256((self.path / name).read_bytes()) for name in (CONFIG, METRICS_JSON, METRICS_CSV,
+                                                                            EVALUATION) if (self.path / name).is_file()}
+        write_atomic(self.path / RECORD, json.dumps({"sha256": {**files, WEIGHTS: sha256(weights.getvalue())}},
+                                                    indent=2))
+        replace_atomic(self.path / WEIGHTS, lambda f: f.write(weights.getvalue()))
         (self.path / CHECKPOINT).unlink(missing_ok=True)
         self.close_events()
 
@@ -337,6 +284,7 @@ def open_run(out: Path | None, config: TrainConfig, force: bool = False, resume:
             if state["config_hash"] != saved.hash:
                 raise UserError(f"{out / CHECKPOINT}: made with a different config; resume with the same settings, "
                                 "or add {force} to start over")
+            check_resume_state(state, out / CHECKPOINT, config)
             yield RunFolder(out, config, resume_state=state, recorded_hash=saved.hash)
         elif saved.status in (Status.FINISHED, Status.FAILED):
             yield RunFolder(out, config, finished=saved)

@@ -25,12 +25,13 @@ from torch import Tensor, nn
 
 from normlab.data.augment import Affine, Augment, CropFlip
 from normlab.data.datasets import Dataset, DatasetInfo, load_dataset
-from normlab.engine.checkpoint import restore_training_state, training_state
+from normlab.engine.checkpoint import training_state
 from normlab.engine.config import TrainConfig
 from normlab.engine.evalstats import evaluation_statistics
 from normlab.engine.graphed import Epoch, GraphedRun
 from normlab.engine.predict import evaluate, normalize, pixels
-from normlab.engine.runs import RunFolder, SavedRun, metric_columns, open_run
+from normlab.engine.runfiles import metric_columns
+from normlab.engine.runs import RunFolder, SavedRun, open_run
 from normlab.engine.sgd import SGD, OneCycle
 from normlab.errors import StopFlag
 from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
@@ -79,7 +80,7 @@ def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | No
         model, optimizer, schedule, generator, augment = setup(config, device)
         result = RunResult(config, model, count_parameters(model))
         if folder.resume_state is not None:
-            result.metrics = restore_training_state(folder.resume_state, model, optimizer, schedule, generator)
+            result.metrics = folder.restore(model, optimizer, schedule, generator)
             log(f"normlab train: resuming {out} after epoch {len(result.metrics)}")
         start_log(folder, result, device, data, len(train_x), len(val_x), len(test_x), sharing, log)
         graphed = GraphedRun(model, optimizer, schedule, config, info,

@@ -26,10 +26,12 @@ from queue import Empty
 from typing import Any
 
 from normlab.data.datasets import Dataset
-from normlab.engine.runs import CHECKPOINT, WEIGHTS, Job
+from normlab.engine.runfiles import CHECKPOINT, WEIGHTS
+from normlab.engine.runs import Job
+from normlab.engine.tensorboard import remove_events
 from normlab.engine.train import train
 from normlab.errors import Interrupted, RunFailed, UserError, signal_handlers_kept, signals_recorded
-from normlab.files import LOCK, FolderLock, lock_is_held, replace_atomic
+from normlab.files import LOCK, FolderLock, lock_is_held, refuse_links, replace_atomic
 from normlab.machine import command_line
 from normlab.study.jobs import GPU_RUNS_AT_ONCE
 
@@ -119,7 +121,8 @@ def train_task(job: Job, files: dict[str, bytes], data: Dataset, messages: Any, 
         train(job.config, out=folder, data=data, progress=False, resume=True,
               log=lambda line: messages.put((job.label, line.replace(str(folder), str(job.out)))),
               sharing={"backend": "ray", "runs_at_once": None, "command": command})
-        return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")  # tensorboard/ too
+                if p.is_file() and not p.name.startswith(".")}
 
 
 def remove_dead_scratch(root: Path, older_than: float = 60, locked_only: bool = False) -> None:
@@ -145,15 +148,19 @@ def files_to_send(job: Job) -> dict[str, bytes]:
 
 
 def write_run(folder: Path, files: dict[str, bytes]) -> None:
-    """A run's files as the worker left them, replacing what the folder held; the weights, which mark a
-    finished run, last."""
+    """A run's files as the worker left them (its TensorBoard curves too), replacing what the folder held; the
+    weights, which mark a finished run, last."""
     folder.mkdir(parents=True, exist_ok=True)
     with FolderLock(folder):
         for old in folder.iterdir():
             if old.is_file() and not old.name.startswith(".") and old.name not in files:
                 old.unlink()
+        remove_events(folder)
         for name in sorted(files, key=lambda n: n == WEIGHTS):
-            replace_atomic(folder / name, lambda f, content=files[name]: f.write(content))
+            path = folder.joinpath(*Path(name).parts[-2:])  # a run's files, or tensorboard/<events>: never outside
+            refuse_links(path.parent)
+            path.parent.mkdir(exist_ok=True)
+            replace_atomic(path, lambda f, content=files[name]: f.write(content))
 
 
 def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], None], cpus: int, device: str,

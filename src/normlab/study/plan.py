@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from normlab.engine.config import TrainConfig
-from normlab.engine.runs import CONFIG, SavedRun, Status, read_run
+from normlab.engine.runfiles import CONFIG
+from normlab.engine.runs import SavedRun, Status, read_run
 from normlab.errors import UserError
 from normlab.files import check_folder, refuse_links
 from normlab.nn.norms import CONV_MODIFIERS, NORMS, canonical_norm, names_where

@@ -29,7 +29,8 @@ from normlab.data.datasets import Dataset, load_dataset
 from normlab.engine.config import TrainConfig
 from normlab.engine.evalstats import WAYS, evaluation_statistics
 from normlab.engine.fused import train_jobs_fused
-from normlab.engine.runs import CONFIG, WEIGHTS, Job, Status, save_evaluation
+from normlab.engine.runfiles import CONFIG, WEIGHTS, save_evaluation
+from normlab.engine.runs import Job, Status
 from normlab.engine.train import train
 from normlab.errors import UserError
 from normlab.files import FolderLock, prepare_folder, write_atomic
@@ -227,9 +228,15 @@ def train_runs(plan: list[PlannedRun], data: Dataset, device: torch.device, jobs
         log(f"training {len(todo)} runs, {min(jobs, len(todo))} at a time, {where}")
         run_in_threads(todo, jobs, data, device, log)
         return
-    for job in todo:
+    errors = []
+    for job in todo:  # as the threads do: a run refused (its folder held elsewhere) lets the others train
         log(f"\n{job.heading}")
-        train(job.config, out=job.out, data=data, progress=progress, log=log, force=job.force, resume=True)
+        try:
+            train(job.config, out=job.out, data=data, progress=progress, log=log, force=job.force, resume=True)
+        except UserError as e:
+            errors.append(f"{job.label}: {e}")
+    if errors:
+        raise UserError("; ".join(errors))
 
 
 def conv_weight_l1(model: torch.nn.Module) -> float:

@@ -1,0 +1,175 @@
+"""A run folder's files: their names, and each read back checked for what it must hold, not only that it loads.
+
+    <run>/config.json     the config, its hash (config + model layout), parameter count, environment
+    <run>/metrics.csv     one row per finished epoch (also metrics.json)
+    <run>/checkpoint.pt   while the run is unfinished: its state after the last finished epoch
+    <run>/model.pt        the final weights, a state dict (once finished)
+    <run>/finished.json   the sha256 of each file of the finished run, written just before model.pt
+    <run>/evaluation.json a norm with batch statistics: test accuracy under three evaluation statistics
+    <run>/failed.json     where the loss became non-finite (a failed run)
+
+A broken or mismatched file is a one-line error naming it and the fix (``--force``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from normlab.engine.config import TrainConfig
+from normlab.engine.evalstats import WAYS
+from normlab.errors import UserError
+from normlab.files import write_atomic
+
+CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
+CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
+RECORD = "finished.json"  # the sha256 of each file of a finished run, written just before its weights
+RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED, EVALUATION, RECORD)
+
+def metric_columns(config: TrainConfig) -> list[tuple[str, int, str]]:
+    """A run's per-epoch metrics (name, width, format), in the order of metrics.csv and of the log's table."""
+    val = [("val_loss", 9, ".4f"), ("val_acc", 8, ".2f")] if config.val_size else []
+    return [("epoch", 5, ""), ("train_loss", 10, ".4f"), ("train_acc", 9, ".2f"), *val, ("test_loss", 9, ".4f"),
+            ("test_acc", 8, ".2f"), ("lr", 8, ".5f"), ("seconds", 7, ".1f")]
+
+
+def broken(path: Path, problem: str) -> UserError:
+    return UserError(f"{path}: {problem}; add {{force}} to retrain this run (or delete {path.parent})")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise broken(path, f"cannot be read ({type(e).__name__})") from None
+
+
+def read_metrics(folder: Path, config: TrainConfig) -> list[dict[str, float]]:
+    """metrics.json: a list of rows, each with every column of ``config``'s run as a finite number."""
+    path = folder / METRICS_JSON
+    return check_rows(read_json(path), path, config)
+
+
+def check_rows(rows: Any, path: Path, config: TrainConfig) -> list[dict[str, float]]:
+    """Per-epoch rows as metrics.json and a checkpoint hold them: epochs 1, 2, … each with every column."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise broken(path, "is not a list of per-epoch rows")
+    names = [name for name, _, _ in metric_columns(config)]
+    for i, row in enumerate(rows, 1):
+        missing = [c for c in names if not isinstance(row.get(c), int | float) or isinstance(row[c], bool)]
+        if missing or row["epoch"] != i:
+            raise broken(path, f"row {i} lacks {', '.join(missing) or 'its epoch number'}")
+        if not all(math.isfinite(row[c]) for c in names):
+            raise broken(path, f"row {i} holds a value that is not a finite number")
+        impossible = [c for c in names if row[c] < 0 or (c.endswith("_acc") and row[c] > 100)]
+        if impossible:
+            raise broken(path, f"row {i} holds an impossible {', '.join(impossible)} (below 0, or an accuracy "
+                                "above 100)")
+    return rows
+
+
+def check_metrics_csv(folder: Path, metrics: list[dict[str, float]], config: TrainConfig) -> None:
+    """metrics.csv must say what metrics.json says: the same rows, to the last digit."""
+    path = folder / METRICS_CSV
+    try:
+        same = path.read_text() == metrics_csv(metrics, config)
+    except (OSError, UnicodeDecodeError) as e:
+        raise broken(path, f"cannot be read ({type(e).__name__})") from None
+    if not same:
+        raise broken(path, f"does not hold the rows of {METRICS_JSON}")
+
+
+def load_weights(folder: Path, config: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The run's final model, model.pt loaded into ``config``'s model; a broken file is a one-line error."""
+    path = folder / WEIGHTS
+    model = config.build_model().to(device)
+    try:
+        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    except Exception as e:  # whatever torch raises for a file that is not these weights
+        raise broken(path, f"not readable weights of this model ({type(e).__name__})") from None
+    return model
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_record(folder: Path) -> None:
+    """Each file finished.json lists has the hash it had when the run finished, and no failed.json came since: an
+    edited, swapped or planted file is one line naming it (runs finished before normlab wrote records: none)."""
+    record = read_json(folder / RECORD)
+    hashes = record.get("sha256") if isinstance(record, dict) else None
+    if not isinstance(hashes, dict) or WEIGHTS not in hashes or not set(hashes) <= set(RUN_FILES):
+        raise broken(folder / RECORD, "is not the record of a finished run")
+    for name, digest in hashes.items():
+        path = folder / name
+        try:
+            same = path.is_file() and sha256(path.read_bytes()) == digest
+        except OSError as e:
+            raise broken(path, f"cannot be read ({type(e).__name__})") from None
+        if not same:
+            raise broken(path, f"is not the file this run finished with ({RECORD} records another)")
+    if (folder / FAILED).is_file():
+        raise broken(folder / FAILED, f"came after the run finished ({RECORD} records a finished run)")
+
+
+def check_resume_state(state: dict[str, Any], path: Path, config: TrainConfig) -> None:
+    """A checkpoint holds what resuming needs, and its parts agree: k finished epochs' rows (k below the run's
+    epochs), a schedule k epochs of steps in, and the optimizer's and RNGs' states. Anything else is one line, and
+    the checkpoint is kept (a false "done" would delete it)."""
+    def broken(problem: str) -> UserError:
+        return UserError(f"{path}: {problem}; add {{force}} to start the run over (the checkpoint is left as it is)")
+
+    parts = {"metrics": "the metrics", "model": "the model's weights", "optimizer": "the optimizer's state",
+             "schedule": "the schedule's state", "rng": "the random generators' states"}
+    rng = state.get("rng")
+    missing = [what for key, what in parts.items() if key not in state
+               or (key == "rng" and not (isinstance(rng, dict) and {"torch", "generator", "cuda"} <= rng.keys()))]
+    if missing:
+        raise broken(f"lacks {', '.join(missing)}")
+    try:
+        rows = check_rows(state["metrics"], path, config)
+    except UserError:
+        raise broken("holds per-epoch metrics that are not a run's") from None
+    schedule, steps = state["schedule"], len(rows) * config.steps_per_epoch
+    if not 1 <= len(rows) < config.epochs:
+        raise broken(f"holds {len(rows)} epochs of a {config.epochs}-epoch run")
+    if not isinstance(schedule, dict) or schedule.get("last_epoch") != steps \
+            or schedule.get("total_steps") != config.steps:
+        raise broken(f"its schedule is not {len(rows)} epochs ({steps} steps) into the run's {config.steps}")
+    optimizer = state["optimizer"]
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("param_groups"), list) \
+            or not isinstance(optimizer.get("state"), dict):
+        raise broken("its optimizer state is not SGD's")
+
+
+def read_evaluation(folder: Path) -> dict[str, float] | None:
+    """evaluation.json, when the run has one: finite accuracies from 0 to 100 under each evaluation statistics."""
+    path = folder / EVALUATION
+    if not path.is_file():
+        return None
+    values = read_json(path)
+    if not isinstance(values, dict) or not all(isinstance(values.get(k), int | float) and math.isfinite(values[k])
+                                               and 0 <= values[k] <= 100 for k in WAYS):
+        raise broken(path, f"does not hold the test accuracies {', '.join(WAYS)} from 0 to 100")
+    return values
+
+
+def save_evaluation(folder: Path, evaluation: dict[str, float]) -> None:
+    write_atomic(folder / EVALUATION, json.dumps(evaluation, indent=2))
+
+
+def metrics_csv(metrics: list[dict[str, float]], config: TrainConfig) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[name for name, _, _ in metric_columns(config)], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(metrics)
+    return buf.getvalue()
