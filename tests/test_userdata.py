@@ -175,7 +175,7 @@ def test_npz_and_folder_studies_run_end_to_end_with_a_users_model(tmp_path: Path
     assert main(["study", "--variants", "bn", "gn", "--dataset", f"npz:{tmp_path / 'c.npz'}", "--model",
                  f"{tmp_path / 'model.py'}:make", "--out", str(out), *tiny]) == 0
     assert {"graph1_test_loss.png", "misclassified_gn.png", "report.md"} <= {p.name for p in out.iterdir()}
-    assert "on real c.npz (100 test images)" in (out / "report.md").read_text()
+    assert "on the images of npz:c.npz (100 test images)" in (out / "report.md").read_text()
     write_folder(tmp_path / "pics" / "train", tinted(a["x_train"], a["y_train"]), a["y_train"], mnist.info.classes)
     write_folder(tmp_path / "pics" / "val", tinted(a["x_test"], a["y_test"]), a["y_test"], mnist.info.classes)
     out = tmp_path / "folder-study"

@@ -209,10 +209,17 @@ def what_was_run(results: dict[str, Any]) -> str:
     name = base.get("model", "normlab")
     model = "" if name == "normlab" else f" of {name} ({MODELS[name].summary})" if name in MODELS else \
         f" of the user's model {name}"
+    data = data_words(base.get("dataset", "mnist"), results["dataset_title"])
     return (f"{n} variant{'s' * (n != 1)}{model}{batches} × seed{'s' * (len(seeds) != 1)} "
             f"{', '.join(map(str, seeds))}; "
-            f"{epochs} epoch{'s' * (epochs != 1)} each, on real {results['dataset_title']} ({run['test_images']:,} "
-            f"test images{val}).{lr} {how_trained(results)}{TEST_STATS[results.get('test_stats', 'moving')][1]}")
+            f"{epochs} epoch{'s' * (epochs != 1)} each, on {data} ({run['test_images']:,} test images{val}).{lr} "
+            f"{how_trained(results)}{TEST_STATS[results.get('test_stats', 'moving')][1]}")
+
+
+def data_words(dataset: str, title: str) -> str:
+    """A built-in dataset is "real MNIST" (the published files, checked); a user's is named by its kind and file."""
+    kind, sep, path = dataset.partition(":")
+    return f"the images of {kind}:{Path(path).name}" if sep else f"real {title}"
 
 
 def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, Any]]:
