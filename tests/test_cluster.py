@@ -212,8 +212,10 @@ def test_a_killed_raylet_is_one_line_exit_1_and_the_same_command_finishes_the_st
     os.kill(raylet, signal.SIGKILL)
     _, err = study.communicate(timeout=180)
     assert study.returncode == 1 and "Traceback" not in err, err
-    ours = [line for line in err.splitlines() if line.startswith("normlab")]  # Ray's C++ workers log as they die
-    assert ours[-1].startswith("normlab: the Ray cluster stopped answering ("), err
+    # Ray's C++ workers log as they die. Which notices first is a race: normlab's wait (its one line, exit 1) or
+    # the driver's own Ray core worker, which ends the process itself (exit 1, only Ray's lines; seen in CI).
+    ours = [line for line in err.splitlines() if line.startswith("normlab")]
+    assert not ours or ours[-1].startswith("normlab: the Ray cluster stopped answering ("), err
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
 

@@ -39,14 +39,16 @@ PRELOADED = ("normlab.study.study", "normlab.report.explain", "normlab.report.su
 
 def train_one(config: Any, out: Path, args: argparse.Namespace, data: Any = None) -> Any:
     """train() for `normlab train` and main.py: a stop says what was kept, a failed run becomes RunFailed."""
-    from normlab.engine.runfiles import CHECKPOINT, read_metrics
+    from normlab.engine.checkpoint import load_checkpoint
+    from normlab.engine.runfiles import CHECKPOINT
     from normlab.engine.train import train
 
     try:
         result = train(config, out=out, data=data, progress=args.progress, force=args.force, resume=args.resume)
     except Interrupted as e:
-        if (out / CHECKPOINT).is_file():
-            e.saved = f"epochs 1-{len(read_metrics(out, config))} of {config.epochs} are kept in {out}"
+        if (out / CHECKPOINT).is_file():  # its own rows: a stop between it and metrics.json finds them there
+            epochs = len(load_checkpoint(out / CHECKPOINT)["metrics"])
+            e.saved = f"epochs 1-{epochs} of {config.epochs} are kept in {out}"
         raise
     if result.failure is not None:
         raise RunFailed(f"run failed at epoch {result.failure['epoch']}, step {result.failure['step']}: "
@@ -83,7 +85,8 @@ def cmd_study(args: argparse.Namespace) -> None:
                             lr_scaling=args.lr is None, ghost=args.ghost, backend=args.backend,
                             address=args.address, fuse=args.fuse, test_stats=args.test_stats)
     except Interrupted as e:
-        if any(out.glob("*/*/seed*/metrics.json")):  # else no epoch of any run had finished: nothing to claim
+        # a finished epoch of any run: its metrics.json, or its checkpoint (a stop can fall between the two)
+        if any(out.glob("*/*/seed*/metrics.json")) or any(out.glob("*/*/seed*/checkpoint.pt")):
             e.saved = (f"finished runs are kept in {out}" if args.backend == "ray" else
                        f"finished runs, and the finished epochs of the others, are kept in {out}")
         raise
