@@ -169,6 +169,11 @@ def _offline_sources(info: DatasetInfo, fetch: bool) -> list[tuple[str, Callable
     return [*sources, ("mirrors", lambda: load_mirrors(info))] if fetch else sources
 
 
+def _from_files(spec: str) -> bool:
+    """Whether a dataset's shapes and statistics come from reading it (CIFAR-10, a user's), not from DATASETS."""
+    return spec in FROM_FILES or parse_spec(spec) is not None
+
+
 def _builtin(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise UserError(f"unknown dataset; choose one of: {', '.join(DATASETS)}, or give npz:PATH or folder:PATH "
@@ -212,7 +217,7 @@ def dataset_info(spec: str, data_dir: str | None = None, image_size: int | None 
                  download: bool = False) -> DatasetInfo:
     """What a run needs to know of ``spec`` before it trains: MNIST's and Fashion-MNIST's entries, else the data read
     and checked (one line for anything that does not fit)."""
-    if not (spec in FROM_FILES or parse_spec(spec) is not None):
+    if not _from_files(spec):
         return _builtin(spec)
     data = _read(spec, data_dir, image_size, download)
     mean, std = _stats(data.train_x)
@@ -231,7 +236,7 @@ def _tensors(data: UserData, info: DatasetInfo) -> Dataset:
 def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, fetch: bool = True,
                  image_size: int | None = None, download: bool = False) -> Dataset:
     """Load a verified dataset from the first source that has it (see the module docstring)."""
-    if name in FROM_FILES or parse_spec(name) is not None:
+    if _from_files(name):
         spec, folder = normalize_dataset(name), None if data_dir is None else str(data_dir)
         return _tensors(_read(spec, folder, image_size, download), dataset_info(spec, folder, image_size, download))
     info = _builtin(name)
