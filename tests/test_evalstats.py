@@ -6,13 +6,14 @@ from conftest import quick, quiet
 from torch import nn
 
 from normlab.engine.evalstats import (
-    batch_statistics_accuracy,
-    evaluation_statistics,
+    PRECISE_IMAGES,
+    batch_statistics_correct,
+    final_evaluation,
     precise_model,
     with_batch_statistics,
 )
 from normlab.engine.predict import evaluate, model_input
-from normlab.engine.runfiles import CHECKPOINT, EVALUATION, RECORD, WEIGHTS
+from normlab.engine.runfiles import CHECKPOINT, EVALUATION, RECORD, WEIGHTS, read_per_image, sha256
 from normlab.engine.train import train
 from normlab.errors import Interrupted, StopFlag
 from normlab.nn.net import Net
@@ -61,8 +62,8 @@ def test_the_test_images_own_statistics_in_groups_and_a_lone_last_image(mnist, b
     copied = with_batch_statistics(result.model)
     with torch.no_grad():  # groups of 4: [0:4], then [4:9] (the ninth image alone would have no variance)
         expected = torch.cat([copied(model_input(images[:4], mnist.info)), copied(model_input(images[4:], mnist.info))])
-    acc = batch_statistics_accuracy(result.model, images, labels, 4, mnist.info)
-    assert acc == pytest.approx((expected.argmax(1) == labels).float().mean().item() * 100)
+    correct = batch_statistics_correct(result.model, images, labels, 4, mnist.info)
+    assert torch.equal(correct, expected.argmax(1) == labels)
 
 
 def test_a_run_with_batch_statistics_saves_its_three_evaluations(mnist, bn_run):
@@ -71,9 +72,22 @@ def test_a_run_with_batch_statistics_saves_its_three_evaluations(mnist, bn_run):
     images, labels = mnist.test_images[:600], mnist.test_labels[:600]
     assert saved == result.evaluation and saved["moving"] == evaluate(result.model, images, labels, mnist.info)[1]
     assert saved["group"] == 64 and saved["precise_images"] == 1472 and 0 <= saved["batch"] <= 100
-    assert saved == evaluation_statistics(result.model, result.config, mnist, torch.device("cpu"), saved["moving"])
+    evaluation, correct = final_evaluation(result.model, result.config, mnist, torch.device("cpu"), saved["moving"])
+    assert saved == evaluation and set(correct) == {"moving", "precise", "batch"}
+    # Counted from the per-image answers, each accuracy is the one evaluating that model directly gives, to the bit.
+    train_x = mnist.split(0, 0)[0].limit(1500, 600).tensors()[0][:PRECISE_IMAGES]
+    precise = precise_model(result.model, train_x, result.config.batch_size, mnist.info)
+    assert saved["precise"] == evaluate(precise, images, labels, mnist.info)[1]
+    assert correct["moving"].float().mean().item() * 100 == pytest.approx(saved["moving"], abs=1e-4)
+    assert correct["batch"].sum().item() * 100 / 600 == saved["batch"]
     gn = train(quick(norm="gn"), out=out.parent / "gn", data=mnist, progress=False, log=quiet)
     assert gn.evaluation is None and not (out.parent / "gn" / EVALUATION).exists()
+    for folder, images, ways in ((out, 600, {"moving", "precise", "batch"}), (out.parent / "gn", 500, {"moving"})):
+        weights = sha256((folder / WEIGHTS).read_bytes())  # bound to the weights that gave them
+        assert set(read_per_image(folder, images, weights)) == ways  # written by train, beside evaluation.json
+        assert read_per_image(folder, images, "0" * 64) is None
+    kept = read_per_image(out, 600, sha256((out / WEIGHTS).read_bytes()))
+    assert all(torch.equal(torch.from_numpy(kept[way]), correct[way]) for way in correct)
 
 
 def test_a_study_adds_the_evaluation_to_a_finished_run_that_lacks_it(tmp_path, mnist):

@@ -1,16 +1,31 @@
 """The report's tables and findings are computed from the numbers: unit tests on made-up results."""
 
+import numpy as np
+
+from normlab.engine.runfiles import pack
 from normlab.report.findings import TARGET_ACC as TARGETS
 from normlab.report.findings import failures, findings
 from normlab.report.report import batch_table, chosen_table, results_table, small_batch_table, to_markdown, what_was_run
 from normlab.report.results import chosen_lrs, summarize
 
+IMAGES = 10_000
+
+
+def answers(acc, seed):
+    """Per-image answers scoring ``acc``: the seed's test images wrong in one order for every variant, so a
+    variant with more errors misses the other's and a few more (the paired tests see every image agree)."""
+    correct = np.ones(IMAGES, bool)
+    correct[np.random.default_rng(seed).permutation(IMAGES)[:round((100 - acc) * IMAGES / 100)]] = False
+    return pack(correct)
+
 
 def run(variant, seed, acc, batch=128, seconds=100.0, **extra):
+    ways = {way: answers(acc, seed) for way, acc in (extra.get("evaluation") or {"moving": acc}).items()
+            if way in ("moving", "precise", "batch")}
     return {"variant": variant, "seed": seed, "final_test_acc": acc, "batch_size": batch, "lr": 0.1 * batch / 128,
             "norm": variant, "regularization": "no L1", "parameters": 7578, "epochs": 20, "seconds": seconds,
             "final_train_loss": 0.01, "conv_weight_l1": 1000.0, "failed": None, "batch_stats": variant == "bn",
-            **extra}
+            "test_images": IMAGES, "per_image": ways, **extra}
 
 
 TARGET_ACC = TARGETS["mnist"]
@@ -27,7 +42,9 @@ def lr_study(cells, seeds=(0, 1, 2), **extra):
     runs = [run(v, s, test + d, lr=lr, final_val_acc=val + d, test_acc_at_best_val=test + d)
             for (v, lr), (val, test) in cells.items() for s, d in zip(seeds, (0.0, 0.03, -0.03, 0.01, -0.01),
                                                                                  strict=False)]
-    return results(runs, lrs=sorted({lr for _, lr in cells}), **extra)
+    r = results(runs, lrs=sorted({lr for _, lr in cells}), **extra)
+    r["base_config"]["val_size"] = 10_000
+    return r
 
 
 def test_the_rate_follows_validation_even_where_the_test_set_disagrees():
@@ -43,10 +60,14 @@ def test_the_rate_follows_validation_even_where_the_test_set_disagrees():
                      ["bn", "0.05", "99.40% ± 0.03", "99.00% ± 0.03", "98.93 to 99.07", "3"]]
     text = findings(rows, r)
     assert text[0] == ("Learning rates chosen on validation (best mean validation accuracy at the last epoch): "
-                       "gn 0.2 (99.50%), bn 0.05 (99.40%).")
+                       "gn 0.2 (99.50%; 90 validation images ahead of 0.4 over seeds 0, 1, 2), bn 0.05 (99.40%; the "
+                       "grid's smallest rate, so a better one may lie below it; 30 validation images ahead of 0.2 over "
+                       "seeds 0, 1, 2).")
     assert not any("all at lr" in t for t in text)  # the base rate 0.1 is not among these: no shared rate
     assert text[1].startswith("gn ends best: 99.30%")  # at its chosen rate, not at its best test rate (99.60%)
-    assert text[2].startswith("bn ends 0.30 points lower (99.00%); gn − bn paired over 3 seeds: +0.30")
+    assert text[2].startswith("bn ends 0.30 points lower (99.00%); gn − bn: +0.30 points (the same on all 3 seeds: "
+                              "no spread to measure; over the test images and seeds +0.2")
+    assert text[2].endswith("inconclusive (neither a difference nor equivalence within ±0.2 points, one comparison).")
     assert [row[5] for row in results_table(rows, r)[1]] == ["0.05", "0.2 (chosen)", "0.4", "0.05 (chosen)", "0.2",
                                                            "0.4"]
 
@@ -71,17 +92,24 @@ def test_a_rate_with_a_failed_run_is_never_chosen_and_later_seeds_do_not_choose(
     assert row["val"].n == 2 and row["val"].mean == 99.9 and row["final"].n == 3
 
 
-def test_a_difference_is_claimed_only_where_the_paired_seeds_support_it():
-    # gn is 0.10 above bn on every seed; ln wanders around gn.
+def test_a_difference_is_claimed_only_where_the_seeds_and_the_images_both_support_it():
+    # gn is 0.09-0.11 above bn on every seed, 9-11 more test images right; ln wanders around gn.
     r = results([run("gn", s, 99.50 + d) for s, d in enumerate((0.0, 0.05, -0.03))]
-                + [run("bn", s, 99.40 + d) for s, d in enumerate((0.0, 0.05, -0.03))]
+                + [run("bn", s, 99.40 + d) for s, d in enumerate((0.01, 0.05, -0.04))]
                 + [run("ln", s, 99.48 + d) for s, d in enumerate((0.04, -0.02, 0.01))])
     text = findings(summarize(r), r)
     assert text[0] == "gn ends best: 99.51% mean final test accuracy over 3 seeds after 20 epochs."
-    assert text[1].startswith("ln ends 0.02 points lower (99.49%); gn − ln paired over 3 seeds:")
-    assert text[1].endswith("within noise: the interval includes 0.")
-    assert text[2].startswith("bn ends 0.10 points lower (99.41%); gn − bn paired over 3 seeds: +0.10 points")
-    assert text[2].endswith("a difference the seeds support.")
+    assert text[1].startswith("ln ends 0.02 points lower (99.49%); gn − ln: +0.02 points (95% CI over 3 seeds")
+    assert text[1].endswith("equivalent within ±0.2 points: TOST over seeds and images, Holm over 3.")
+    narrow = findings(summarize(r), {**r, "margin": 0.05})[1]  # the study's --margin
+    assert narrow.endswith("inconclusive (neither a difference nor equivalence within ±0.05 points, Holm over 3).")
+    assert text[2].startswith("bn ends 0.10 points lower (99.41%); gn − bn: +0.10 points (95% CI over 3 seeds +0.08 "
+                              "to +0.12; over the test images and seeds +0.0")
+    assert text[2].endswith("a difference: both tests, Holm over 3.")
+    # The same seeds' accuracies without per-image answers: the test set's noise is unmeasured, so no claim.
+    for run_ in r["runs"]:
+        del run_["per_image"]
+    assert findings(summarize(r), r)[2].endswith("inconclusive (no per-image answers, Holm over 3).")
 
 
 def test_one_seed_makes_no_claim():
@@ -112,10 +140,11 @@ def test_batch_sizes_get_a_table_in_the_papers_layout_and_a_finding_each():
     assert header == ["test error (%) at batch size", "128", "2"]
     assert table[0][0] == "gn" and table[1][:2] == ["bn", "0.60 ± 0.05"] and table[1][2].startswith("2.00 ± 0.0")
     text = findings(rows, r)
-    assert any(t.startswith("bn: test error 0.60% at batch size 128, 2.00% at batch size 2; paired over 3 seeds the "
-                            "change is +1.40 points") and t.endswith("the batch size matters.") for t in text)
+    assert any(t.startswith("bn: test error 0.60% at batch size 128, 2.00% at batch size 2; the change in error: "
+                            "+1.40 points") and t.endswith("the batch size matters: both tests, Holm over 2.")
+               for t in text)
     assert any(t.startswith("gn: test error 0.60% at batch size 128, 0.62% at batch size 2") and
-               t.endswith("within noise.") for t in text)
+               t.endswith("equivalent within ±0.2 points: TOST over seeds and images, Holm over 2.") for t in text)
     assert "Below 99.4% at the last epoch (mean): gn (at batch size 2), bn (at batch size 2)." in text
     assert results_table(rows, r)[0][4:6] == ["batch", "lr"]
 
@@ -180,22 +209,44 @@ def test_every_variant_at_the_smallest_size_is_paired_against_bn_at_the_largest_
     r = {**results(runs, batch_sizes=(2, 128), ghost=True), "variants": ["bn", "brn", "gn"]}
     text, (header, table) = small_batch_table(r)
     assert header == ["variant", "test error (%)", "extra error vs bn at 128 images per BN group",
-                      "extra error vs gn at 2 images per BN group", "of bn's loss recovered"]
+                      "extra error vs gn at 2 images per BN group", "share of bn's loss recovered"]
     rows = {line[0]: line for line in table}
     assert list(rows) == ["bn", "bn, PreciseBN", "bn, test batch statistics", "brn", "brn, PreciseBN",
                           "brn, test batch statistics", "gn"]
-    assert rows["bn"][1:3] == ["1.00 ± 0.07", "+0.40 (+0.38 to +0.42)"] and rows["bn"][4] == "none"
-    assert rows["bn, PreciseBN"][2].startswith("+0.30") and rows["bn, PreciseBN"][4] == "25%"
-    assert rows["brn"][4] == "all (within noise)" and rows["gn"][3] == "reference"
-    assert rows["bn, test batch statistics"][4] == "none" and "PreciseBN" in text
+    assert rows["bn"][1] == "1.00 ± 0.07" and rows["bn"][2].startswith("+0.40 (+0.38 to +0.42) [+0.3")
+    assert rows["bn"][2].endswith("] more error") and rows["bn"][4] == "0%"
+    assert rows["bn, PreciseBN"][2].startswith("+0.30") and rows["bn, PreciseBN"][4].startswith("25% (")
+    assert rows["brn"][2].endswith(" ?") and rows["brn"][4].startswith("100% (") and rows["gn"][3] == "reference"
+    assert rows["gn"][2].endswith(" ≈") and "Holm's correction over the table's 14 comparisons" in text
     sentence = [t for t in findings(summarize(r), r) if t.startswith("At 2 images per BN group, against bn")]
-    assert sentence == ["At 2 images per BN group, against bn at 128 images per BN group: as good or better (within "
-                        "noise or less error): brn, brn with PreciseBN, gn; more error the seeds support: bn with "
-                        "PreciseBN (+0.30), bn (+0.40), brn with test batch statistics (+5.00), bn with test batch "
-                        "statistics (+5.40)."]
+    assert sentence == ["At 2 images per BN group, against bn at 128 images per BN group (extra error, Holm over the "
+                        "table's 14 comparisons): more error (both tests): bn (+0.40), bn with PreciseBN (+0.30), bn "
+                        "with test batch statistics (+5.40), brn with test batch statistics (+5.00); the same error "
+                        "within ±0.2 points (TOST): gn (-0.01); inconclusive: brn (+0.00), brn with PreciseBN (+0.00)."]
     assert small_batch_table(results(runs[:3])) is None  # one size: no such table
     noisy = [with_eval("bn", s, a, 2, 0.0) for s, a in enumerate((99.40, 99.10, 99.45))]  # a loss within noise
     r = {**results(runs[:3] + noisy + runs[9:], batch_sizes=(2, 128), ghost=True), "variants": ["bn", "gn"]}
     text, (header, table) = small_batch_table(r)
     assert header[-1] == "extra error vs gn at 2 images per BN group" and all(len(row) == 4 for row in table)
-    assert "bn's own loss from 128 to 2 is within noise over these seeds, so no row's share of it is given" in text
+    assert "bn's own loss from 128 to 2 is not shown by both tests over these seeds, so no row's share" in text
+
+
+def test_a_tie_on_validation_and_a_choice_at_the_edge_of_the_grid_are_said():
+    r = lr_study({("gn", 0.1): (99.40, 99.5), ("gn", 0.2): (99.40, 99.6), ("ln", 0.1): (99.3, 99.5),
+                  ("ln", 0.2): (99.4, 99.4)})
+    chosen = findings(summarize(r), r)[0]
+    assert "gn 0.1 (99.40%; the grid's smallest rate, so a better one may lie below it; a tie with 0.2, to the " \
+           "smaller rate)" in chosen
+    assert "ln 0.2 (99.40%; the grid's largest rate, so a better one may lie above it; 30 validation images " \
+           "ahead of 0.1 over seeds 0, 1, 2)" in chosen
+
+
+def test_a_run_with_batch_statistics_never_lends_its_moving_answers_to_another_way():
+    from normlab.report.results import answers
+
+    bn = run("bn", 0, 99.0, evaluation={"moving": 99.0, "precise": 99.1, "batch": 94.0})
+    gn = run("gn", 0, 99.2)
+    r = results([bn, gn])
+    assert answers(r, bn, "precise").mean() * 100 == 99.1 and answers(r, gn, "precise").mean() * 100 == 99.2
+    del bn["per_image"]["precise"]
+    assert answers(r, bn, "precise") is None and answers(r, bn).mean() * 100 == 99.0

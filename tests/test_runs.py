@@ -1,7 +1,10 @@
 """The run folder: what it holds for a config, refusals, and files read back that may be broken."""
 
+import base64
 import json
+import zlib
 
+import numpy as np
 import pytest
 import torch
 from conftest import quick, quiet, without_seconds
@@ -14,7 +17,9 @@ from normlab.engine.runfiles import (
     RECORD,
     WEIGHTS,
     metrics_csv,
+    pack,
     read_metrics,
+    unpack,
 )
 from normlab.engine.runs import SCHEMA, Status, config_hash, is_finished, open_run, read_run
 from normlab.engine.train import train
@@ -283,3 +288,13 @@ def test_a_checkpoint_that_loads_but_does_not_fit_is_one_line_and_kept(tmp_path,
         train(CONFIG_A, out=run, data=mnist, progress=False, log=quiet, resume=True)
     assert message in str(e.value) and "checkpoint.pt" in str(e.value) and "force" in str(e.value)
     assert (run / CHECKPOINT).read_bytes() == before and not (run / WEIGHTS).exists()
+
+
+def test_packed_answers_round_trip_and_a_bad_or_oversized_string_is_refused():
+    correct = np.random.default_rng(0).random(10_000) < 0.99
+    packed = pack(correct)
+    assert len(packed) < 400 and np.array_equal(unpack(packed, 10_000), correct)
+    bomb = base64.b64encode(zlib.compress(bytes(50_000_000))).decode()  # 50 MB of zeros in about 70 kB
+    for text in (packed[:-8], "not base64!", bomb, pack(correct[:9000])):
+        with pytest.raises(ValueError, match="answers"):
+            unpack(text, 10_000)

@@ -6,7 +6,7 @@ import torch
 from conftest import quiet, without_seconds
 
 from normlab.engine.config import TrainConfig
-from normlab.engine.runfiles import WEIGHTS
+from normlab.engine.runfiles import PER_IMAGE, WEIGHTS, unpack
 from normlab.engine.train import train
 from normlab.errors import UserError
 from normlab.machine import cpu_cores
@@ -46,6 +46,30 @@ def test_every_artifact_is_written(study):
     report = (out / "report.md").read_text()
     assert "mean ± std" in report and "ends best" in report and "![graph1_test_loss.png]" in report
     assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_each_run_carries_its_per_image_answers_which_agree_with_its_accuracies(study, tmp_path):
+    """per_image.json is derived from model.pt and bound to its sha256: it agrees with the run's recorded
+    accuracies, reaches results.json, and one computed from other weights, cut, or missing is computed again when
+    the study reads the run."""
+    import shutil
+
+    out, results, _ = study
+    for run in results["runs"]:
+        correct = {way: unpack(packed, 500) for way, packed in run["per_image"].items()}
+        assert set(correct) == ({"moving", "precise", "batch"} if run["batch_stats"] else {"moving"})
+        assert correct["moving"].mean() * 100 == pytest.approx(run["metrics"][-1]["test_acc"], abs=1e-4)
+        for way in set(correct) - {"moving"}:
+            assert correct[way].mean() * 100 == pytest.approx(run["evaluation"][way], abs=1e-4)
+    shutil.copytree(out, tmp_path / "s")
+    runs = {f"{name}{seed}": tmp_path / "s" / name / "b64" / f"seed{seed}" for name in ("gn", "ln") for seed in (0, 1)}
+    saved = (runs["gn0"] / PER_IMAGE).read_text()
+    shutil.copy(tmp_path / "s" / "ln" / "b64" / "seed0" / PER_IMAGE, runs["gn0"] / PER_IMAGE)  # another run's
+    (runs["ln1"] / PER_IMAGE).write_text((runs["ln1"] / PER_IMAGE).read_text()[:-40])  # cut
+    (runs["gn1"] / PER_IMAGE).unlink()
+    again = run_study(tmp_path / "s", ["bn+l1", "gn", "ln"], [0, 1], BASE, progress=False, log=quiet)
+    assert [r["per_image"] for r in again["runs"]] == [r["per_image"] for r in results["runs"]]
+    assert (runs["gn0"] / PER_IMAGE).read_text() == saved
 
 
 def test_graphs_hold_one_line_per_variant(study, tmp_path):
@@ -156,6 +180,8 @@ def test_a_broken_file_in_a_finished_run_is_one_line_or_retrained_with_force(tmp
     ({"tune_seeds": [0]}, "tune_seeds 0: they choose among lrs: give several rates, or drop it"),
     ({"ghost": True}, "ghost makes batch_sizes batch norm's images per group: give batch_sizes, or drop it"),
     ({"base": TrainConfig(threads=999)}, "threads 999: more than the"),
+    ({"margin": 0.0}, "margin 0.0: must be a number of accuracy points above 0"),
+    ({"margin": float("nan")}, "margin nan: must be a number of accuracy points above 0"),
 ])
 def test_bad_study_settings_are_refused_before_anything_is_written(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):

@@ -83,7 +83,8 @@ def cmd_study(args: argparse.Namespace) -> None:
                             jobs=args.jobs, force=args.force, batch_sizes=args.batch_sizes, lrs=args.lrs,
                             tune_seeds=args.tune_seeds,
                             lr_scaling=args.lr is None, ghost=args.ghost, backend=args.backend,
-                            address=args.address, fuse=args.fuse, test_stats=args.test_stats)
+                            address=args.address, fuse=args.fuse, test_stats=args.test_stats,
+                            margin=args.margin)  # None: normlab.report.stats.MARGIN
     except Interrupted as e:
         # a finished epoch of any run: its metrics.json, or its checkpoint (a stop can fall between the two)
         if any(out.glob("*/*/seed*/metrics.json")) or any(out.glob("*/*/seed*/checkpoint.pt")):
@@ -181,6 +182,10 @@ def build_parser() -> Parser:
                         "running averages, PyTorch's eval mode), precise (PreciseBN: population statistics of the "
                         "final weights) or batch (the test images' own, in groups of the training group size); "
                         "all three are always in the report's evaluation table")
+    p.add_argument("--margin", type=float, default=None,
+                   help="the equivalence margin, in test accuracy points: the report calls two variants "
+                        "equivalent only where TOST over seeds and over test images puts their difference within "
+                        "± this (default 0.2, 20 of 10,000 test images: normlab.report.stats.MARGIN)")
     p.add_argument("--backend", default="local",
                    help="where the runs train: local (this machine's cores or GPU) or ray (a Ray cluster; "
                         "pip install 'normlab[ray]')")

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from normlab.data.datasets import Dataset, DatasetInfo
 from normlab.engine.config import TrainConfig
-from normlab.engine.predict import evaluate, model_input
-from normlab.nn.norms import BatchRenorm2d, RunningStats, batch_stat_layers
+from normlab.engine.predict import model_input, predict
+from normlab.nn.norms import NORMS, BatchRenorm2d, RunningStats, batch_stat_layers
 
 PRECISE_IMAGES = 10_000
 WAYS = ("moving", "precise", "batch")  # the keys of a run's evaluation.json
@@ -57,34 +57,40 @@ def precise_model(model: nn.Module, images: Tensor, batch_size: int, info: Datas
 
 
 @torch.inference_mode()
-def batch_statistics_accuracy(model: nn.Module, images: Tensor, labels: Tensor, group: int,
-                              info: DatasetInfo) -> float:
-    """Test accuracy (%) when every ``group`` consecutive test images are normalized by their own batch statistics
-    (the last group takes what is left, a single image joining the group before it)."""
+def batch_statistics_correct(model: nn.Module, images: Tensor, labels: Tensor, group: int,
+                             info: DatasetInfo) -> Tensor:
+    """Per image, whether the model gets it right when every ``group`` consecutive test images are normalized by
+    their own batch statistics (the last group takes what is left, a single image joining the group before it)."""
     copied = with_batch_statistics(model)
     starts = list(range(0, len(images), group))
     if len(starts) > 1 and len(images) - starts[-1] == 1:
         starts.pop()
-    correct = 0
-    for start, end in zip(starts, [*starts[1:], len(images)], strict=True):
-        correct += int((copied(model_input(images[start:end], info)).argmax(1) == labels[start:end]).sum())
-    return correct * 100 / len(images)
+    return torch.cat([copied(model_input(images[start:end], info)).argmax(1) == labels[start:end]
+                      for start, end in zip(starts, [*starts[1:], len(images)], strict=True)])
 
 
-def evaluation_statistics(model: nn.Module, config: TrainConfig, data: Dataset, device: torch.device,
-                          moving: float) -> dict[str, float | int]:
-    """The run's test accuracy (%) under the moving averages (``moving``, its final test accuracy), PreciseBN and
-    the test images' own batch statistics in groups of its training group size, on its own training and test
-    images."""
+@torch.inference_mode()
+def final_evaluation(model: nn.Module, config: TrainConfig, data: Dataset, device: torch.device,
+                     moving: float) -> tuple[dict[str, float | int] | None, dict[str, Tensor]]:
+    """The final model evaluated once, on the run's own training and test images: per test image, whether it gets
+    it right under each way (the moving averages alone without batch statistics), which the paired tests over the
+    test images compare; and, with batch statistics, evaluation.json: the test accuracy (%) under each way (the
+    moving averages' is ``moving``, the run's final test accuracy), counted from those answers as evaluate counts."""
     rest, _, _ = data.split(config.val_size, config.seed)
     train_x, _, test_x, test_y = rest.limit(config.train_limit, config.test_limit).to(device).tensors()
+    correct = {"moving": predict(model.eval(), test_x, data.info).argmax(1) == test_y}
+    if not NORMS[config.norm].batch_stats:
+        return None, {"moving": correct["moving"].cpu()}
     precise_images = train_x[:PRECISE_IMAGES]
     group = config.bn_batch or config.batch_size
     precise = precise_model(model, precise_images, config.batch_size, data.info)
-    return {
+    correct["precise"] = predict(precise, test_x, data.info).argmax(1) == test_y
+    correct["batch"] = batch_statistics_correct(model, test_x, test_y, group, data.info)
+    evaluation = {
         "moving": moving,
-        "precise": evaluate(precise, test_x, test_y, data.info)[1],
+        "precise": (correct["precise"].sum().float() / len(test_y)).item() * 100,  # evaluate's float32 arithmetic
         "precise_images": len(precise_images) // config.batch_size * config.batch_size,
-        "batch": batch_statistics_accuracy(model, test_x, test_y, group, data.info),
+        "batch": int(correct["batch"].sum()) * 100 / len(test_y),
         "group": group,
     }
+    return evaluation, {way: c.cpu() for way, c in correct.items()}

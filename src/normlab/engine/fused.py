@@ -33,7 +33,7 @@ from normlab.data.augment import Augment
 from normlab.data.datasets import Dataset, DatasetInfo
 from normlab.engine.checkpoint import training_state
 from normlab.engine.config import TrainConfig
-from normlab.engine.evalstats import evaluation_statistics
+from normlab.engine.evalstats import final_evaluation
 from normlab.engine.fusedgraph import FusedGraph
 from normlab.engine.graphed import Epoch
 from normlab.engine.predict import normalize, pixels
@@ -307,10 +307,9 @@ def train_members(members: list[Member], data: Dataset, device: torch.device, st
                                                                  m.result.metrics, m.folder.hash))
     for m in members:
         if not m.failed:
-            if NORMS[m.config.norm].batch_stats:
-                m.result.evaluation = evaluation_statistics(m.result.model, m.config, data, device,
+            m.result.evaluation, correct = final_evaluation(m.result.model, m.config, data, device,
                                                             m.result.final_test_acc)
-            m.folder.finish(m.result.model, m.result.evaluation)
+            m.folder.finish(m.result.model, m.result.evaluation, correct)
 
 
 

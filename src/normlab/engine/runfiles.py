@@ -6,6 +6,8 @@
     <run>/model.pt        the final weights, a state dict (once finished)
     <run>/finished.json   the sha256 of each file of the finished run, written just before model.pt
     <run>/evaluation.json a norm with batch statistics: test accuracy under three evaluation statistics
+    <run>/per_image.json  per test image, whether the final model gets it right (each evaluation statistics),
+                          bound to model.pt's sha256: derived, so recomputed where it does not match
     <run>/failed.json     where the loss became non-finite (a failed run)
 
 A broken or mismatched file is a one-line error naming it and the fix (``--force``).
@@ -13,14 +15,17 @@ A broken or mismatched file is a one-line error naming it and the fix (``--force
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
 import json
 import math
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,7 +37,9 @@ from normlab.files import write_atomic
 CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
 CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
 RECORD = "finished.json"  # the sha256 of each file of a finished run, written just before its weights
-RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED, EVALUATION, RECORD)
+PER_IMAGE = "per_image.json"
+RUN_FILES = (CONFIG, METRICS_CSV, METRICS_JSON, CHECKPOINT, WEIGHTS, FAILED, EVALUATION, RECORD, PER_IMAGE)
+
 
 def metric_columns(config: TrainConfig) -> list[tuple[str, int, str]]:
     """A run's per-epoch metrics (name, width, format), in the order of metrics.csv and of the log's table."""
@@ -173,3 +180,41 @@ def metrics_csv(metrics: list[dict[str, float]], config: TrainConfig) -> str:
     writer.writeheader()
     writer.writerows(metrics)
     return buf.getvalue()
+
+
+def pack(correct: np.ndarray) -> str:
+    """Per-image booleans -> a short string (bits, deflated, base64: a 99 % accurate model's 10,000 answers take
+    about 200 characters)."""
+    return base64.b64encode(zlib.compress(np.packbits(correct.astype(bool)).tobytes(), 9)).decode()
+
+
+def unpack(text: str, images: int) -> np.ndarray:
+    """pack's string -> ``images`` booleans; ValueError where it does not hold exactly that many."""
+    stream = zlib.decompressobj()
+    try:
+        raw = stream.decompress(base64.b64decode(text, validate=True), (images + 7) // 8 + 1)
+    except (zlib.error, ValueError, TypeError) as e:
+        raise ValueError(f"not packed answers ({type(e).__name__})") from None
+    if len(raw) != (images + 7) // 8 or not stream.eof:  # eof: the whole stream, not a cut one
+        raise ValueError(f"does not hold {images} answers")
+    return np.unpackbits(np.frombuffer(raw, np.uint8))[:images].astype(bool)
+
+
+def read_per_image(folder: Path, images: int, weights: str) -> dict[str, np.ndarray] | None:
+    """per_image.json, when the run has one computed from the weights whose sha256 is ``weights`` and holding
+    ``images`` answers under the moving averages (and, at most, the other evaluation statistics); None otherwise:
+    it is derived, so it is computed again."""
+    try:
+        saved = json.loads((folder / PER_IMAGE).read_text())
+        if not isinstance(saved, dict) or saved.get("images") != images or saved.get("weights_sha256") != weights \
+                or "moving" not in saved or not set(saved) <= {"images", "weights_sha256", *WAYS}:
+            return None
+        return {way: unpack(saved[way], images) for way in WAYS if way in saved}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def save_per_image(folder: Path, correct: dict[str, np.ndarray], weights: str) -> None:
+    """The answers, bound to the sha256 of the weights (model.pt) that gave them."""
+    write_atomic(folder / PER_IMAGE, json.dumps({"images": len(correct["moving"]), "weights_sha256": weights,
+                                                 **{way: pack(c) for way, c in correct.items()}}, indent=2))

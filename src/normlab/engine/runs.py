@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from normlab.engine.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from normlab.engine.config import TrainConfig
@@ -43,6 +43,7 @@ from normlab.engine.runfiles import (
     read_json,
     read_metrics,
     save_evaluation,
+    save_per_image,
     sha256,
 )
 from normlab.engine.sgd import SGD, OneCycle
@@ -223,13 +224,16 @@ class RunFolder:
             self.events.close()
             self.events = None
 
-    def finish(self, model: nn.Module, evaluation: dict[str, float] | None = None) -> None:
-        """The evaluation first, then the record binding the run's files together, the weights last: they mark the
-        run finished."""
+    def finish(self, model: nn.Module, evaluation: dict[str, float] | None = None,
+               correct: dict[str, Tensor] | None = None) -> None:
+        """The evaluation and the per-image answers first, then the record binding the run's files together, the
+        weights last: they mark the run finished."""
         if evaluation is not None:
             save_evaluation(self.path, evaluation)
         weights = io.BytesIO()
         torch.save(model.state_dict(), weights)
+        if correct is not None:
+            save_per_image(self.path, {way: c.numpy() for way, c in correct.items()}, sha256(weights.getvalue()))
         files = {name: sha256((self.path / name).read_bytes()) for name in (CONFIG, METRICS_JSON, METRICS_CSV,
                                                                             EVALUATION) if (self.path / name).is_file()}
         write_atomic(self.path / RECORD, json.dumps({"sha256": {**files, WEIGHTS: sha256(weights.getvalue())}},
@@ -258,7 +262,8 @@ class Unsaved(RunFolder):
     def fail(self, metrics: list[dict[str, float]], failure: dict[str, Any]) -> None:
         pass
 
-    def finish(self, model: nn.Module, evaluation: dict[str, float] | None = None) -> None:
+    def finish(self, model: nn.Module, evaluation: dict[str, float] | None = None,
+               correct: dict[str, Tensor] | None = None) -> None:
         pass
 
 

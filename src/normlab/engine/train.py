@@ -27,7 +27,7 @@ from normlab.data.augment import Affine, Augment, CropFlip
 from normlab.data.datasets import Dataset, DatasetInfo, load_dataset
 from normlab.engine.checkpoint import training_state
 from normlab.engine.config import TrainConfig
-from normlab.engine.evalstats import evaluation_statistics
+from normlab.engine.evalstats import final_evaluation
 from normlab.engine.graphed import Epoch, GraphedRun
 from normlab.engine.predict import evaluate, normalize, pixels
 from normlab.engine.runfiles import metric_columns
@@ -37,7 +37,7 @@ from normlab.errors import StopFlag
 from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
 from normlab.nn.models import model_entry
 from normlab.nn.net import count_parameters, dropout_keep, l1_parameters, logits
-from normlab.nn.norms import NORMS, batch_stat_layers
+from normlab.nn.norms import batch_stat_layers
 
 NON_FINITE = "the training loss became NaN or infinite"
 INIT_LOCK = threading.Lock()  # runs in threads (normlab.study.jobs) share torch's global RNG, which seeds the weights
@@ -110,9 +110,8 @@ def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | No
             log(" ".join(format(row[name], f">{width}{spec}") for name, width, spec in metric_columns(config)))
             folder.save_epoch(result.metrics, training_state(model, optimizer, schedule, generator, result.metrics,
                                                              folder.hash))
-        if NORMS[config.norm].batch_stats:
-            result.evaluation = evaluation_statistics(model, config, data, device, result.final_test_acc)
-        folder.finish(model, result.evaluation)
+        result.evaluation, correct = final_evaluation(model, config, data, device, result.final_test_acc)
+        folder.finish(model, result.evaluation, correct)
     return result
 
 

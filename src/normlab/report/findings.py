@@ -1,7 +1,9 @@
 """The findings: sentences computed from the numbers, so they change when the numbers do.
 
-A difference is claimed only where a paired comparison over seeds supports it (normlab.report.stats); variants are
-compared each at the learning rate chosen on validation.
+Each sentence's word comes from normlab.report.stats.judge: "higher"/"lower" only where the paired t-test over seeds
+and the paired bootstrap over test images and seeds both reject after Holm's correction over the sentences of one
+kind, "equivalent" only from TOST at the study's margin, otherwise "inconclusive". Variants are compared each at the
+learning rate chosen on validation.
 """
 
 from __future__ import annotations
@@ -9,8 +11,17 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from normlab.report.results import evaluation_rows, final_accs, finished_runs, seeds_text, size_text, small_batch_rows
-from normlab.report.stats import paired_difference
+from normlab.report.results import (
+    evaluation_rows,
+    final_accs,
+    final_images,
+    finished_runs,
+    margin,
+    seeds_text,
+    size_text,
+    small_batch_rows,
+)
+from normlab.report.stats import Judged, judge, pair
 
 TARGET_ACC = {"mnist": 99.4}  # test accuracy (%) the report and Graph 2 measure against, by dataset
 
@@ -25,16 +36,52 @@ def points(x: float) -> str:
     return f"{x:+.2f}"
 
 
-def comparison(results: dict[str, Any], better: dict[str, Any], other: dict[str, Any]) -> str:
-    """One sentence: how far ``other`` ends below ``better``, and whether the seeds support a difference."""
-    gap = better["final"].mean - other["final"].mean
-    sentence = f"{other['variant']} ends {gap:.2f} points lower ({other['final'].mean:.2f}%)"
-    diff = paired_difference(final_accs(results, better), final_accs(results, other))
-    if diff.n < 2:
-        return sentence + "; one seed in common, so no claim either way."
-    verdict = "a difference the seeds support" if diff.excludes_zero() else "within noise: the interval includes 0"
-    return (sentence + f"; {better['variant']} − {other['variant']} paired over {diff.n} seeds: {points(diff.mean)} "
-            f"points, 95% CI {points(diff.low)} to {points(diff.high)}, {verdict}.")
+def tested(j: Judged, what: str = "points") -> str:
+    """A judged difference in numbers: its mean, the seeds' 95 % t-interval and the images' bootstrap interval."""
+    seeds, images = j.seeds, j.images
+    text = f"{points(seeds.mean)} {what} (95% CI over {seeds.n} seeds {points(seeds.low)} to {points(seeds.high)}" \
+        if seeds.estimable else f"{points(seeds.mean)} {what} (the same on all {seeds.n} seeds: no spread to measure"
+    if images is not None:
+        text += f"; over the test images and seeds {points(images.low)} to {points(images.high)}"
+    return text + ")"
+
+
+def words(j: Judged, results: dict[str, Any], higher: str, lower: str) -> str:
+    """The judgement in a finding's words, naming the correction it was made under."""
+    holm = f"Holm over {j.family}" if j.family > 1 else "one comparison"
+    if j.words in ("higher", "lower"):
+        return f"{higher if j.words == 'higher' else lower}: both tests, {holm}"
+    if j.words.startswith("equivalent"):
+        return f"{j.words}: TOST over seeds and images, {holm}"
+    why = "no per-image answers" if j.images is None else \
+        f"neither a difference nor equivalence within ±{margin(results):g} points"
+    return f"inconclusive ({why}, {holm})"
+
+
+def comparisons(results: dict[str, Any], ranked: list[dict[str, Any]]) -> list[str]:
+    """The best row against each other one, judged over every pair of the rows: the best is picked by the test
+    accuracy itself, so the correction counts all the pairs it could have been picked from."""
+    pairs = {(a["variant"], b["variant"]): pair(final_accs(results, a), final_accs(results, b),
+                                                final_images(results, a), final_images(results, b))
+             for i, a in enumerate(ranked) for b in ranked[i + 1:]}
+    judged = dict(zip(pairs, judge(list(pairs.values()), margin(results)), strict=True))
+    top, out = ranked[0], []
+    for other in ranked[1:]:
+        gap = top["final"].mean - other["final"].mean
+        sentence = f"{other['variant']} ends {gap:.2f} points lower ({other['final'].mean:.2f}%)"
+        out.append(claim(sentence, f"{top['variant']} − {other['variant']}", judged[top["variant"], other["variant"]],
+                         results, "a difference", "; one seed in common, so no claim either way.",
+                         "a difference the other way"))
+    return out
+
+
+def claim(sentence: str, what: str, j: Judged, results: dict[str, Any], difference: str, one_seed: str,
+          other_way: str | None = None) -> str:
+    """A sentence and its judged difference (``what``), or no claim where the seeds are one. ``other_way``: the
+    words where the tests put the difference below 0."""
+    if j.seeds.n < 2:
+        return sentence + one_seed
+    return f"{sentence}; {what}: {tested(j)}: {words(j, results, difference, other_way or difference)}."
 
 
 def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
@@ -52,7 +99,7 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
         at = f" {size_text(results, batch)}" if len(results["batch_sizes"]) > 1 else ""
         what = f"mean final test accuracy over {top['seeds']} seeds" if top["seeds"] > 1 else "final test accuracy"
         out.append(f"{top['variant']} ends best{at}: {top['final'].mean:.2f}% {what} after {top['epochs']} epochs.")
-        out += [comparison(results, top, other) for other in ranked[1:]]
+        out += comparisons(results, ranked)
     if len(results["batch_sizes"]) > 1:
         out += batch_findings(rows, results) + small_batch_findings(results)
     out += evaluation_findings(results)
@@ -79,7 +126,7 @@ def lr_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str
         at = f" {size_text(results, batch)}" if len(results["batch_sizes"]) > 1 else ""
         if chosen:
             out.append(f"Learning rates chosen on validation{at} (best mean validation accuracy at the last epoch): "
-                       + ", ".join(f"{r['variant']} {r['lr']:g} ({r['val'].mean:.2f}%)" for r in chosen) + ".")
+                       + ", ".join(how_chosen(r, rows, results) for r in chosen) + ".")
         shared = shared_lr(results, batch)
         common = {r["variant"]: r for r in rows if r["batch_size"] == batch and r["lr"] == shared}
         if shared is None or len(chosen) < 2 or not {r["variant"] for r in chosen} <= common.keys():
@@ -92,6 +139,28 @@ def lr_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str
         out.append(f"By mean test accuracy{over}{at}, all at lr {shared:g}: {', '.join(before)}; each at its chosen "
                    f"rate: {verdict}.")
     return out
+
+
+def how_chosen(chosen: dict[str, Any], rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
+    """A chosen rate and how firmly: at the edge of the grid (the best may lie beyond it), and by how many
+    validation images over the tuning seeds it beat the next rate (none: a tie, which goes to the smaller rate)."""
+    text = f"{chosen['variant']} {chosen['lr']:g} ({chosen['val'].mean:.2f}%"
+    others = [r for r in rows if (r["variant"], r["batch_size"]) == (chosen["variant"], chosen["batch_size"])
+              and r is not chosen and "val" in r]
+    rates = [r["lr"] for r in others]
+    others = [r for r in others if r["val"].n == chosen["val"].n]  # a rate with a failed run was not a candidate
+    if rates and chosen["lr"] > max(rates):
+        text += "; the grid's largest rate, so a better one may lie above it"
+    elif rates and chosen["lr"] < min(rates):
+        text += "; the grid's smallest rate, so a better one may lie below it"
+    if others:
+        runner = max(others, key=lambda r: r["val"].mean)
+        images = round((chosen["val"].mean - runner["val"].mean) / 100 * results["base_config"]["val_size"]
+                       * chosen["val"].n)
+        text += (f"; a tie with {runner['lr']:g}, to the smaller rate" if images == 0 else
+                 f"; {images} validation image{'s' * (images != 1)} ahead of {runner['lr']:g} over "
+                 f"{seeds_text(sorted(set(results.get('tune_seeds') or results['seeds'])))}")
+    return text + ")"
 
 
 def ranked(results: dict[str, Any], rows: list[dict[str, Any]], seeds: list[int]) -> list[str]:
@@ -113,75 +182,64 @@ def name_of(row: dict[str, Any], results: dict[str, Any]) -> str:
 
 
 def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
-    """Per variant: how its test error changes from the largest batch size to the smallest, paired over seeds."""
+    """Per variant: how its test error changes from the largest batch size to the smallest, paired over seeds and
+    test images, judged over the variants together."""
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
     chosen = {(r["variant"], r["batch_size"]): r for r in rows}
-    out = []
     batch_stats = {r["variant"]: r["batch_stats"] for r in finished_runs(results)}
+    out, compared = [], {}
     for variant in results["variants"]:
         if results.get("ghost") and not batch_stats.get(variant, True):
             out.append(f"{variant} has no batch statistics: ghost batch norm does not touch it, and its runs stand "
                        "at every size.")
             continue
-        if (variant, large) not in chosen or (variant, small) not in chosen:
-            continue
-        accs = {b: final_accs(results, chosen[variant, b]) for b in (large, small)}
-        diff = paired_difference(accs[large], accs[small])
-        if diff.n == 0:
-            continue
-        err = {b: 100 - statistics.fmean(accs[b].values()) for b in (large, small)}
+        if (variant, large) in chosen and (variant, small) in chosen:
+            compared[variant] = pair(*(final_accs(results, chosen[variant, b]) for b in (large, small)),
+                                     *(final_images(results, chosen[variant, b]) for b in (large, small)))
+    judged = dict(zip(compared, judge(list(compared.values()), margin(results)), strict=True))
+    for variant, j in judged.items():
+        err = {b: 100 - chosen[variant, b]["final"].mean for b in (large, small)}
         sentence = (f"{variant}: test error {err[large]:.2f}% {size_text(results, large)}, {err[small]:.2f}% "
                     f"{size_text(results, small)}")
-        if diff.n < 2:
-            out.append(sentence + " (one seed: no claim).")
-        elif diff.excludes_zero():
-            out.append(sentence + f"; paired over {diff.n} seeds the change is {points(diff.mean)} points of error "
-                       f"(95% CI {points(diff.low)} to {points(diff.high)}): the batch size matters.")
-        else:
-            out.append(sentence + f"; paired over {diff.n} seeds, {points(diff.mean)} points (95% CI "
-                       f"{points(diff.low)} to {points(diff.high)}): within noise.")
+        out.append(claim(sentence, "the change in error", j, results, "the batch size matters",
+                         " (one seed: no claim)."))
     return out
 
 
 def evaluation_findings(results: dict[str, Any]) -> list[str]:
     """At the smallest batch size: how much PreciseBN and the test batch's own statistics change the test accuracy
-    of each norm with batch statistics, paired over seeds."""
-    small = min(results["batch_sizes"])
-    out = []
+    of each norm with batch statistics, as the evaluation table judges it."""
+    small, out = min(results["batch_sizes"]), []
     for r in evaluation_rows(results):
         if r["batch_size"] != small or r["moving"].n < 2:
             continue
         at = f" {size_text(results, small)}" if len(results["batch_sizes"]) > 1 else ""
-        parts = []
-        for way, words in (("precise", "PreciseBN's population statistics"),
-                           ("batch", f"the test images' own statistics in groups of {r['group']}")):
-            gain = r[f"{way}_gain"]
-            verdict = "supported" if gain.excludes_zero() else "within noise"
-            parts.append(f"with {words} {points(gain.mean)} points (95% CI {points(gain.low)} to "
-                         f"{points(gain.high)}, {verdict})")
+        parts = [f"with {name} {tested(r[f'{way}_gain'])}, {words(r[f'{way}_gain'], results, 'a gain', 'a loss')}"
+                 for way, name in (("precise", "PreciseBN's population statistics"),
+                                   ("batch", f"the test images' own statistics in groups of {r['group']}"))]
         out.append(f"{r['variant']}{at}, evaluated against its running averages ({r['moving'].mean:.2f}%): "
                    + "; ".join(parts) + ".")
     return out
 
 
 def small_batch_findings(results: dict[str, Any]) -> list[str]:
-    """At the smallest size: which variants (and evaluation statistics) keep the large-size reference's test error
-    and which the seeds put above it."""
+    """At the smallest size: which variants (and evaluation statistics) the tests put above the large-size
+    reference's test error, below it, within the margin of it, or cannot tell."""
     refs, rows = small_batch_rows(results)
-    paired = [r for r in rows if r["vs_large"] is not None and r["vs_large"].n > 1]
+    paired = [r for r in rows if r["vs_large"] is not None and r["vs_large"].seeds.n > 1]
     if not paired:
         return []
     names = {"moving": "", "precise": " with PreciseBN", "batch": " with test batch statistics"}
-    above = sorted((r for r in paired if r["vs_large"].excludes_zero() and r["vs_large"].mean > 0),
-                   key=lambda r: r["vs_large"].mean)
-    kept = [r["variant"] + names[r["way"]] for r in paired if r not in above]
     small, large = min(results["batch_sizes"]), max(results["batch_sizes"])
     at = size_text(results, small)
-    sentence = f"{at[0].upper()}{at[1:]}, against {refs['large']} {size_text(results, large)}: "
+    groups = {"higher": "more error (both tests)", "lower": "less error (both tests)",
+              "equivalent": f"the same error within ±{margin(results):g} points (TOST)", "inconclusive": "inconclusive"}
     parts = []
-    if kept:
-        parts.append(f"as good or better (within noise or less error): {', '.join(kept)}")
-    if above:
-        parts.append("more error the seeds support: " + ", ".join(
-            f"{r['variant']}{names[r['way']]} ({points(r['vs_large'].mean)})" for r in above))
-    return [sentence + "; ".join(parts) + "."]
+    for key, heading in groups.items():
+        members = [r for r in paired if r["vs_large"].words.startswith(key)]
+        if members:
+            parts.append(f"{heading}: " + ", ".join(
+                f"{r['variant']}{names[r['way']]} ({points(r['vs_large'].seeds.mean)})" for r in members))
+    family = paired[0]["vs_large"].family
+    return [f"{at[0].upper()}{at[1:]}, against {refs['large']} {size_text(results, large)} (extra error, Holm over "
+            f"the table's {family} comparisons): " + "; ".join(parts) + "."]

@@ -14,8 +14,8 @@ from typing import Any
 from normlab.files import write_atomic
 from normlab.nn.models import MODELS
 from normlab.report.findings import failures, findings
-from normlab.report.results import evaluation_rows, seeds_text, size_text, small_batch_rows, summarize
-from normlab.report.stats import Interval
+from normlab.report.results import evaluation_rows, margin, seeds_text, size_text, small_batch_rows, summarize
+from normlab.report.stats import Interval, Judged
 
 LR_GRAPH = "graph4_val_error_vs_lr.png"
 
@@ -98,15 +98,13 @@ def mean_std(i: Interval) -> str:
 
 def evaluation_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """BN's evaluation statistics side by side: the test accuracy each gives, and its paired gain over the
-    moving averages (mean, 95 % CI)."""
-    def gain(i: Interval) -> str:
-        return f"{i.mean:+.2f}" + (f" ({i.low:+.2f} to {i.high:+.2f})" if i.n > 1 else "")
-
+    moving averages, judged (judged_cell)."""
     what = "images per BN group" if results.get("ghost") else "batch"
     header = ["variant", what, "moving averages", "PreciseBN", "test batch statistics", "PreciseBN − moving",
               "batch statistics − moving"]
     return header, [[r["variant"], str(r["batch_size"]), mean_std(r["moving"]), mean_std(r["precise"]),
-                     mean_std(r["batch"]), gain(r["precise_gain"]), gain(r["batch_gain"])] for r in rows]
+                     mean_std(r["batch"]), judged_cell(r["precise_gain"], "gain", "loss"),
+                     judged_cell(r["batch_gain"], "gain", "loss")] for r in rows]
 
 
 ROW_SUFFIX = {"moving": "", "precise": ", PreciseBN", "batch": ", test batch statistics"}  # a row per way
@@ -119,6 +117,28 @@ TEST_STATS = {  # --test-stats: what the evaluation table's moving column is, an
                           ("batch", "with the test images' own batch statistics"))}}
 
 
+def judged_cell(j: Judged | None, higher: str = "more error", lower: str = "less error") -> str:
+    """A judged difference in a table: mean, the seeds' 95 % t-interval in (), the images' bootstrap interval in [],
+    and the word its tests allow (normlab.report.stats.judge)."""
+    if j is None or j.seeds.n == 0:
+        return "—"
+    if j.seeds.n == 1:
+        return f"{j.seeds.mean:+.2f}"
+    images = f" [{j.images.low:+.2f} to {j.images.high:+.2f}]" if j.images is not None else ""
+    word = {"higher": higher, "lower": lower}.get(j.words, "≈" if j.words.startswith("equivalent") else "?")
+    seeds = f"({j.seeds.low:+.2f} to {j.seeds.high:+.2f})" if j.seeds.estimable else "(no spread)"
+    return f"{j.seeds.mean:+.2f} {seeds}{images} {word}"
+
+
+def judged_caption(results: dict[str, Any], family: int) -> str:
+    """What a table's judged cells mean: its tests, its correction and its equivalence margin."""
+    return ("Each difference: mean, 95% t-interval over seeds () (no spread: the same on every seed, which measures "
+            "no noise), 95% bootstrap interval over the test images and seeds [], then the word both tests allow "
+            f"after Holm's correction over the table's {family} comparisons: a difference only where both reject, "
+            f"≈ only where TOST over both puts it within ±{margin(results):g} points, ? where the data cannot tell "
+            "(inconclusive).")
+
+
 def small_batch_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
     """Every variant at the smallest size against the two references of normlab.report.results.small_batch_rows:
     the paragraph that says what the columns are, and the table."""
@@ -126,45 +146,37 @@ def small_batch_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], li
     if not rows:
         return None
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
-    shares = any(r["recovered"] is not None for r in rows)  # none where the seeds do not support the loss
-
-    def diff(i: Interval | None) -> str:
-        if i is None or i.n == 0:
-            return "—"
-        return f"{i.mean:+.2f}" + (f" ({i.low:+.2f} to {i.high:+.2f})" if i.n > 1 else "")
-
+    shares = any(r["recovered"] is not None for r in rows)  # none where the tests do not support the loss
     header = ["variant", "test error (%)", f"extra error vs {refs['large']} {size_text(results, large)}",
               *([f"extra error vs {refs['small']} {size_text(results, small)}"] if "small" in refs else []),
-              *([f"of {refs['large']}'s loss recovered"] if shares else [])]
+              *([f"share of {refs['large']}'s loss recovered"] if shares else [])]
     table = [[r["variant"] + ROW_SUFFIX[r["way"]], f"{r['error'].mean:.2f}" + (f" ± {r['error'].half_width:.2f}"
                                                                          if r["error"].n > 1 else ""),
-              diff(r["vs_large"]),
-              *(["reference" if (r["variant"], r["way"]) == (refs["small"], "moving") else diff(r["vs_small"])]
+              judged_cell(r["vs_large"]),
+              *(["reference" if (r["variant"], r["way"]) == (refs["small"], "moving") else judged_cell(r["vs_small"])]
                 if "small" in refs else []),
               *([recovered(r)] if shares else [])] for r in rows]
+    family = next((j.family for r in rows for j in (r["vs_large"], r["vs_small"]) if j is not None), 0)
     text = (f"Test error (%, mean ± half the 95% CI over seeds) {size_text(results, small)}, each variant at its "
             f"chosen rate, and its extra error against {refs['large']} {size_text(results, large)}"
             + (f" and against {refs['small']} {size_text(results, small)}" if "small" in refs else "")
-            + ", paired over seeds (mean, 95% CI; + is more error). The norms with batch statistics also appear "
-            "evaluated with PreciseBN and with the test images' own batch statistics. "
+            + ", paired (+ is more error). The norms with batch statistics also appear evaluated with PreciseBN and "
+            f"with the test images' own batch statistics. {judged_caption(results, family)} "
             + (f"The last column is the share of {refs['large']}'s own loss from {large} to {small} that a row wins "
-               f"back: all where its extra error against {refs['large']} {size_text(results, large)} is within "
-               "noise, none where it is no smaller than that loss." if shares else
-               f"{refs['large']}'s own loss from {large} to {small} is within noise over these seeds, so no row's "
-               "share of it is given."))
+               "back, 1 − its extra error / that loss, with its 95% bootstrap interval over the test images and "
+               "seeds: an estimate, not a verdict." if shares else
+               f"{refs['large']}'s own loss from {large} to {small} is not shown by both tests over these seeds, so "
+               "no row's share of it is given."))
     return text, (header, table)
 
 
 def recovered(row: dict[str, Any]) -> str:
-    """The share of the reference's loss a row wins back, in words where the seeds put it at all or none."""
-    extra = row["vs_large"]
+    """The share of the reference's loss a row wins back: the estimate and its bootstrap interval."""
     if row["recovered"] is None:
         return "—"
-    if not extra.excludes_zero():
-        return "all (within noise)"
-    if extra.mean < 0:
-        return "all, and less error"
-    return f"{100 * row['recovered']:.0f}%" if row["recovered"] > 0 else "none"
+    low_high = row.get("recovered_interval")
+    return f"{100 * row['recovered']:.0f}%" + (f" ({100 * low_high[0]:.0f}% to {100 * low_high[1]:.0f}%)"
+                                               if low_high else "")
 
 
 def paper_table() -> tuple[list[str], list[list[str]]]:
@@ -250,7 +262,8 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
                          "eval mode), with PreciseBN's "
                          f"population statistics recomputed with the final weights over {first['precise_images']:,} "
                          "training images, and with the test images' own batch statistics in consecutive groups of "
-                         "the run's training group size; the gains are paired over seeds (95% CI)."),
+                         "the run's training group size. "
+                         + judged_caption(results, 2 * len(evaluations))),
                    ("table", evaluation_table(evaluations, results))]
     blocks += [("h2", "Findings"), ("list", failures(results) + findings(rows, results))]
     if rows:

@@ -8,8 +8,11 @@ import math
 import statistics
 from typing import Any
 
+import numpy as np
+
 from normlab.engine.evalstats import WAYS
-from normlab.report.stats import choose_on_validation, interval, paired_difference
+from normlab.engine.runfiles import unpack
+from normlab.report.stats import MARGIN, choose_on_validation, interval, judge, pair, share_interval
 
 
 def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -20,6 +23,27 @@ def final_accs(results: dict[str, Any], row: dict[str, Any]) -> dict[int, float]
     """Seed -> final test accuracy of the finished runs of one row: a variant at one batch size and rate."""
     return {r["seed"]: r["final_test_acc"] for r in finished_runs(results)
             if (r["variant"], r["batch_size"], r["lr"]) == (row["variant"], row["batch_size"], row["lr"])}
+
+
+def answers(results: dict[str, Any], run: dict[str, Any], way: str | None = None) -> np.ndarray | None:
+    """Per test image, whether a run's final model gets it right, under ``way`` (None: the study's --test-stats);
+    a run without batch statistics has one set of answers, whichever is asked. None where results.json has none."""
+    packed = run.get("per_image")
+    way = "moving" if not run.get("batch_stats") else way or results.get("test_stats", "moving")
+    if not packed or way not in packed:
+        return None
+    return unpack(packed[way], run["test_images"])
+
+
+def final_images(results: dict[str, Any], row: dict[str, Any]) -> dict[int, np.ndarray]:
+    """Seed -> per-image answers of the finished runs of one row, as final_accs' accuracies are."""
+    out = {}
+    for r in finished_runs(results):
+        if (r["variant"], r["batch_size"], r["lr"]) == (row["variant"], row["batch_size"], row["lr"]):
+            correct = answers(results, r)
+            if correct is not None:
+                out[r["seed"]] = correct
+    return out
 
 
 def chosen_lrs(results: dict[str, Any]) -> dict[tuple[str, int], float]:
@@ -87,7 +111,8 @@ def seeds_text(seeds: list[int] | list[str]) -> str:
 
 def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per variant with batch statistics and batch size, at its chosen rate: the test accuracy under each
-    evaluation statistics (normlab.engine.evalstats) and each one's paired difference from the moving averages."""
+    evaluation statistics (normlab.engine.evalstats) and each one's paired difference from the moving averages,
+    judged over the table (normlab.report.stats.judge)."""
     chosen, rows = chosen_lrs(results), []
     for batch in results["batch_sizes"]:
         for name in results["variants"]:
@@ -96,11 +121,15 @@ def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             if not runs:
                 continue
             by_seed = {way: {r["seed"]: r["evaluation"][way] for r in runs} for way in WAYS}
+            images = {way: {r["seed"]: a for r in runs if (a := answers(results, r, way)) is not None} for way in WAYS}
             rows.append({"variant": name, "batch_size": batch, "group": runs[0]["evaluation"]["group"],
                          "precise_images": runs[0]["evaluation"]["precise_images"],
                          **{way: interval(list(accs.values())) for way, accs in by_seed.items()},
-                         **{f"{way}_gain": paired_difference(by_seed[way], by_seed["moving"])
+                         **{f"{way}_pair": pair(by_seed[way], by_seed["moving"], images[way], images["moving"])
                             for way in ("precise", "batch")}})
+    judged = iter(judge([row.pop(f"{way}_pair") for row in rows for way in ("precise", "batch")], margin(results)))
+    for row in rows:  # in the order they were judged
+        row["precise_gain"], row["batch_gain"] = next(judged), next(judged)
     return rows
 
 
@@ -112,6 +141,19 @@ def chosen_accs(results: dict[str, Any], variant: str, batch: int, way: str = "m
     if way == "moving":
         return {r["seed"]: r["evaluation"]["moving"] if r.get("evaluation") else r["final_test_acc"] for r in runs}
     return {r["seed"]: r["evaluation"][way] for r in runs if r.get("evaluation")}
+
+
+def chosen_images(results: dict[str, Any], variant: str, batch: int, way: str = "moving") -> dict[int, np.ndarray]:
+    """Seed -> per-image answers of a variant at one batch size and its chosen rate, as chosen_accs."""
+    lr = chosen_lrs(results).get((variant, batch))
+    out = {}
+    for r in finished_runs(results):
+        same = (r["variant"], r["batch_size"], r["lr"]) == (variant, batch, lr)
+        if same and (way == "moving" or r.get("evaluation")):
+            correct = answers(results, r, way)
+            if correct is not None:
+                out[r["seed"]] = correct
+    return out
 
 
 def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, Any]]]:
@@ -128,20 +170,40 @@ def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict
     if large == small or not present:
         return {}, []
     refs = {"large": with_stats[0] if with_stats else present[0], **({"small": without[0]} if without else {})}
-    ref_large = chosen_accs(results, refs["large"], large)
-    ref_small = chosen_accs(results, refs["small"], small) if without else {}
-    loss = paired_difference(ref_large, chosen_accs(results, refs["large"], small)) if ref_large else None
-    rows = []
+    ref_large = chosen_accs(results, refs["large"], large), chosen_images(results, refs["large"], large)
+    ref_small = (chosen_accs(results, refs["small"], small), chosen_images(results, refs["small"], small)) \
+        if without else ({}, {})
+    rows, pairs = [], []
     for variant in present:
-        ways = WAYS if batch_stats.get(variant) else ("moving",)
-        for way in ways:
-            accs = chosen_accs(results, variant, small, way)
+        for way in WAYS if batch_stats.get(variant) else ("moving",):
+            accs, images = chosen_accs(results, variant, small, way), chosen_images(results, variant, small, way)
             if not accs:
                 continue
-            row = {"variant": variant, "way": way, "error": interval([100 - a for a in accs.values()]),
-                   "vs_large": paired_difference(ref_large, accs) if ref_large else None,
-                   "vs_small": paired_difference(ref_small, accs) if ref_small else None, "recovered": None}
-            if loss is not None and loss.n > 1 and loss.low > 0 and row["vs_large"] is not None:
-                row["recovered"] = 1 - row["vs_large"].mean / loss.mean
-            rows.append(row)
+            rows.append({"variant": variant, "way": way, "error": interval([100 - a for a in accs.values()]),
+                         "images": images})
+            pairs += [pair(ref[0], accs, ref[1], images) if ref[0] else ([], None) for ref in (ref_large, ref_small)]
+    judged = judge([p for p in pairs if p[0]], margin(results))
+    verdicts = iter(judged)
+    for row, (vs_large, vs_small) in zip(rows, zip(pairs[::2], pairs[1::2], strict=True), strict=True):
+        row["vs_large"] = next(verdicts) if vs_large[0] else None
+        row["vs_small"] = next(verdicts) if vs_small[0] else None
+    own = next((r for r in rows if (r["variant"], r["way"]) == (refs["large"], "moving")), None)
+    loss = own["vs_large"] if own else None  # the reference's own loss from the largest size to the smallest
+    for row in rows:
+        row["recovered"] = None
+        if loss is None or loss.words != "higher" or row["vs_large"] is None:
+            continue
+        row["recovered"] = 1 - row["vs_large"].seeds.mean / loss.seeds.mean
+        seeds = sorted(ref_large[1].keys() & own["images"].keys() & row["images"].keys())  # type: ignore[index]
+        if seeds and row is not own:  # the estimate and its interval from the same answers
+            large_images = np.stack([ref_large[1][s] for s in seeds]).astype(np.int8)
+            part = large_images - np.stack([row["images"][s] for s in seeds])
+            whole = large_images - np.stack([own["images"][s] for s in seeds])  # type: ignore[index]
+            row["recovered"] = 1 - part.mean() / whole.mean() if whole.mean() else None
+            row["recovered_interval"] = share_interval(part, whole)
     return refs, rows
+
+
+def margin(results: dict[str, Any]) -> float:
+    """The study's equivalence margin (TOST), in accuracy points."""
+    return results.get("margin", MARGIN)

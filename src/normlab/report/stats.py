@@ -45,9 +45,6 @@ class Interval:
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
-    def excludes_zero(self) -> bool:
-        return self.n > 1 and (self.low > 0 or self.high < 0)
-
 
 def interval(values: list[float]) -> Interval:
     n = len(values)
@@ -57,12 +54,6 @@ def interval(values: list[float]) -> Interval:
     std = statistics.stdev(values)
     half = t_975(n - 1) * std / math.sqrt(n)
     return Interval(mean, std, mean - half, mean + half, n)
-
-
-def paired_difference(a: dict[int, float], b: dict[int, float]) -> Interval:
-    """a − b over the seeds both have: the mean difference and its 95 % interval (a paired t-interval)."""
-    seeds = sorted(a.keys() & b.keys())
-    return interval([a[s] - b[s] for s in seeds])
 
 
 def choose_on_validation(candidates: dict[float, list[float | None]]) -> float | None:
@@ -125,6 +116,7 @@ class Comparison:
     p: float
     n: int
     estimable: bool
+    equivalence_p: float = math.nan  # TOST at the comparison's margin, where computed
 
 
 def paired_t(differences: list[float]) -> Comparison:
@@ -136,33 +128,71 @@ def paired_t(differences: list[float]) -> Comparison:
     return Comparison(ci.mean, ci.low, ci.high, min(1.0, 2 * t_sf(abs(t), ci.n - 1)), ci.n, True)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, rounds: int = 2000, seed: int = 0) -> Comparison:
-    """a − b in accuracy points from per-image correctness (seeds × images, bool), resampling the test images
-    (the same ones for both, as they were tested on the same images) and the seeds: an interval that counts the
-    test set's sampling as well as the seeds'. Chosen over a McNemar test per seed because it pools the seeds into
-    one interval of the quantity the tables report (the mean accuracy difference) instead of one p-value a seed."""
+ROUNDS = 4000  # bootstrap resamples at least, and 50 per comparison of a table: the smallest p-value, 2/(rounds + 1),
+# stays below 0.05 / comparisons, so Holm's correction never rules out a difference by the resampling's resolution
+MARGIN = 0.2  # accuracy points: the default equivalence margin of TOST (20 of 10,000 test images)
+
+
+def resample_means(diffs: list[np.ndarray], rounds: int = ROUNDS, seed: int = 0) -> np.ndarray:
+    """Bootstrap means, in accuracy points, of seeds × images arrays of per-image differences, all resampled alike:
+    the seeds with replacement and the test images with replacement, the same images for every seed (the runs were
+    tested on the same images). Only images where some array is non-zero move a mean, so the image draws are
+    multinomial counts of those alone: exact, and fast. len(diffs) × rounds."""
+    stacked = np.stack([d.astype(np.float64) for d in diffs])
+    _, seeds, images = stacked.shape
+    moving = np.flatnonzero(np.any(stacked != 0, axis=(0, 1)))
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(diffs), rounds))
+    probabilities = np.append(np.full(len(moving), 1 / images), 1 - len(moving) / images)
+    for start in range(0, rounds, 1000):
+        n = min(1000, rounds - start)
+        counts = rng.multinomial(images, np.clip(probabilities, 0, 1), size=n)[:, :-1]  # n × moving images
+        per_seed = stacked[:, :, moving] @ counts.T / images  # diffs × seeds × n
+        picks = rng.integers(0, seeds, (seeds, n))
+        out[:, start:start + n] = per_seed[:, picks, np.arange(n)].mean(1) * 100
+    return out
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, margin: float = MARGIN, rounds: int = ROUNDS,
+                     seed: int = 0) -> Comparison:
+    """a − b in accuracy points from per-image correctness (seeds × images, bool), resampling the test images and
+    the seeds (resample_means): an interval that counts the test set's sampling as well as the seeds'. Chosen over a
+    McNemar test per seed because it pools the seeds into one interval of the quantity the tables report (the mean
+    accuracy difference) instead of one p-value a seed. ``equivalence_p``: the bootstrap's TOST at ±``margin``."""
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"a and b must be seeds × images of one shape, not {a.shape} and {b.shape}")
-    seeds, images = a.shape
-    diff = a.astype(np.float64) - b.astype(np.float64)  # +1, 0 or −1 per image and seed
-    rng = np.random.default_rng(seed)
-    picks_s = rng.integers(0, seeds, (rounds, seeds))
-    picks_i = rng.integers(0, images, (rounds, images))
-    per_seed = diff.mean(1)
-    means = np.array([diff[np.ix_(picks_s[r], picks_i[r])].mean() for r in range(rounds)]) * 100
+    diff = a.astype(np.int8) - b.astype(np.int8)  # +1, 0 or −1 per image and seed
+    means = resample_means([diff], rounds, seed)[0]
     low, high = np.percentile(means, [2.5, 97.5])
-    p = min(1.0, 2 * min(np.mean(means <= 0), np.mean(means >= 0)))
+    below, above = int(np.sum(means <= 0)), int(np.sum(means >= 0))
+    p = min(1.0, 2 * (min(below, above) + 1) / (rounds + 1))
+    outside = max(int(np.sum(means <= -margin)), int(np.sum(means >= margin)))
     estimable = bool(np.any(diff != 0))  # no image told the two apart: nothing to measure
-    return Comparison(float(per_seed.mean() * 100), float(low), float(high), float(p), seeds * images, estimable)
+    return Comparison(float(diff.mean() * 100), float(low), float(high), p if estimable else math.nan, a.size,
+                      estimable, (outside + 1) / (rounds + 1) if estimable and margin > 0 else math.nan)
+
+
+def share_interval(part: np.ndarray, whole: np.ndarray, rounds: int = ROUNDS, seed: int = 0) -> tuple[float, float]:
+    """The 95 % bootstrap interval of 1 − part / whole, both seeds × images per-image differences resampled alike:
+    the share of a loss (``whole``) that a row's extra error (``part``) leaves unrecovered, taken from 1."""
+    means = resample_means([part, whole], rounds, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shares = 1 - means[0] / means[1]
+    shares = shares[np.isfinite(shares)]  # a resampled loss of 0 has no share
+    if not len(shares):
+        return math.nan, math.nan
+    low, high = np.percentile(shares, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjustment of a table's p-values (familywise error at the stated level, any dependence);
-    nan stays nan and does not count as a comparison."""
+    """Holm's step-down adjustment of a table's p-values (familywise error at the stated level, any dependence).
+    A nan (a comparison its data cannot test) stays nan but still counts as one of the table's comparisons, so that
+    "Holm over N" means N for every test of the table."""
     order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
     adjusted, running = [math.nan] * len(p_values), 0.0
     for rank, (p, i) in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p))
+        running = max(running, min(1.0, (len(p_values) - rank) * p))
         adjusted[i] = running
     return adjusted
 
@@ -189,3 +219,43 @@ def verdict(seeds: Comparison, images: Comparison, seeds_p: float, images_p: flo
     if not math.isnan(equivalence_p) and equivalence_p < level:
         return f"equivalent within ±{margin:g} points"
     return "inconclusive"
+
+
+Pair = tuple[list[float], tuple[np.ndarray, np.ndarray] | None]  # a − b seed by seed; both seeds × images answers
+
+
+def pair(a: dict[int, float], b: dict[int, float], a_images: dict[int, np.ndarray],
+         b_images: dict[int, np.ndarray]) -> Pair:
+    """a − b over the seeds both have, with the per-image answers of those seeds where every one has them."""
+    seeds = sorted(a.keys() & b.keys())
+    images = None
+    if seeds and all(s in a_images and s in b_images for s in seeds):
+        images = (np.stack([a_images[s] for s in seeds]), np.stack([b_images[s] for s in seeds]))
+    return [a[s] - b[s] for s in seeds], images
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One comparison a − b of a table, judged: the seeds' paired t-test, the images' paired bootstrap (None without
+    per-image answers), the words both allow after Holm's correction over the table (``verdict``), and how many
+    comparisons that correction counted."""
+
+    seeds: Comparison
+    images: Comparison | None
+    words: str
+    family: int
+
+
+def judge(pairs: list[Pair], margin: float = MARGIN, level: float = 0.05) -> list[Judged]:
+    """Every comparison of one table or finding, judged together: Holm over the table's seed p-values, over its
+    image p-values and over its equivalence p-values (each TOST needs both the seeds' and the images' to reject)."""
+    missing = Comparison(math.nan, math.nan, math.nan, math.nan, 0, False)
+    seeds = [paired_t(d) if d else missing for d, _ in pairs]  # no seed in common: nothing to test
+    rounds = max(ROUNDS, 50 * len(pairs))
+    images = [None if m is None or not d else paired_bootstrap(*m, margin=margin, rounds=rounds) for d, m in pairs]
+    equivalence = [math.nan if i is None else float(np.maximum(tost(d, margin), i.equivalence_p))  # nan stays nan
+                   for (d, _), i in zip(pairs, images, strict=True)]
+    seeds_p, images_p = holm([s.p for s in seeds]), holm([math.nan if i is None else i.p for i in images])
+    equivalence_p = holm(equivalence)
+    return [Judged(s, i, verdict(s, i or missing, sp, ip, ep, margin, level), len(pairs))
+            for s, i, sp, ip, ep in zip(seeds, images, seeds_p, images_p, equivalence_p, strict=True)]

@@ -27,9 +27,9 @@ import torch
 
 from normlab.data.datasets import Dataset, load_dataset
 from normlab.engine.config import TrainConfig
-from normlab.engine.evalstats import WAYS, evaluation_statistics
+from normlab.engine.evalstats import WAYS, final_evaluation
 from normlab.engine.fused import train_jobs_fused
-from normlab.engine.runfiles import CONFIG, WEIGHTS, save_evaluation
+from normlab.engine.runfiles import CONFIG, WEIGHTS, pack, read_per_image, save_evaluation, save_per_image, sha256
 from normlab.engine.runs import Job, Status
 from normlab.engine.train import train
 from normlab.errors import UserError
@@ -42,6 +42,7 @@ from normlab.report.misclassified import save_misclassified
 from normlab.report.plots import batch_size_figure, lr_figure, metric_figure
 from normlab.report.report import LR_GRAPH, batch_axis, write_report
 from normlab.report.results import chosen_lrs, size_text, summarize
+from normlab.report.stats import MARGIN
 from normlab.study.cluster import check_cpus, ray_session, run_on_ray
 from normlab.study.jobs import default_jobs, run_in_threads
 from normlab.study.plan import VARIANTS, Grid, PlannedRun, Point, Variant, plan_grid, plan_points, unique
@@ -76,6 +77,10 @@ def record(point: Point, out: Path, test_images: int, test_stats: str = "moving"
         })
         if saved.evaluation and run["batch_stats"]:
             run["final_test_acc"] = saved.evaluation[test_stats]
+        weights = sha256((point.run.folder / WEIGHTS).read_bytes())
+        correct = read_per_image(point.run.folder, test_images, weights) if test_images else None
+        if correct is not None:  # per test image, right or not: the paired tests over images (report.stats)
+            run["per_image"] = {way: pack(c) for way, c in correct.items()}
         if config.val_size:  # the epoch a user would pick, picked on validation, and its test accuracy
             best = max(range(len(metrics)), key=lambda i: metrics[i]["val_acc"])
             run.update({"final_val_acc": metrics[-1]["val_acc"], "best_val_epoch": best + 1,
@@ -101,9 +106,9 @@ def run_study(
     address: str | None = None,
     fuse: str = "auto",
     test_stats: str = "moving",
+    margin: float | None = None,
 ) -> dict[str, Any]:
-    """Train every variant × batch size × learning rate × seed not yet in ``out``, then write results, graphs,
-    grids and report.
+    """Train every variant × batch size × learning rate × seed not yet in ``out``; write results, graphs, report.
 
     The grid (``batch_sizes``, ``lrs``, ``tune_seeds``, ``lr_scaling``, ``ghost``) is normlab.study.plan's: None trains
     at ``base.batch_size`` and ``base.lr`` only; with several rates each variant is reported at the one its
@@ -112,12 +117,13 @@ def run_study(
     normlab.study.cluster), each of ``base.threads`` CPUs (None: 1). ``fuse``: on, runs that differ only in seed, rate,
     L1, weight decay and norm train as one fused model (normlab.engine.fused); auto: on a GPU. ``test_stats``: which of
     normlab.engine.evalstats' ways the tables and findings take as the test accuracy of a run with batch statistics (the
-    curves stay the moving averages'). ``force``: retrain runs in ``out`` made with other settings, or whose files
+    curves stay the moving averages'). ``margin``: the equivalence margin of the report's tests (normlab.report.stats),
+    in accuracy points (None: its MARGIN). ``force``: retrain runs in ``out`` made with other settings, or whose files
     cannot be read. Nothing is written before every input and run folder is checked.
     """
     base = base or TrainConfig()
     grid = plan_grid(variants, seeds, base, batch_sizes, lrs, tune_seeds, lr_scaling, ghost)
-    check_how(backend, address, jobs, base, fuse, test_stats)
+    check_how(backend, address, jobs, base, fuse, test_stats, margin)
     out = Path(out)
     check_marker(out)
     device = resolve_device(base.device)
@@ -139,6 +145,7 @@ def run_study(
                                                                               progress, log, ray, fused))
             study = {**grid.settings(), "dataset_title": data.info.title, "backend": backend,
                      "jobs": min(jobs, n_runs) if jobs else None, "threads": threads, "test_stats": test_stats,
+                     "margin": MARGIN if margin is None else margin,
                      "graph_batch": base.batch_size if base.batch_size in grid.sizes else max(grid.sizes)}
             return collect(out, points, grid.variants, study, data, device, log)
 
@@ -174,8 +181,10 @@ def check_marker(out: Path) -> None:
 
 
 def check_how(backend: str, address: str | None, jobs: int | None, base: TrainConfig, fuse: str,
-              test_stats: str) -> None:
+              test_stats: str, margin: float | None = None) -> None:
     """The settings of how a study trains and reports, each bad one a UserError naming it."""
+    if margin is not None and not 0 < margin < 100:  # nan fails too
+        raise UserError("must be a number of accuracy points above 0 and below 100", "margin", margin)
     if test_stats not in WAYS:
         raise UserError("choose moving (the running averages), precise (PreciseBN) or batch (the test images' own "
                         "statistics)", "test_stats", test_stats)
@@ -244,13 +253,31 @@ def conv_weight_l1(model: torch.nn.Module) -> float:
     return float(sum(m.weight.detach().abs().sum() for m in model.modules() if isinstance(m, torch.nn.Conv2d)))
 
 
-def add_evaluation(run: PlannedRun, data: Dataset, device: torch.device) -> None:
-    """A finished run with batch statistics that predates normlab.engine.evalstats gets its evaluation.json now."""
+def complete(run: PlannedRun, data: Dataset, device: torch.device, images: int, log: Callable[[str], None]) -> None:
+    """A finished run gets what it lacks of its final evaluation (normlab.engine.evalstats.final_evaluation): the
+    evaluation.json of a run with batch statistics that predates it, and a per_image.json computed from its model.pt
+    as it is now (derived, so recomputed rather than trusted)."""
     saved = run.read_back()
-    if saved.failure is None and saved.evaluation is None and NORMS[run.config.norm].batch_stats:
-        model = saved.model.to(device)  # type: ignore[union-attr]  # a finished run has its model
-        saved.evaluation = evaluation_statistics(model, run.config, data, device, saved.metrics[-1]["test_acc"])
-        save_evaluation(run.folder, saved.evaluation)
+    if saved.failure is not None:
+        return
+    batch_stats = NORMS[run.config.norm].batch_stats
+    weights = sha256((run.folder / WEIGHTS).read_bytes())
+    kept = read_per_image(run.folder, images, weights)
+    if (saved.evaluation or not batch_stats) and kept is not None \
+            and kept.keys() == (set(WAYS) if batch_stats else {"moving"}):
+        return
+    model = saved.model.to(device)  # type: ignore[union-attr]  # a finished run has its model
+    evaluation, answers = final_evaluation(model, run.config, data, device, saved.metrics[-1]["test_acc"])
+    if batch_stats and saved.evaluation is None:
+        saved.evaluation = evaluation
+        save_evaluation(run.folder, evaluation)  # type: ignore[arg-type]  # batch statistics: evaluated
+    correct = {way: c.numpy() for way, c in answers.items()}
+    recorded = {"moving": saved.metrics[-1]["test_acc"], **(saved.evaluation or {})}
+    off = [way for way, c in correct.items() if abs(c.mean() * 100 - recorded[way]) > 50 / images]
+    if off:  # another machine's arithmetic can move an image across a decision boundary
+        log(f"{run.folder}: its final model, evaluated here, gets a different number of test images right than its "
+            f"run recorded ({', '.join(off)}): the paired tests over images use what it gets here")
+    save_per_image(run.folder, correct, weights)
 
 
 def study_outputs(out: Path) -> set[Path]:
@@ -262,9 +289,10 @@ def collect(out: Path, points: list[Point], parsed: list[Variant], study: dict[s
             data: Dataset, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
     """Read every run back and write results.json, the graphs, the grids and the report."""
     test_data = data.limit(None, study["base_config"]["test_limit"])
+    images = len(test_data.test_labels)
     for run in unique(points):
-        add_evaluation(run, data, device)
-    runs = [record(p, out, len(test_data.test_labels), study["test_stats"]) for p in points]
+        complete(run, data, device, images, log)
+    runs = [record(p, out, images, study["test_stats"]) for p in points]
     models = {r["folder"]: p.run.read_back().model for p, r in zip(points, runs, strict=True) if r["failed"] is None}
     results = {**study, "runs": runs}
     chosen = chosen_lrs(results)
