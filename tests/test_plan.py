@@ -88,3 +88,13 @@ def test_a_variants_group_count_is_checked_against_its_studys_model():
 def test_normfirst_for_a_model_that_keeps_its_order_names_the_variant():
     with pytest.raises(UserError, match=r"variant 'gn\+normfirst': \+normfirst orders normlab's Net's blocks"):
         plan_grid(["gn", "gn+normfirst"], [0], TrainConfig(model="resnet"), None, None, None, True, False)
+
+
+def test_by_default_three_seeds_choose_the_rate_and_the_others_report_it():
+    """Where a study has more seeds than 3, the first 3 choose each variant's rate and the rest report it (their
+    test accuracy carries no luck of the choice); with 3 or fewer, or one rate, every seed does both."""
+    base = TrainConfig(val_size=1000)
+    assert plan_grid(["gn"], [0, 1, 2, 3, 4], base, None, [0.1, 0.2], None, True, False).tuning == [0, 1, 2]
+    assert plan_grid(["gn"], [0, 1, 2], base, None, [0.1, 0.2], None, True, False).tuning == [0, 1, 2]
+    assert plan_grid(["gn"], [5, 6, 7, 8], base, None, None, None, True, False).tuning == [5, 6, 7, 8]
+    assert plan_grid(["gn"], [0, 1, 2, 3], base, None, [0.1, 0.2], [3], True, False).tuning == [3]

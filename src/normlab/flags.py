@@ -136,7 +136,8 @@ def add_sgd_args(p: argparse.ArgumentParser, d: Any, study: bool) -> None:
                             "accuracy chooses; needs --val-size; Graph 4 shows the choice (default: one rate)")
         p.add_argument("--tune-seeds", type=int, nargs="+", default=None, metavar="S",
                        help="with --lrs: the seeds that choose the rate, trained at every rate; the rest of --seeds "
-                            "train at each variant's chosen rate only (default: all of --seeds)")
+                            "train at each variant's chosen rate only and alone report its test accuracy (default: "
+                            "the first 3 of --seeds where there are more, else all of them)")
     else:
         p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--lr-warmup", type=float, default=d.lr_warmup,

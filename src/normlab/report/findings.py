@@ -165,7 +165,10 @@ def how_chosen(chosen: dict[str, Any], rows: list[dict[str, Any]], results: dict
 
 def ranked(results: dict[str, Any], rows: list[dict[str, Any]], seeds: list[int]) -> list[str]:
     """The rows' variants by mean final test accuracy over ``seeds``, best first."""
-    means = {r["variant"]: statistics.fmean(a for s, a in final_accs(results, r).items() if s in seeds) for r in rows}
+    means = {r["variant"]: statistics.fmean(a["final_test_acc"] for a in finished_runs(results) if a["seed"] in seeds
+                                            and (a["variant"], a["batch_size"], a["lr"]) == (r["variant"],
+                                                                                            r["batch_size"], r["lr"]))
+             for r in rows}
     return sorted(means, key=means.__getitem__, reverse=True)
 
 

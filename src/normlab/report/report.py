@@ -214,7 +214,11 @@ def what_was_run(results: dict[str, Any]) -> str:
             f"train{'s' if len(later) == 1 else ''} at the chosen rate only)")
         lr += (" Each variant is reported at the learning rate with the best mean validation accuracy at the last "
                f"epoch over {over}; ties go to the smaller rate, and a rate with a failed run is never chosen: the "
-               "test set chooses nothing.")
+               "test set chooses nothing. " + (
+                   f"The test accuracies at the chosen rates are {seeds_text(later)}'s alone: a seed that chose a "
+                   "rate would report it with the luck of its own choice (the winner's curse)." if later else
+                   "Every seed both chose the rate and reports it, so its test accuracy may flatter the choice (the "
+                   "winner's curse); --tune-seeds leaving other seeds out avoids it."))
     val = (f", {base['val_size']:,} training images held out for validation, chosen by the seed"
            if base.get("val_size") else "")
     n, seeds, epochs = len(results["variants"]), results["seeds"], base["epochs"]

@@ -19,10 +19,18 @@ def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in results["runs"] if r.get("failed") is None]
 
 
+def point_runs(results: dict[str, Any], variant: str, batch: int, lr: float | None) -> list[dict[str, Any]]:
+    """The finished runs that report one point (a variant at a batch size and rate): the seeds that did not choose
+    the rate, where it has any, for a tuning seed's test accuracy carries the luck of the choice it made (the
+    winner's curse); else every seed, and the report says so."""
+    runs = [r for r in finished_runs(results) if (r["variant"], r["batch_size"], r["lr"]) == (variant, batch, lr)]
+    tuning = set(results.get("tune_seeds") or results["seeds"])
+    return [r for r in runs if r["seed"] not in tuning] or runs
+
+
 def final_accs(results: dict[str, Any], row: dict[str, Any]) -> dict[int, float]:
-    """Seed -> final test accuracy of the finished runs of one row: a variant at one batch size and rate."""
-    return {r["seed"]: r["final_test_acc"] for r in finished_runs(results)
-            if (r["variant"], r["batch_size"], r["lr"]) == (row["variant"], row["batch_size"], row["lr"])}
+    """Seed -> final test accuracy of the runs that report one row: a variant at one batch size and rate."""
+    return {r["seed"]: r["final_test_acc"] for r in point_runs(results, row["variant"], row["batch_size"], row["lr"])}
 
 
 def answers(results: dict[str, Any], run: dict[str, Any], way: str | None = None) -> np.ndarray | None:
@@ -37,13 +45,8 @@ def answers(results: dict[str, Any], run: dict[str, Any], way: str | None = None
 
 def final_images(results: dict[str, Any], row: dict[str, Any]) -> dict[int, np.ndarray]:
     """Seed -> per-image answers of the finished runs of one row, as final_accs' accuracies are."""
-    out = {}
-    for r in finished_runs(results):
-        if (r["variant"], r["batch_size"], r["lr"]) == (row["variant"], row["batch_size"], row["lr"]):
-            correct = answers(results, r)
-            if correct is not None:
-                out[r["seed"]] = correct
-    return out
+    runs = point_runs(results, row["variant"], row["batch_size"], row["lr"])
+    return {r["seed"]: correct for r in runs if (correct := answers(results, r)) is not None}
 
 
 def chosen_lrs(results: dict[str, Any]) -> dict[tuple[str, int], float]:
@@ -69,16 +72,17 @@ def tuning_runs(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[dic
 
 
 def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per variant, batch size and learning rate: the final test accuracy over seeds (an Interval), means of the
-    rest, and whether the rate is the one the variant is reported at (``chosen``)."""
+    """Per variant, batch size and learning rate: the final test accuracy over the seeds that report it (an
+    Interval; point_runs), means of the rest, the validation accuracy over the seeds that chose the rate, and whether
+    the rate is the one the variant is reported at (``chosen``)."""
     rows, chosen = [], chosen_lrs(results)
     for batch in results["batch_sizes"]:
         for name in results["variants"]:
             at_point = [r for r in finished_runs(results) if r["variant"] == name and r["batch_size"] == batch]
             for lr in sorted({r["lr"] for r in at_point}):  # no row where every run failed: failures() says so
-                runs = [r for r in at_point if r["lr"] == lr]
-                row = summary_row(runs, name, batch, lr, chosen.get((name, batch)) == lr)
-                tuning = tuning_runs(results, runs)
+                reporting = point_runs(results, name, batch, lr)
+                row = summary_row(reporting, name, batch, lr, chosen.get((name, batch)) == lr)
+                tuning = tuning_runs(results, [r for r in at_point if r["lr"] == lr])
                 if tuning and "final_val_acc" in tuning[0]:  # the validation accuracy that chose the rate
                     row["val"] = interval([r["final_val_acc"] for r in tuning])
                 rows.append(row)
@@ -116,8 +120,7 @@ def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     chosen, rows = chosen_lrs(results), []
     for batch in results["batch_sizes"]:
         for name in results["variants"]:
-            runs = [r for r in finished_runs(results) if r["variant"] == name and r["batch_size"] == batch
-                    and r["lr"] == chosen.get((name, batch)) and r.get("evaluation")]
+            runs = [r for r in point_runs(results, name, batch, chosen.get((name, batch))) if r.get("evaluation")]
             if not runs:
                 continue
             by_seed = {way: {r["seed"]: r["evaluation"][way] for r in runs} for way in WAYS}
@@ -136,8 +139,7 @@ def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 def chosen_accs(results: dict[str, Any], variant: str, batch: int, way: str = "moving") -> dict[int, float]:
     """Seed -> test accuracy of a variant at one batch size and its chosen rate, under one evaluation statistics
     (a run without batch statistics has one test accuracy, whichever is asked)."""
-    lr = chosen_lrs(results).get((variant, batch))
-    runs = [r for r in finished_runs(results) if (r["variant"], r["batch_size"], r["lr"]) == (variant, batch, lr)]
+    runs = point_runs(results, variant, batch, chosen_lrs(results).get((variant, batch)))
     if way == "moving":
         return {r["seed"]: r["evaluation"]["moving"] if r.get("evaluation") else r["final_test_acc"] for r in runs}
     return {r["seed"]: r["evaluation"][way] for r in runs if r.get("evaluation")}
@@ -145,15 +147,9 @@ def chosen_accs(results: dict[str, Any], variant: str, batch: int, way: str = "m
 
 def chosen_images(results: dict[str, Any], variant: str, batch: int, way: str = "moving") -> dict[int, np.ndarray]:
     """Seed -> per-image answers of a variant at one batch size and its chosen rate, as chosen_accs."""
-    lr = chosen_lrs(results).get((variant, batch))
-    out = {}
-    for r in finished_runs(results):
-        same = (r["variant"], r["batch_size"], r["lr"]) == (variant, batch, lr)
-        if same and (way == "moving" or r.get("evaluation")):
-            correct = answers(results, r, way)
-            if correct is not None:
-                out[r["seed"]] = correct
-    return out
+    runs = point_runs(results, variant, batch, chosen_lrs(results).get((variant, batch)))
+    return {r["seed"]: correct for r in runs if (way == "moving" or r.get("evaluation"))
+            and (correct := answers(results, r, way)) is not None}
 
 
 def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, Any]]]:

@@ -24,6 +24,7 @@ from normlab.files import check_folder, refuse_links
 from normlab.nn.norms import CONV_MODIFIERS, NORMS, canonical_norm, names_where
 
 VARIANTS = ("bn+l1", "gn", "ln")  # the three models of the exercise
+TUNING = 3  # seeds that choose each variant's learning rate by default, where a study has more to report with
 L1_LAMBDA = 1e-5                  # λ of every "+l1" variant
 
 
@@ -180,8 +181,14 @@ def plan_grid(variants: list[str] | tuple[str, ...], seeds: list[int] | tuple[in
                             e.value) from None
 
     configs = {(v, b, lr, s): run_config(v, b, lr, s) for v in parsed for b in sizes for lr in rates for s in seeds}
-    tuning = list(tune_seeds) if tune_seeds is not None else list(seeds)
+    tuning = list(tune_seeds) if tune_seeds is not None else default_tuning(list(seeds), rates)
     return Grid(parsed, list(seeds), sizes, rates, tuning, lr_scaling, ghost, lrs is not None, base, configs)
+
+
+def default_tuning(seeds: list[int], rates: list[float]) -> list[int]:
+    """The seeds that choose the rate unless the study names them: the first 3 where more seeds are left to report
+    at the chosen rates (normlab.report.results.point_runs), else all of them."""
+    return seeds[:TUNING] if len(rates) > 1 and len(seeds) > TUNING else seeds
 
 
 @dataclass
