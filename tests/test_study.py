@@ -352,3 +352,17 @@ def test_one_at_a_time_a_run_held_elsewhere_fails_alone_and_the_others_train(tmp
     with FolderLock(held), pytest.raises(UserError, match=r"gn, batch 64, seed 0: .*in use by another normlab"):
         run_study(out, ["gn", "ln"], [0], base, jobs=1, progress=False, log=quiet)
     assert (out / "ln" / "b64" / "seed0" / WEIGHTS).is_file() and not (held / WEIGHTS).exists()
+
+
+def test_extend_edges_trains_one_rate_past_a_choice_at_the_edge_and_chooses_again(tmp_path, mnist):
+    """At 1 epoch the larger of two small rates wins: its tuning seed then trains at twice it, the choice is made
+    over the three, and the seed that reports trains at the final choice only."""
+    logs = []
+    results = run_study(tmp_path / "s", ["gn"], [0, 1], VAL, progress=False, log=logs.append, lrs=[0.002, 0.004],
+                        tune_seeds=[0], extend_edges=True)
+    runs = {(r["seed"], r["lr"]) for r in results["runs"]}
+    assert {(0, 0.002), (0, 0.004), (0, 0.008)} <= runs  # 0.004 sat at the edge: 0.008 was tried
+    chosen = results["chosen_lrs"][0]["lr"]
+    assert (1, chosen) in runs and len([r for r in runs if r[0] == 1]) == 1 and results["extend_edges"]
+    with pytest.raises(UserError, match="extend_edges extends the grid of lrs past its edges"):
+        run_study(tmp_path / "t", ["gn"], [0], VAL, progress=False, log=quiet, extend_edges=True)

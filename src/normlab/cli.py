@@ -84,7 +84,7 @@ def cmd_study(args: argparse.Namespace) -> None:
                             tune_seeds=args.tune_seeds,
                             lr_scaling=args.lr is None, ghost=args.ghost, backend=args.backend,
                             address=args.address, fuse=args.fuse, test_stats=args.test_stats,
-                            margin=args.margin)  # None: normlab.report.stats.MARGIN
+                            margin=args.margin, extend_edges=args.extend_edges)  # margin None: stats.MARGIN
     except Interrupted as e:
         # a finished epoch of any run: its metrics.json, or its checkpoint (a stop can fall between the two)
         if any(out.glob("*/*/seed*/metrics.json")) or any(out.glob("*/*/seed*/checkpoint.pt")):
@@ -182,6 +182,11 @@ def build_parser() -> Parser:
                         "running averages, PyTorch's eval mode), precise (PreciseBN: population statistics of the "
                         "final weights) or batch (the test images' own, in groups of the training group size); "
                         "all three are always in the report's evaluation table")
+    p.add_argument("--extend-edges", action="store_true",
+                   help="with --lrs: where a variant's chosen rate is the grid's largest or smallest, its tuning "
+                        "seeds also train one rate further (the grid's outermost ratio again) and the choice is "
+                        "made again, once (default: the grid as given; the report says when a choice sits at its "
+                        "edge)")
     p.add_argument("--margin", type=float, default=None,
                    help="the equivalence margin, in test accuracy points: the report calls two variants "
                         "equivalent only where TOST over seeds and over test images puts their difference within "

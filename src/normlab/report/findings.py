@@ -98,7 +98,8 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
         top = ranked[0]
         at = f" {size_text(results, batch)}" if len(results["batch_sizes"]) > 1 else ""
         what = f"mean final test accuracy over {top['seeds']} seeds" if top["seeds"] > 1 else "final test accuracy"
-        out.append(f"{top['variant']} ends best{at}: {top['final'].mean:.2f}% {what} after {top['epochs']} epochs.")
+        epochs = f"{top['epochs']} epoch{'s' * (top['epochs'] != 1)}"
+        out.append(f"{top['variant']} ends best{at}: {top['final'].mean:.2f}% {what} after {epochs}.")
         out += comparisons(results, ranked)
     if len(results["batch_sizes"]) > 1:
         out += batch_findings(rows, results) + small_batch_findings(results)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -126,12 +127,32 @@ class Grid:
     lr_axis: bool        # rates were given: run folders and labels name the rate
     base: TrainConfig
     configs: dict[tuple[Variant, int, float, int], TrainConfig]
+    make: Callable[[Variant, int, float, int], TrainConfig]  # a point's config, checked
+    extend: bool = False  # one rate past the grid's edge where a variant's choice sits at it (past_edges)
 
     def settings(self) -> dict[str, Any]:
         """study.json: what the study asks for."""
         return {"variants": [v.name for v in self.variants], "seeds": self.seeds, "batch_sizes": self.sizes,
                 "lrs": self.rates, "tune_seeds": self.tuning, "lr_scaling": self.lr_scaling and not self.ghost,
-                "ghost": self.ghost, "base_config": self.base.to_dict()}
+                "ghost": self.ghost, "extend_edges": self.extend, "base_config": self.base.to_dict()}
+
+    def past_edges(self, chosen: dict[tuple[str, int], float]) -> set[tuple[Variant, int, float, int]]:
+        """With ``extend``: for each (variant, size) whose chosen rate is the grid's largest or smallest, one rate
+        further at the grid's outermost ratio (0.2, 0.4 -> 0.8; 0.05, 0.1 -> 0.025), for every seed. The points
+        added."""
+        rates = sorted(self.rates)
+        if not self.extend or len(rates) < 2:
+            return set()
+        beyond = {rates[-1]: rates[-1] * (rates[-1] / rates[-2]), rates[0]: rates[0] * (rates[0] / rates[1])}
+        added = set()
+        for v in self.variants:
+            for b in self.sizes:
+                edge = [r for r in beyond if self.configs[v, b, r, self.tuning[0]].lr == chosen.get((v.name, b))]
+                rate = float(f"{beyond[edge[0]]:.12g}") if edge else None  # 0.8, not 0.8000000000000002
+                added |= {(v, b, rate, s) for s in self.seeds if rate is not None}
+        for key in added:
+            self.configs[key] = self.make(*key)
+        return added
 
     def runs(self, out: Path) -> int:
         """How many runs the study trains: every rate for the tuning seeds, one rate for the others."""
@@ -141,7 +162,8 @@ class Grid:
 
 def plan_grid(variants: list[str] | tuple[str, ...], seeds: list[int] | tuple[int, ...], base: TrainConfig,
               batch_sizes: list[int] | tuple[int, ...] | None, lrs: list[float] | tuple[float, ...] | None,
-              tune_seeds: list[int] | tuple[int, ...] | None, lr_scaling: bool, ghost: bool) -> Grid:
+              tune_seeds: list[int] | tuple[int, ...] | None, lr_scaling: bool, ghost: bool,
+              extend_edges: bool = False) -> Grid:
     """Every axis checked and every run's config made (and so checked), before anything is written."""
     parsed = [parse_variant(v) for v in variants]
     models = [v.config(TrainConfig(model=base.model), 0) for v in parsed]
@@ -182,7 +204,10 @@ def plan_grid(variants: list[str] | tuple[str, ...], seeds: list[int] | tuple[in
 
     configs = {(v, b, lr, s): run_config(v, b, lr, s) for v in parsed for b in sizes for lr in rates for s in seeds}
     tuning = list(tune_seeds) if tune_seeds is not None else default_tuning(list(seeds), rates)
-    return Grid(parsed, list(seeds), sizes, rates, tuning, lr_scaling, ghost, lrs is not None, base, configs)
+    if extend_edges and len(rates) < 2:
+        raise UserError("{extend_edges} extends the grid of {lrs} past its edges: give several rates, or drop it")
+    return Grid(parsed, list(seeds), sizes, rates, tuning, lr_scaling, ghost, lrs is not None, base, configs,
+                run_config, extend_edges)
 
 
 def default_tuning(seeds: list[int], rates: list[float]) -> list[int]:
@@ -227,11 +252,15 @@ class Point:
     batch: int
 
 
-def plan_points(out: Path, grid: Grid, threads: int | None, force: bool) -> list[Point]:
-    """Every run folder the study may train, read back and checked before any run trains, as points of the grid."""
+def plan_points(out: Path, grid: Grid, threads: int | None, force: bool,
+                keys: set[tuple[Variant, int, float, int]] | None = None) -> list[Point]:
+    """Every run folder the study may train (or those of ``keys``), read back and checked before any of them trains,
+    as points of the grid."""
     planned: dict[Path, PlannedRun] = {}
     points = []
-    for (variant, batch, _, seed), config in grid.configs.items():
+    for (variant, batch, lr, seed), config in grid.configs.items():
+        if keys is not None and (variant, batch, lr, seed) not in keys:
+            continue
         folder = run_folder(out, variant, config, grid.lr_axis)
         if folder not in planned:
             planned[folder] = plan_run(folder, variant, seed, replace(config, threads=threads), force, grid.lr_axis)

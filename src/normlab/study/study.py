@@ -107,22 +107,21 @@ def run_study(
     fuse: str = "auto",
     test_stats: str = "moving",
     margin: float | None = None,
+    extend_edges: bool = False,
 ) -> dict[str, Any]:
     """Train every variant × batch size × learning rate × seed not yet in ``out``; write results, graphs, report.
 
-    The grid (``batch_sizes``, ``lrs``, ``tune_seeds``, ``lr_scaling``, ``ghost``) is normlab.study.plan's: None trains
-    at ``base.batch_size`` and ``base.lr`` only; with several rates each variant is reported at the one its
-    validation accuracy chooses. ``jobs``: runs trained at once, as threads (None: normlab.study.jobs.default_jobs);
-    with ``backend`` "ray", tasks in flight on the Ray cluster at ``address`` (None: a local instance;
-    normlab.study.cluster), each of ``base.threads`` CPUs (None: 1). ``fuse``: on, runs that differ only in seed, rate,
-    L1, weight decay and norm train as one fused model (normlab.engine.fused); auto: on a GPU. ``test_stats``: which of
-    normlab.engine.evalstats' ways the tables and findings take as the test accuracy of a run with batch statistics (the
-    curves stay the moving averages'). ``margin``: the equivalence margin of the report's tests (normlab.report.stats),
-    in accuracy points (None: its MARGIN). ``force``: retrain runs in ``out`` made with other settings, or whose files
-    cannot be read. Nothing is written before every input and run folder is checked.
+    The grid (``batch_sizes``, ``lrs``, ``tune_seeds``, ``lr_scaling``, ``ghost``, ``extend_edges``) is
+    normlab.study.plan's: None trains at ``base.batch_size`` and ``base.lr`` only. ``jobs``: runs trained at once, as
+    threads (normlab.study.jobs), or with ``backend`` "ray" tasks in flight on the cluster at ``address`` (None: a
+    local one; normlab.study.cluster), each of ``base.threads`` CPUs. ``fuse``: on, runs differing only in seed, rate,
+    L1, weight decay and norm train as one fused model (normlab.engine.fused); auto: on a GPU. ``test_stats``: which
+    of normlab.engine.evalstats' ways the tables take as a BN run's test accuracy (the curves: the moving averages').
+    ``margin``: the report's equivalence margin in accuracy points (None: normlab.report.stats.MARGIN). ``force``:
+    retrain runs in ``out`` made with other settings, or unreadable. Nothing is written before all is checked.
     """
     base = base or TrainConfig()
-    grid = plan_grid(variants, seeds, base, batch_sizes, lrs, tune_seeds, lr_scaling, ghost)
+    grid = plan_grid(variants, seeds, base, batch_sizes, lrs, tune_seeds, lr_scaling, ghost, extend_edges)
     check_how(backend, address, jobs, base, fuse, test_stats, margin)
     out = Path(out)
     check_marker(out)
@@ -142,7 +141,8 @@ def run_study(
                     path.unlink()
             fused = fusing(fuse, base, device, backend, log)
             points = train_grid(out, grid, points, lambda todo: train_runs(todo, data, device, jobs, threads,
-                                                                              progress, log, ray, fused))
+                                                                              progress, log, ray, fused),
+                                lambda keys: plan_points(out, grid, threads, force, keys))
             study = {**grid.settings(), "dataset_title": data.info.title, "backend": backend,
                      "jobs": min(jobs, n_runs) if jobs else None, "threads": threads, "test_stats": test_stats,
                      "margin": MARGIN if margin is None else margin,
@@ -202,14 +202,20 @@ def check_how(backend: str, address: str | None, jobs: int | None, base: TrainCo
         raise UserError("is for {backend} ray only; add {backend} ray or drop it", "address", address)
 
 
-def train_grid(out: Path, grid: Grid, points: list[Point], trainer: Callable[[list[PlannedRun]], None]) -> list[Point]:
-    """The tuning seeds at every rate, then the other seeds at each variant's chosen rate only: the points that
-    stand in the study."""
+def train_grid(out: Path, grid: Grid, points: list[Point], trainer: Callable[[list[PlannedRun]], None],
+               planner: Callable[[set[Any]], list[Point]]) -> list[Point]:
+    """The tuning seeds at every rate (and, with grid.extend, one rate past an edge where a choice sits at it), then
+    the other seeds at each variant's chosen rate only: the points that stand in the study."""
     tune = [p for p in points if p.run.seed in grid.tuning]
     trainer(unique(tune))
-    if len(grid.tuning) == len(grid.seeds):
-        return tune
     chosen = chosen_lrs({**grid.settings(), "runs": [record(p, out, 0) for p in tune]})
+    added = grid.past_edges(chosen)
+    if added:
+        new = planner(added)
+        points, extra = points + new, [p for p in new if p.run.seed in grid.tuning]
+        trainer(unique(extra))
+        tune += extra
+        chosen = chosen_lrs({**grid.settings(), "runs": [record(p, out, 0) for p in tune]})
     later = [p for p in points if p.run.seed not in grid.tuning
              and chosen.get((p.run.variant.name, p.batch)) == p.run.config.lr]
     trainer(unique(later))
