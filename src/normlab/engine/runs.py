@@ -232,12 +232,12 @@ class RunFolder:
             save_evaluation(self.path, evaluation)
         weights = io.BytesIO()
         torch.save(model.state_dict(), weights)
+        weights_sha256 = sha256(weights.getvalue())
         if correct is not None:
-            save_per_image(self.path, {way: c.numpy() for way, c in correct.items()}, sha256(weights.getvalue()))
+            save_per_image(self.path, {way: c.numpy() for way, c in correct.items()}, weights_sha256)
         files = {name: sha256((self.path / name).read_bytes()) for name in (CONFIG, METRICS_JSON, METRICS_CSV,
                                                                             EVALUATION) if (self.path / name).is_file()}
-        write_atomic(self.path / RECORD, json.dumps({"sha256": {**files, WEIGHTS: sha256(weights.getvalue())}},
-                                                    indent=2))
+        write_atomic(self.path / RECORD, json.dumps({"sha256": {**files, WEIGHTS: weights_sha256}}, indent=2))
         replace_atomic(self.path / WEIGHTS, lambda f: f.write(weights.getvalue()))
         (self.path / CHECKPOINT).unlink(missing_ok=True)
         self.close_events()

@@ -17,6 +17,7 @@ from normlab.report.results import (
     final_images,
     finished_runs,
     margin,
+    runs_at,
     seeds_text,
     size_text,
     small_batch_rows,
@@ -84,9 +85,11 @@ def claim(sentence: str, what: str, j: Judged, results: dict[str, Any], differen
     return f"{sentence}; {what}: {tested(j)}: {words(j, results, difference, other_way or difference)}."
 
 
-def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+def findings(rows: list[dict[str, Any]], results: dict[str, Any], evaluations: list[dict[str, Any]] | None = None,
+             small: tuple[dict[str, str], list[dict[str, Any]]] | None = None) -> list[str]:
     """Sentences derived from the numbers, so they change when the numbers do. Variants are compared each at
-    its chosen learning rate."""
+    its chosen learning rate. ``evaluations`` and ``small``: the report's evaluation_rows and small_batch_rows,
+    whose tests are judged once for table and sentences alike (None: judged here)."""
     every_rate, rows = rows, [r for r in rows if r["chosen"]]
     if not rows:
         return ["Every run failed: there is nothing to compare."]
@@ -102,8 +105,8 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
         out.append(f"{top['variant']} ends best{at}: {top['final'].mean:.2f}% {what} after {epochs}.")
         out += comparisons(results, ranked)
     if len(results["batch_sizes"]) > 1:
-        out += batch_findings(rows, results) + small_batch_findings(results)
-    out += evaluation_findings(results)
+        out += batch_findings(rows, results) + small_batch_findings(small or small_batch_rows(results), results)
+    out += evaluation_findings(evaluation_rows(results) if evaluations is None else evaluations, results)
     target = TARGET_ACC.get(results["base_config"]["dataset"])
     reached = [name_of(r, results) for r in rows if target is not None and r["final"].mean >= target]
     missed = [name_of(r, results) for r in rows if target is not None and r["final"].mean < target]
@@ -166,10 +169,9 @@ def how_chosen(chosen: dict[str, Any], rows: list[dict[str, Any]], results: dict
 
 def ranked(results: dict[str, Any], rows: list[dict[str, Any]], seeds: list[int]) -> list[str]:
     """The rows' variants by mean final test accuracy over ``seeds``, best first."""
-    means = {r["variant"]: statistics.fmean(a["final_test_acc"] for a in finished_runs(results) if a["seed"] in seeds
-                                            and (a["variant"], a["batch_size"], a["lr"]) == (r["variant"],
-                                                                                            r["batch_size"], r["lr"]))
-             for r in rows}
+    means = {r["variant"]: statistics.fmean(a["final_test_acc"] for a in runs_at(results, r["variant"],
+                                                                                  r["batch_size"], r["lr"])
+                                            if a["seed"] in seeds) for r in rows}
     return sorted(means, key=means.__getitem__, reverse=True)
 
 
@@ -210,11 +212,11 @@ def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[
     return out
 
 
-def evaluation_findings(results: dict[str, Any]) -> list[str]:
+def evaluation_findings(evaluations: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
     """At the smallest batch size: how much PreciseBN and the test batch's own statistics change the test accuracy
     of each norm with batch statistics, as the evaluation table judges it."""
     small, out = min(results["batch_sizes"]), []
-    for r in evaluation_rows(results):
+    for r in evaluations:
         if r["batch_size"] != small or r["moving"].n < 2:
             continue
         at = f" {size_text(results, small)}" if len(results["batch_sizes"]) > 1 else ""
@@ -226,10 +228,10 @@ def evaluation_findings(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def small_batch_findings(results: dict[str, Any]) -> list[str]:
+def small_batch_findings(small: tuple[dict[str, str], list[dict[str, Any]]], results: dict[str, Any]) -> list[str]:
     """At the smallest size: which variants (and evaluation statistics) the tests put above the large-size
     reference's test error, below it, within the margin of it, or cannot tell."""
-    refs, rows = small_batch_rows(results)
+    refs, rows = small
     paired = [r for r in rows if r["vs_large"] is not None and r["vs_large"].seeds.n > 1]
     if not paired:
         return []

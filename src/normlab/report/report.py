@@ -139,10 +139,11 @@ def judged_caption(results: dict[str, Any], family: int) -> str:
             "(inconclusive).")
 
 
-def small_batch_table(results: dict[str, Any]) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
-    """Every variant at the smallest size against the two references of normlab.report.results.small_batch_rows:
-    the paragraph that says what the columns are, and the table."""
-    refs, rows = small_batch_rows(results)
+def small_batch_table(results: dict[str, Any], small: tuple[dict[str, str], list[dict[str, Any]]] | None = None
+                      ) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
+    """Every variant at the smallest size against the two references of normlab.report.results.small_batch_rows
+    (``small``, where the caller has them): the paragraph that says what the columns are, and the table."""
+    refs, rows = small or small_batch_rows(results)
     if not rows:
         return None
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
@@ -239,7 +240,8 @@ def data_words(dataset: str, title: str) -> str:
 
 
 def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, Any]]:
-    rows = summarize(results)
+    rows, evaluations = summarize(results), evaluation_rows(results)
+    small_rows = small_batch_rows(results) if len(results["batch_sizes"]) > 1 else None  # judged once, used twice
     blocks: list[tuple[str, Any]] = [
         ("h1", "normlab study report"), ("p", what_was_run(results)),
         ("h2", "Results"), ("table", results_table(rows, results)),
@@ -249,7 +251,7 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
                    ("p", "For comparison, the GroupNorm paper (Wu & He 2018, Table 2): ResNet-50 on ImageNet, "
                          "top-1 error (%) by images per GPU:"), ("table", paper_table()),
                    ("img", "graph3_error_vs_batch_size.png")]
-        small = small_batch_table(results)
+        small = small_batch_table(results, small_rows)
         if small is not None:
             text, table = small
             blocks += [("h2", f"Every variant {size_text(results, min(results['batch_sizes']))}"), ("p", text),
@@ -257,7 +259,6 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
     if len(results.get("lrs", [])) > 1:
         blocks += [("h2", "Graph 4: validation error by learning rate"), ("table", chosen_table(rows, results)),
                    ("img", LR_GRAPH)]
-    evaluations = evaluation_rows(results)
     if evaluations:
         first = evaluations[0]
         blocks += [("h2", "Evaluation statistics of the norms with batch statistics"),
@@ -269,7 +270,7 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
                          "the run's training group size. "
                          + judged_caption(results, 2 * len(evaluations))),
                    ("table", evaluation_table(evaluations, results))]
-    blocks += [("h2", "Findings"), ("list", failures(results) + findings(rows, results))]
+    blocks += [("h2", "Findings"), ("list", failures(results) + findings(rows, results, evaluations, small_rows))]
     if rows:
         blocks += [("h2", "Graph 1: test loss"), ("img", "graph1_test_loss.png"),
                    ("h2", "Graph 2: test accuracy"), ("img", "graph2_test_accuracy.png")]

@@ -19,11 +19,16 @@ def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in results["runs"] if r.get("failed") is None]
 
 
+def runs_at(results: dict[str, Any], variant: str, batch: int, lr: float | None) -> list[dict[str, Any]]:
+    """Every finished run of one point: a variant at a batch size and rate."""
+    return [r for r in finished_runs(results) if (r["variant"], r["batch_size"], r["lr"]) == (variant, batch, lr)]
+
+
 def point_runs(results: dict[str, Any], variant: str, batch: int, lr: float | None) -> list[dict[str, Any]]:
-    """The finished runs that report one point (a variant at a batch size and rate): the seeds that did not choose
-    the rate, where it has any, for a tuning seed's test accuracy carries the luck of the choice it made (the
-    winner's curse); else every seed, and the report says so."""
-    runs = [r for r in finished_runs(results) if (r["variant"], r["batch_size"], r["lr"]) == (variant, batch, lr)]
+    """The finished runs that report one point: the seeds that did not choose the rate, where it has any, for a
+    tuning seed's test accuracy carries the luck of the choice it made (the winner's curse); else every seed, and
+    the report says so."""
+    runs = runs_at(results, variant, batch, lr)
     tuning = set(results.get("tune_seeds") or results["seeds"])
     return [r for r in runs if r["seed"] not in tuning] or runs
 
@@ -82,7 +87,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
             for lr in sorted({r["lr"] for r in at_point}):  # no row where every run failed: failures() says so
                 reporting = point_runs(results, name, batch, lr)
                 row = summary_row(reporting, name, batch, lr, chosen.get((name, batch)) == lr)
-                tuning = tuning_runs(results, [r for r in at_point if r["lr"] == lr])
+                tuning = tuning_runs(results, runs_at(results, name, batch, lr))
                 if tuning and "final_val_acc" in tuning[0]:  # the validation accuracy that chose the rate
                     row["val"] = interval([r["final_val_acc"] for r in tuning])
                 rows.append(row)

@@ -148,8 +148,9 @@ class Grid:
         for v in self.variants:
             for b in self.sizes:
                 edge = [r for r in beyond if self.configs[v, b, r, self.tuning[0]].lr == chosen.get((v.name, b))]
-                rate = float(f"{beyond[edge[0]]:.12g}") if edge else None  # 0.8, not 0.8000000000000002
-                added |= {(v, b, rate, s) for s in self.seeds if rate is not None}
+                if edge:
+                    rate = float(f"{beyond[edge[0]]:.12g}")  # 0.8, not 0.8000000000000002
+                    added |= {(v, b, rate, s) for s in self.seeds}
         for key in added:
             self.configs[key] = self.make(*key)
         return added

@@ -77,8 +77,8 @@ def record(point: Point, out: Path, test_images: int, test_stats: str = "moving"
         })
         if saved.evaluation and run["batch_stats"]:
             run["final_test_acc"] = saved.evaluation[test_stats]
-        weights = sha256((point.run.folder / WEIGHTS).read_bytes())
-        correct = read_per_image(point.run.folder, test_images, weights) if test_images else None
+        correct = read_per_image(point.run.folder, test_images, sha256((point.run.folder / WEIGHTS).read_bytes())) \
+            if test_images else None  # train_grid's records choose rates only: they need no answers
         if correct is not None:  # per test image, right or not: the paired tests over images (report.stats)
             run["per_image"] = {way: pack(c) for way, c in correct.items()}
         if config.val_size:  # the epoch a user would pick, picked on validation, and its test accuracy
