@@ -20,6 +20,15 @@ def test_train_command_writes_a_run(tmp_path, capsys, mnist):
     assert json.loads((out / "config.json").read_text())["config"]["groups"] == 2
 
 
+def test_a_folder_name_with_control_characters_never_forges_a_log_line(tmp_path, capsys, mnist):
+    out = tmp_path / "study\nnormlab: error: forged\x1b[2J"
+    assert main(["study", "--variants", "gn", "--seeds", "0", "--out", str(out), *TINY]) == 0
+    said = capsys.readouterr().out
+    assert "study\\x0anormlab: error: forged\\x1b[2J/gn/b32/seed0" in said
+    assert not [line for line in said.splitlines() if line.startswith("normlab: error") or "\x1b" in line]
+    assert (out / "report.md").is_file()  # the folder itself is the name given
+
+
 def test_a_bn_run_says_its_accuracy_under_each_evaluation_statistics(tmp_path, capsys, mnist):
     out = tmp_path / "bn"
     assert main(["train", "--norm", "bn", "--out", str(out), *TINY]) == 0

@@ -1,7 +1,9 @@
 """Fault injection: killed and resumed runs equal uninterrupted ones; failed writes, locks, bad losses."""
 
 import errno
+import io
 import json
+import os
 import random
 import signal
 import subprocess
@@ -20,7 +22,7 @@ from normlab.engine.config import TrainConfig
 from normlab.engine.runfiles import CHECKPOINT
 from normlab.engine.runs import is_finished
 from normlab.engine.train import train
-from normlab.errors import UserError
+from normlab.errors import GuardedStream, UserError
 from normlab.nn.models import MODELS
 from normlab.nn.net import LAYOUT
 from normlab.study.study import run_study
@@ -257,3 +259,24 @@ def test_a_closed_or_full_stdout_is_never_a_traceback_and_the_run_is_saved(tmp_p
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert (out / "model.pt").is_file()
     assert ("cannot write to stdout (No space left on device)" in done.stderr) == (stdout == "full")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_a_path_that_is_not_utf8_prints_its_bytes_and_a_character_the_terminal_lacks_is_escaped(tmp_path, encoding):
+    out = tmp_path / "run\udcff"  # the byte 0xff, as Python decodes a file name that is not UTF-8
+    done = subprocess.run([sys.executable, "-m", "normlab", "study", "--variants", "bn+l1", "--seeds", "0",
+                           "--epochs", "1", "--train-limit", "320", "--batch-size", "32", "--test-limit", "100",
+                           "--no-progress", "--out", out], capture_output=True, timeout=300,
+                          env={**os.environ, "PYTHONIOENCODING": encoding})
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    assert os.fsencode(out) + b"/bn+l1/b32/seed0" in done.stdout  # the folder's own bytes
+    assert done.stdout.splitlines()[-1].startswith(b"study written to ") and (out / "report.md").is_file()
+
+
+def test_a_character_the_terminals_encoding_lacks_is_escaped_and_the_output_goes_on():
+    raw = io.BytesIO()
+    stream = GuardedStream(io.TextIOWrapper(raw, encoding="ascii"), "stdout")
+    stream.write("L1 \u03bb=1e-05 \u2192 done\n")
+    stream.write("next line\n")
+    stream.flush()
+    assert raw.getvalue() == b"L1 \\u03bb=1e-05 \\u2192 done\nnext line\n" and not stream.failed

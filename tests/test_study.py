@@ -366,3 +366,34 @@ def test_extend_edges_trains_one_rate_past_a_choice_at_the_edge_and_chooses_agai
     assert (1, chosen) in runs and len([r for r in runs if r[0] == 1]) == 1 and results["extend_edges"]
     with pytest.raises(UserError, match="extend_edges extends the grid of lrs past its edges"):
         run_study(tmp_path / "t", ["gn"], [0], VAL, progress=False, log=quiet, extend_edges=True)
+
+
+def test_a_study_holds_the_runs_it_reports_until_its_report_is_written(study, tmp_path, monkeypatch):
+    import shutil
+
+    from normlab.files import lock_is_held
+    from normlab.study import study as study_module
+
+    out = tmp_path / "copy"
+    shutil.copytree(study[0], out)
+    runs = sorted(p.parent for p in out.glob(f"*/*/seed*/{WEIGHTS}"))
+    held, write_report = [], study_module.write_report
+    monkeypatch.setattr(study_module, "write_report", lambda *a: held.append([lock_is_held(r / ".lock") for r in runs])
+                        or write_report(*a))
+    run_study(out, ["bn+l1", "gn", "ln"], [0, 1], BASE, progress=False, log=quiet)
+    assert len(runs) == 6 and held == [[True] * 6]
+    assert not list(out.rglob(".lock"))  # released with the report written
+
+    # a run changed by another process after the study read it is read again under its lock: one line, no report
+    train_grid = study_module.train_grid
+
+    def doctored(*a, **k):
+        points = train_grid(*a, **k)
+        metrics = runs[0] / "metrics.json"
+        metrics.write_text(metrics.read_text().replace('"epoch": 2', '"epoch": 2.0'))
+        return points
+
+    monkeypatch.setattr(study_module, "train_grid", doctored)
+    with pytest.raises(UserError, match="metrics.json"):
+        run_study(out, ["bn+l1", "gn", "ln"], [0, 1], BASE, progress=False, log=quiet)
+    assert not list(out.rglob(".lock"))

@@ -29,6 +29,8 @@ from normlab.errors import (
     UserError,
     exit_on_signal,
     guard_output,
+    say,
+    shown,
     signals_raise_interrupted,
 )
 from normlab.flags import Parser, add_model_args, add_out_flags, add_train_args, config_from_args, flag
@@ -60,8 +62,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     out = Path(args.out or f"runs/{config.norm}_seed{config.seed}")
     result = train_one(config, out, args)
-    print(f"done: test accuracy {result.final_test_acc:.2f}%{other_statistics(result.evaluation)} after "
-          f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {result.parameters} parameters; run folder {out}")
+    say(f"done: test accuracy {result.final_test_acc:.2f}%{other_statistics(result.evaluation)} after "
+        f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {result.parameters} parameters; run folder {out}")
 
 
 def other_statistics(evaluation: dict[str, float] | None) -> str:
@@ -141,8 +143,8 @@ def cmd_exercise(args: argparse.Namespace) -> None:
     device = next(result.model.parameters()).device
     grid = save_misclassified(out, variant.folder, result.model, data.limit(None, config.test_limit),
                               device, label, {"variant": variant.name, "seed": config.seed})
-    print(f"done: test accuracy {result.final_test_acc:.2f}%{other_statistics(result.evaluation)}; run folder {out}, "
-          f"grid {out / grid}")
+    say(f"done: test accuracy {result.final_test_acc:.2f}%{other_statistics(result.evaluation)}; run folder {out}, "
+        f"grid {out / grid}")
 
 
 def exercise_parser() -> Parser:
@@ -266,7 +268,7 @@ def _run(make_parser: Callable[[], Parser], argv: list[str] | None,
         print(f"normlab: error: {e.render(flag)}", file=sys.stderr)
         return 2
     except RunFailed as e:
-        print(f"normlab: {e}", file=sys.stderr)
+        print(f"normlab: {shown(str(e))}", file=sys.stderr)
         return 1
     except (Interrupted, KeyboardInterrupt) as e:
         stopped = e if isinstance(e, Interrupted) else Interrupted(2)  # Ctrl-C before the handler was in place
@@ -275,11 +277,11 @@ def _run(make_parser: Callable[[], Parser], argv: list[str] | None,
                 print(f"normlab: {stopped}; nothing was saved", file=sys.stderr)
         else:
             prog = "python main.py" if func is cmd_exercise else "normlab"
-            print(f"normlab: {stopped}; {stopped.saved}. Resume with:\n  {resume_command(prog, argv)}",
+            print(f"normlab: {stopped}; {shown(stopped.saved)}. Resume with:\n  {shown(resume_command(prog, argv))}",
                   file=sys.stderr)
         return stopped.code
     except OSError as e:  # a full disk, a folder removed under us: the files written before stay intact
-        where = f" ({e.filename})" if e.filename else ""
+        where = f" ({shown(str(e.filename))})" if e.filename else ""
         resume = "" if argv[:1] == ["study"] else " (add --resume to continue a run)"
         print(f"normlab: error: {e.strerror or e}{where}; fix that and run the same command again{resume}",
               file=sys.stderr)
@@ -289,6 +291,6 @@ def _run(make_parser: Callable[[], Parser], argv: list[str] | None,
             raise
         prog = "python main.py" if func is cmd_exercise else "normlab"
         print(f"normlab: stopped by {signal.Signals(received[0]).name}; what had finished is kept. Resume with:\n"
-              f"  {resume_command(prog, argv)}", file=sys.stderr)
+              f"  {shown(resume_command(prog, argv))}", file=sys.stderr)
         return 128 + received[0]
     return 0

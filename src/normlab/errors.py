@@ -23,6 +23,17 @@ def python_name(setting: str) -> str:
     return setting
 
 
+def shown(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x0a``): a newline in a folder's name must not forge a line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def say(line: str) -> None:
+    """Print a log line: its leading newlines are blank lines, any other control character is shown escaped."""
+    body = line.lstrip("\n")
+    print("\n" * (len(line) - len(body)) + shown(body))
+
+
 class UserError(Exception):
     """Bad input or missing data: what is wrong and how to fix it, in one line.
 
@@ -40,7 +51,7 @@ class UserError(Exception):
         if self.setting is not None:
             value = " ".join(map(str, self.value)) if isinstance(self.value, list | tuple) else self.value
             text = f"{name(self.setting)} {value}: {text}"
-        return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+        return shown(text)
 
     def __str__(self) -> str:
         return self.render()
@@ -76,7 +87,11 @@ class GuardedStream:
     def write(self, text: str) -> int:
         if not self.failed:
             try:
-                return self.stream.write(text)
+                try:
+                    return self.stream.write(text)
+                except UnicodeEncodeError:  # a character the terminal's encoding lacks (λ on ASCII) is escaped
+                    encoding = getattr(self.stream, "encoding", None) or "ascii"
+                    return self.stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
             except (OSError, ValueError) as e:
                 self._fail(e)
         return len(text)
@@ -99,9 +114,12 @@ class GuardedStream:
 
 
 def guard_output() -> None:
-    """Put GuardedStreams in place of sys.stdout and sys.stderr (a closed one, None, becomes a stream to nowhere)."""
+    """Put GuardedStreams in place of sys.stdout and sys.stderr (a closed one, None, becomes a stream to nowhere),
+    writing a path's bytes as they are."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name) or open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")  # a path's bytes that are not UTF-8 print as they are
         if not isinstance(stream, GuardedStream):
             setattr(sys, name, GuardedStream(stream, name))
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from normlab.errors import UserError
+from normlab.errors import UserError, shown
 
 LOCK = ".lock"
 
@@ -138,7 +138,7 @@ class FolderLock:
             os.close(fd)
         if left_behind:  # a holder removes its lock file on release: this one's holder ended without doing so
             left = os.read(fd, 200).decode(errors="replace").strip() or "empty"
-            print(f"normlab: taking over the lock {self.path}, left by a process that has ended ({left})",
+            print(shown(f"normlab: taking over the lock {self.path}, left by a process that has ended ({left})"),
                   file=sys.stderr)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)

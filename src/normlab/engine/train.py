@@ -33,7 +33,7 @@ from normlab.engine.predict import evaluate, normalize, pixels
 from normlab.engine.runfiles import metric_columns
 from normlab.engine.runs import RunFolder, SavedRun, open_run
 from normlab.engine.sgd import SGD, OneCycle
-from normlab.errors import StopFlag
+from normlab.errors import StopFlag, say
 from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
 from normlab.nn.models import model_entry
 from normlab.nn.net import count_parameters, dropout_keep, l1_parameters, logits
@@ -58,7 +58,7 @@ class RunResult:
 
 
 def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | None = None, progress: bool = True,
-          log: Callable[[str], None] = print, force: bool = False, resume: bool = False,
+          log: Callable[[str], None] = say, force: bool = False, resume: bool = False,
           stop: StopFlag | None = None, sharing: dict[str, Any] | None = None) -> RunResult:
     """Train one model as ``config`` says; with ``out``, write its run folder as the epochs finish. ``resume``
     continues the run in ``out`` from its checkpoint, or reads back a run that ended there; ``force`` replaces

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+import resource
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from normlab.engine.fused import train_jobs_fused
 from normlab.engine.runfiles import CONFIG, WEIGHTS, pack, read_per_image, save_evaluation, save_per_image, sha256
 from normlab.engine.runs import Job, Status
 from normlab.engine.train import train
-from normlab.errors import UserError
+from normlab.errors import UserError, say
 from normlab.files import FolderLock, prepare_folder, write_atomic
 from normlab.machine import check_threads, cpu_cores, resolve_device
 from normlab.nn.models import model_entry
@@ -94,7 +95,7 @@ def run_study(
     seeds: list[int] | tuple[int, ...] = (0,),
     base: TrainConfig | None = None,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
     jobs: int | None = None,
     force: bool = False,
     batch_sizes: list[int] | tuple[int, ...] | None = None,
@@ -147,7 +148,24 @@ def run_study(
                      "jobs": min(jobs, n_runs) if jobs else None, "threads": threads, "test_stats": test_stats,
                      "margin": MARGIN if margin is None else margin,
                      "graph_batch": base.batch_size if base.batch_size in grid.sizes else max(grid.sizes)}
-            return collect(out, points, grid.variants, study, data, device, log)
+            with holding(unique(points)):
+                return collect(out, points, grid.variants, study, data, device, log)
+
+
+@contextlib.contextmanager
+def holding(runs: list[PlannedRun]) -> Iterator[None]:
+    """Each run's folder locked until the report is written, and read again under its lock: another normlab process
+    (a ``normlab train --force`` into one of them) cannot change a run while the report describes it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if len(runs) + 256 > soft and soft != hard:  # a lock is an open file: a study of many runs needs the room
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard == resource.RLIM_INFINITY else
+                                                    min(hard, len(runs) + 256), hard))
+    with contextlib.ExitStack() as locks:
+        for run in runs:
+            locks.enter_context(FolderLock(run.folder))
+            run.saved = None
+            run.read_back()
+        yield
 
 
 def fusing(fuse: str, base: TrainConfig, device: torch.device, backend: str, log: Callable[[str], None]) -> bool:
