@@ -1,6 +1,7 @@
 """The Ray backend on a local Ray instance of this machine (never another address): same runs as the local pool,
 a worker killed mid-run retried, and the errors a user can make."""
 
+import contextlib
 import json
 import os
 import signal
@@ -116,6 +117,54 @@ def test_a_worker_killed_mid_run_is_retried_and_the_study_completes(tmp_path):
         assert metrics(out, variant) == metrics(tmp_path / "local", variant)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds Ray's processes in /proc")
+def test_kill_9_of_the_driver_loses_at_most_the_epoch_in_progress_and_the_same_command_resumes(tmp_path):
+    """Each epoch's files reach the study folder as the epoch ends, so the same command continues from there; the
+    killed tasks' scratch folders go with the next local study."""
+    out, scratch = tmp_path / "s", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "RAY_TMPDIR": "/tmp"}
+    command = ray_study(out, epochs=6)
+    study = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    logged: dict[str, int] = {}
+    for line in study.stdout:  # type: ignore[union-attr]
+        label, _, row = line.partition("] ")
+        if line.startswith("[") and row.split()[:1] and row.split()[0].isdecimal():
+            logged[label[1:]] = int(row.split()[0])
+            if max(logged.values()) >= 3:
+                break
+    ray_processes = [pid for pid, _ in descendants(study.pid)]
+    study.kill()
+    study.wait(timeout=60)
+    for pid in ray_processes:  # what a real kill -9 would leave to Ray's own timeouts
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert logged, "no epoch was logged"
+    for label, epochs in logged.items():
+        folder = out / label.split(",")[0] / "b128" / "seed0"
+        rows = json.loads((folder / "metrics.json").read_text())
+        assert len(rows) >= epochs - 1 and (folder / "checkpoint.pt").is_file(), (label, epochs, len(rows))
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout and not list(scratch.glob("normlab-ray-*"))
+    run_study(tmp_path / "local", ["gn", "ln"], [0], TrainConfig(epochs=6, train_limit=2000, test_limit=200,
+                                                               threads=1), progress=False, log=quiet)
+    for variant in ("gn", "ln"):
+        assert metrics(out, variant) == metrics(tmp_path / "local", variant)
+
+
+def test_a_run_folder_held_by_another_process_fails_that_run_alone_and_the_others_finish(tmp_path):
+    from normlab.files import FolderLock
+
+    out = tmp_path / "s"
+    held = out / "gn" / "b128" / "seed0"
+    held.mkdir(parents=True)
+    (out / "study.json").write_text("{}")  # a study's folder, where the other process trains one run itself
+    with FolderLock(held), pytest.raises(UserError, match=r"gn, batch 128, seed 0: .*in use by another normlab"):
+        run_study(out, ["gn", "ln"], [0], BASE, progress=False, log=quiet, backend="ray")
+    assert (out / "ln" / "b128" / "seed0" / "model.pt").is_file() and not (held / "model.pt").exists()
+
+
 def test_ctrl_c_stops_a_ray_study_cleanly_and_the_same_command_finishes_it(tmp_path):
     """...and the cancelled tasks' scratch folders do not stay behind, nor does a dead task's from before."""
     out, scratch = tmp_path / "s", tmp_path / "tmp"
@@ -131,9 +180,9 @@ def test_ctrl_c_stops_a_ray_study_cleanly_and_the_same_command_finishes_it(tmp_p
     study.send_signal(signal.SIGINT)
     _, err = study.communicate(timeout=120)
     assert study.returncode == 130, err
-    # A Ray run's files reach the study folder when it finishes: the line claims kept runs only if one did.
+    # A Ray run's epochs reach the study folder as they finish: the line claims kept work only where some is.
     kept = any(out.glob("*/*/seed*/metrics.json"))
-    said = "finished runs are kept in" if kept else "nothing was saved"
+    said = "finished runs, and the finished epochs of the others, are kept in" if kept else "nothing was saved"
     assert "Traceback" not in err and f"stopped by SIGINT; {said}" in err
     assert not list(scratch.glob("normlab-ray-*"))
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
@@ -199,7 +248,7 @@ def test_sigterm_while_ray_starts_or_the_report_is_written_is_one_line_and_143(t
     study.send_signal(signal.SIGTERM)
     _, err = study.communicate(timeout=120)
     assert study.returncode == 143, err
-    said = ["nothing was saved"] if phase == "start-up" else ["finished runs are kept in", "everything is saved"]
+    said = ["nothing was saved"] if phase == "start-up" else ["finished runs, and the", "everything is saved"]
     assert "Traceback" not in err and any("normlab: stopped by SIGTERM; " in err and s in err for s in said), err
 
 

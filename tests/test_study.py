@@ -394,6 +394,6 @@ def test_a_study_holds_the_runs_it_reports_until_its_report_is_written(study, tm
         return points
 
     monkeypatch.setattr(study_module, "train_grid", doctored)
-    with pytest.raises(UserError, match="metrics.json"):
+    with pytest.raises(UserError, match=r"metrics\.json"):
         run_study(out, ["bn+l1", "gn", "ln"], [0, 1], BASE, progress=False, log=quiet)
     assert not list(out.rglob(".lock"))

@@ -90,8 +90,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     except Interrupted as e:
         # a finished epoch of any run: its metrics.json, or its checkpoint (a stop can fall between the two)
         if any(out.glob("*/*/seed*/metrics.json")) or any(out.glob("*/*/seed*/checkpoint.pt")):
-            e.saved = (f"finished runs are kept in {out}" if args.backend == "ray" else
-                       f"finished runs, and the finished epochs of the others, are kept in {out}")
+            e.saved = f"finished runs, and the finished epochs of the others, are kept in {out}"
         raise
     failed = [f"{r['variant']} seed {r['seed']}" for r in results["runs"] if r["failed"]]
     if failed:

@@ -59,12 +59,14 @@ class RunResult:
 
 def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | None = None, progress: bool = True,
           log: Callable[[str], None] = say, force: bool = False, resume: bool = False,
-          stop: StopFlag | None = None, sharing: dict[str, Any] | None = None) -> RunResult:
+          stop: StopFlag | None = None, sharing: dict[str, Any] | None = None,
+          on_epoch: Callable[[int], None] | None = None) -> RunResult:
     """Train one model as ``config`` says; with ``out``, write its run folder as the epochs finish. ``resume``
     continues the run in ``out`` from its checkpoint, or reads back a run that ended there; ``force`` replaces
     what it holds; nothing is written before every input is checked. ``stop``, once set, raises Interrupted at
     the next step (how a run in a thread hears of a signal). ``sharing``, recorded in config.json: how the run
-    shares the machine, {"backend", "runs_at_once"}."""
+    shares the machine, {"backend", "runs_at_once"}. ``on_epoch`` is called with each epoch's number once the epoch
+    is saved in ``out`` (a Ray worker sends it on to the study's folder)."""
     out = Path(out) if out is not None else None
     device = use_machine(config)
     data = data or load_dataset(config.dataset, config.data_dir, image_size=config.image_size,
@@ -110,6 +112,8 @@ def train(config: TrainConfig, out: Path | str | None = None, data: Dataset | No
             log(" ".join(format(row[name], f">{width}{spec}") for name, width, spec in metric_columns(config)))
             folder.save_epoch(result.metrics, training_state(model, optimizer, schedule, generator, result.metrics,
                                                              folder.hash))
+            if on_epoch is not None:
+                on_epoch(epoch)
         result.evaluation, correct = final_evaluation(model, config, data, device, result.final_test_acc)
         folder.finish(model, result.evaluation, correct)
     return result

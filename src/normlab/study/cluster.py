@@ -6,14 +6,17 @@
 
 Each run is one task calling normlab.engine.train.train, the function the local pool calls, with the same
 config: the same seeds and thread counts give the same metrics. No disk is shared: the dataset reaches
-the workers through Ray's object store, a run's folder comes back as its files, and the driver writes
-them into the study folder where the local pool would have. A worker that dies has its task retried by
-Ray; Ctrl-C cancels the tasks, and the same command resumes the study (finished runs are reused, an
-unfinished one starts again from the last checkpoint the driver holds).
+the workers through Ray's object store, and a run's files come back to the driver after each epoch and at its
+end; the driver writes them into the study folder where the local pool would have, holding the run's folder
+locked while its task is in flight. A worker that dies has its task retried by Ray; Ctrl-C cancels the tasks,
+and the same command resumes the study: finished runs are reused, an unfinished one continues from its last
+finished epoch, even after the driver itself was killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import signal
 import socket
@@ -26,7 +29,7 @@ from queue import Empty
 from typing import Any
 
 from normlab.data.datasets import Dataset
-from normlab.engine.runfiles import CHECKPOINT, WEIGHTS
+from normlab.engine.runfiles import CHECKPOINT, METRICS_JSON, WEIGHTS
 from normlab.engine.runs import Job
 from normlab.engine.tensorboard import remove_events
 from normlab.engine.train import train
@@ -92,6 +95,8 @@ def ray_session(address: str | None) -> Iterator[Any]:
     """Connected for the block; afterwards a local instance is stopped (and the scratch folders of its tasks that
     were cancelled or killed removed), a cluster left running."""
     ray = connect(address)
+    if address is None:  # what a local driver killed earlier left (its workers died with it)
+        remove_dead_scratch(Path(tempfile.gettempdir()))
     try:
         yield ray
     finally:
@@ -109,7 +114,8 @@ def check_cpus(ray: Any, cpus: int) -> None:
 
 
 def train_task(job: Job, files: dict[str, bytes], data: Dataset, messages: Any, command: str) -> dict[str, bytes]:
-    """On a worker: continue the run from ``files`` (none: from the start) in a scratch folder; its files back.
+    """On a worker: continue the run from ``files`` (none: from the start) in a scratch folder; its files back,
+    and after each epoch through ``messages`` too, so that losing the driver loses at most the epoch in progress.
     Its config.json records the driver's ``command``, and its log lines name the study's run folder."""
     root = Path(tempfile.gettempdir())
     remove_dead_scratch(root)
@@ -120,9 +126,15 @@ def train_task(job: Job, files: dict[str, bytes], data: Dataset, messages: Any, 
             (folder / name).write_bytes(content)
         train(job.config, out=folder, data=data, progress=False, resume=True,
               log=lambda line: messages.put((job.label, line.replace(str(folder), str(job.out)))),
-              sharing={"backend": "ray", "runs_at_once": None, "command": command})
-        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")  # tensorboard/ too
-                if p.is_file() and not p.name.startswith(".")}
+              sharing={"backend": "ray", "runs_at_once": None, "command": command},
+              on_epoch=lambda _: messages.put((job.label, run_files(folder))))
+        return run_files(folder)
+
+
+def run_files(folder: Path) -> dict[str, bytes]:
+    """A run folder's files by their paths inside it (tensorboard/ too), less normlab's own dotfiles."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def remove_dead_scratch(root: Path, older_than: float = 60, locked_only: bool = False) -> None:
@@ -149,18 +161,52 @@ def files_to_send(job: Job) -> dict[str, bytes]:
 
 def write_run(folder: Path, files: dict[str, bytes]) -> None:
     """A run's files as the worker left them (its TensorBoard curves too), replacing what the folder held; the
-    weights, which mark a finished run, last."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with FolderLock(folder):
-        for old in folder.iterdir():
-            if old.is_file() and not old.name.startswith(".") and old.name not in files:
-                old.unlink()
-        remove_events(folder)
-        for name in sorted(files, key=lambda n: n == WEIGHTS):
-            path = folder.joinpath(*Path(name).parts[-2:])  # a run's files, or tensorboard/<events>: never outside
-            refuse_links(path.parent)
-            path.parent.mkdir(exist_ok=True)
-            replace_atomic(path, lambda f, content=files[name]: f.write(content))
+    weights, which mark a finished run, last. The caller holds the folder's lock."""
+    for old in folder.iterdir():
+        if old.is_file() and not old.name.startswith(".") and old.name not in files:
+            old.unlink()
+    remove_events(folder)
+    for name in sorted(files, key=lambda n: n == WEIGHTS):
+        path = folder.joinpath(*Path(name).parts[-2:])  # a run's files, or tensorboard/<events>: never outside
+        refuse_links(path.parent)
+        path.parent.mkdir(exist_ok=True)
+        replace_atomic(path, lambda f, content=files[name]: f.write(content))
+
+
+def epochs_in(files: dict[str, bytes]) -> int:
+    """How many finished epochs a run's files hold (its metrics.json's rows)."""
+    return len(json.loads(files[METRICS_JSON])) if METRICS_JSON in files else 0
+
+
+class HeldRuns:
+    """The run folders of the tasks in flight, each locked by the driver from its task's start to its end: another
+    normlab process cannot write into one meanwhile, and one held elsewhere fails that run alone. A run's epochs
+    are written as they arrive, never one older than its folder holds (a retried task trains some again)."""
+
+    def __init__(self) -> None:
+        self.locks: dict[str, FolderLock] = {}
+        self.epochs: dict[str, int] = {}
+
+    def take(self, job: Job) -> None:
+        job.out.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(job.out)
+        lock.__enter__()  # a UserError if another process holds it
+        self.locks[job.label] = lock
+        self.epochs[job.label] = 0
+
+    def write_epoch(self, job: Job, files: dict[str, bytes]) -> None:
+        if job.label in self.locks and epochs_in(files) > self.epochs[job.label]:
+            write_run(job.out, files)
+            self.epochs[job.label] = epochs_in(files)
+
+    def release(self, job: Job) -> None:
+        self.locks.pop(job.label).__exit__()
+        self.epochs.pop(job.label)
+
+    def release_all(self) -> None:
+        for lock in self.locks.values():
+            lock.__exit__()
+        self.locks.clear()
 
 
 def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], None], cpus: int, device: str,
@@ -172,7 +218,9 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
     from ray.util.queue import Queue
 
     in_flight: dict[Any, Job] = {}
-    with signals_recorded() as stop:  # inside Ray's calls an exception from a handler turns into SystemError
+    held = HeldRuns()
+    with signals_recorded() as stop, contextlib.ExitStack() as cleanup:  # in Ray's calls a handler's raise: SystemError
+        cleanup.callback(held.release_all)
         resources = ray.cluster_resources()
         gpu = device != "cpu" and resources.get("GPU", 0) > 0
         task = ray.remote(num_cpus=cpus, num_gpus=1 / GPU_RUNS_AT_ONCE if gpu else 0, max_retries=RETRIES,
@@ -186,22 +234,33 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
             while (waiting or in_flight) and not stop:
                 while waiting and (at_once is None or len(in_flight) < at_once):
                     job = waiting.pop(0)
+                    try:
+                        held.take(job)
+                    except UserError as e:  # held by another process: this run fails alone
+                        errors.append(f"{job.label}: {e}")
+                        continue
                     in_flight[task.remote(job, files_to_send(job), data_ref, messages, command_line())] = job
+                if not in_flight:
+                    continue
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
                 before = len(running)
-                relay_lines(messages, running, log)
+                relay(messages, {job.label: job for job in in_flight.values()}, held, running, log)
                 for ref in ready:
                     job = in_flight.pop(ref)
                     running.discard(job.label)
                     error = receive_run(ray, ref, job)
+                    held.release(job)
                     done, errors = (done, [*errors, error]) if error else (done + 1, errors)
                 if ready or len(running) != before:
                     queued = len(jobs) - done - len(errors) - len(running)
                     log(f"ray: {done} done, {len(running)} running, {queued} waiting" +
                         (f", {len(errors)} failed" if errors else ""))
+            if stop:  # the epochs that reached the queue before the stop reach their folders
+                relay(messages, {job.label: job for job in in_flight.values()}, held, running, log)
         except ray.exceptions.RayError as e:
             raise RunFailed(f"the Ray cluster stopped answering ({type(e).__name__}); the {done} run(s) that "
-                            "finished are in their folders, and the same command trains the rest") from None
+                            "finished, and the others' finished epochs, are in their folders, and the same command "
+                            "trains the rest") from None
     if stop:  # the runs in flight stop; finished ones are in their folders, and the same command resumes
         for ref in in_flight:
             ray.cancel(ref, force=True)
@@ -210,15 +269,20 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
         raise UserError("; ".join(errors))
 
 
-def relay_lines(messages: Any, running: set[str], log: Callable[[str], None]) -> None:
-    """The runs' log lines so far, each under its run's label; a run that speaks is running."""
+def relay(messages: Any, jobs: dict[str, Job], held: HeldRuns, running: set[str], log: Callable[[str], None]) -> None:
+    """What the runs sent so far: a log line, logged under its run's label, or a finished epoch's files, written
+    into the run's folder; a run that speaks is running."""
     while True:
         try:
-            label, line = messages.get_nowait()
+            label, message = messages.get_nowait()
         except Empty:
             return
         running.add(label)
-        log(f"[{label}] {line}")
+        if isinstance(message, dict):
+            if label in jobs:
+                held.write_epoch(jobs[label], message)
+        else:
+            log(f"[{label}] {message}")
 
 
 def receive_run(ray: Any, ref: Any, job: Job) -> str | None:
