@@ -254,3 +254,20 @@ def test_a_run_with_batch_statistics_never_lends_its_moving_answers_to_another_w
     assert answers(r, bn, "precise").mean() * 100 == 99.1 and answers(r, gn, "precise").mean() * 100 == 99.2
     del bn["per_image"]["precise"]
     assert answers(r, bn, "precise") is None and answers(r, bn).mean() * 100 == 99.0
+
+
+def test_each_variant_is_paired_with_its_normfirst_twin_judged_over_the_twins():
+    # gn+normfirst 0.3 points above gn on every seed; ln+normfirst the same as ln; bn has no twin.
+    r = results([run("gn", s, 99.40 + d) for s, d in enumerate((0.0, 0.02, -0.02))]
+                + [run("gn+normfirst", s, 99.70 + d) for s, d in enumerate((0.01, 0.02, -0.02))]
+                + [run("ln", s, 99.50 + d) for s, d in enumerate((0.0, 0.02, -0.02))]
+                + [run("ln+normfirst", s, 99.50 + d) for s, d in enumerate((0.0, 0.02, -0.02))]
+                + [run("bn", s, 99.45) for s in range(3)])
+    order = [line for line in findings(summarize(r), r) if line.startswith("Block order")]
+    assert len(order) == 2
+    gn = next(line for line in order if "gn+normfirst (conv → norm → ReLU) 99.70%" in line)
+    assert "gn (conv → ReLU → norm) 99.40%; gn+normfirst − gn: +0.30 points" in gn
+    assert gn.endswith("the papers' order is better: both tests, Holm over 2.")
+    ln = next(line for line in order if line.startswith("Block order: ln+normfirst"))
+    assert "the same on all 3 seeds" in ln  # no image differs: no spread at all, and no claim from that alone
+    assert ln.endswith("inconclusive (neither a difference nor equivalence within ±0.2 points, Holm over 2).")

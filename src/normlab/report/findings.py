@@ -24,6 +24,7 @@ from normlab.report.results import (
 )
 from normlab.report.stats import Judged, judge, pair
 
+NORM_FIRST = "+normfirst"  # the variant suffix of the papers' block order (normlab.study.plan)
 TARGET_ACC = {"mnist": 99.4}  # test accuracy (%) the report and Graph 2 measure against, by dataset
 
 
@@ -76,6 +77,24 @@ def comparisons(results: dict[str, Any], ranked: list[dict[str, Any]]) -> list[s
     return out
 
 
+def order_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    """Each variant beside its ``+normfirst`` twin (the papers' conv → norm → ReLU for the exercise's conv → ReLU →
+    norm), paired by seed and test image, judged over the study's pairs of twins at one batch size."""
+    by_name = {r["variant"]: r for r in rows}
+    twins = [(by_name[r["variant"].replace(NORM_FIRST, "")], r) for r in rows
+             if NORM_FIRST in r["variant"] and r["variant"].replace(NORM_FIRST, "") in by_name]
+    pairs = [pair(final_accs(results, first), final_accs(results, exercise), final_images(results, first),
+                  final_images(results, exercise)) for exercise, first in twins]
+    out = []
+    for (exercise, first), j in zip(twins, judge(pairs, margin(results)), strict=True):
+        at = f" {size_text(results, first['batch_size'])}" if len(results["batch_sizes"]) > 1 else ""
+        sentence = (f"Block order{at}: {first['variant']} (conv → norm → ReLU) {first['final'].mean:.2f}%, "
+                    f"{exercise['variant']} (conv → ReLU → norm) {exercise['final'].mean:.2f}%")
+        out.append(claim(sentence, f"{first['variant']} − {exercise['variant']}", j, results,
+                         "the papers' order is better", " (one seed: no claim).", "the exercise's order is better"))
+    return out
+
+
 def claim(sentence: str, what: str, j: Judged, results: dict[str, Any], difference: str, one_seed: str,
           other_way: str | None = None) -> str:
     """A sentence and its judged difference (``what``), or no claim where the seeds are one. ``other_way``: the
@@ -103,7 +122,7 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any], evaluations: l
         what = f"mean final test accuracy over {top['seeds']} seeds" if top["seeds"] > 1 else "final test accuracy"
         epochs = f"{top['epochs']} epoch{'s' * (top['epochs'] != 1)}"
         out.append(f"{top['variant']} ends best{at}: {top['final'].mean:.2f}% {what} after {epochs}.")
-        out += comparisons(results, ranked)
+        out += comparisons(results, ranked) + order_findings(ranked, results)
     if len(results["batch_sizes"]) > 1:
         out += batch_findings(rows, results) + small_batch_findings(small or small_batch_rows(results), results)
     out += evaluation_findings(evaluation_rows(results) if evaluations is None else evaluations, results)
