@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from normlab.engine.config import TrainConfig
+from normlab.errors import UserError
 from normlab.nn.net import Net, count_parameters, l1_parameters
 from normlab.nn.norms import ALIASES, NORMS, StdConv2d
 
@@ -86,3 +87,10 @@ def test_norm_first_is_the_papers_block_order_with_the_same_weights(norm):
     assert torch.allclose(papers.features.conv2(x), relu(layer(conv(x))))
     x = torch.randn(4, 1, 28, 28)
     assert torch.equal(exercise.eval()(x), papers.eval()(x)) == (norm == "frn")
+
+
+@pytest.mark.parametrize("groups", [0, -4, 3])
+def test_a_group_count_that_does_not_divide_nets_channels_is_one_line_from_the_python_api_too(groups):
+    """Before: 0 built 4 groups without a word, -4 failed in forward, 3 raised torch's own ValueError."""
+    with pytest.raises(UserError, match=rf"groups {groups}: does not divide the channel counts \[8, 12, 16\]"):
+        Net(norm="gn", groups=groups)

@@ -261,6 +261,17 @@ def test_a_closed_or_full_stdout_is_never_a_traceback_and_the_run_is_saved(tmp_p
     assert ("cannot write to stdout (No space left on device)" in done.stderr) == (stdout == "full")
 
 
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+@pytest.mark.parametrize("command", ["summary", "explain"])
+def test_a_command_whose_printout_is_its_result_fails_where_stdout_cannot_take_it(command, stdout):
+    """summary and explain have no folder: their output lost is the command failed (exit 1, one line)."""
+    redirect = ">&-" if stdout == "closed" else "> /dev/full"
+    done = subprocess.run(f"{sys.executable} -m normlab {command} {redirect}", shell=True, capture_output=True,
+                          text=True, timeout=120)
+    reason = "it is closed" if stdout == "closed" else "No space left on device"
+    assert done.returncode == 1 and done.stderr == f"normlab: cannot write to stdout ({reason}); nothing was printed\n"
+
+
 @pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
 def test_a_path_that_is_not_utf8_prints_its_bytes_and_a_character_the_terminal_lacks_is_escaped(tmp_path, encoding):
     out = tmp_path / "run\udcff"  # the byte 0xff, as Python decodes a file name that is not UTF-8

@@ -254,7 +254,7 @@ def test_a_finished_runs_files_are_bound_by_its_record(finished, tmp_path, mnist
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("longer", "holds 2 epochs of a 2-epoch run"),
+    ("longer", "holds 3 epochs of a 2-epoch run"),
     ("optimizer", "lacks the optimizer's state"),
     ("rng", "lacks the random generators' states"),
     ("schedule", "its schedule is not 1 epochs"),
@@ -272,7 +272,7 @@ def test_a_checkpoint_that_loads_but_does_not_fit_is_one_line_and_kept(tmp_path,
         train(CONFIG_A, out=run, data=mnist, progress=False, log=stop_in_epoch_2)
     state = torch.load(run / CHECKPOINT, weights_only=True)
     if damage == "longer":
-        state["metrics"].append({**state["metrics"][0], "epoch": 2})
+        state["metrics"] += [{**state["metrics"][0], "epoch": 2}, {**state["metrics"][0], "epoch": 3}]
     elif damage == "optimizer":
         del state["optimizer"]
     elif damage == "rng":
@@ -298,3 +298,64 @@ def test_packed_answers_round_trip_and_a_bad_or_oversized_string_is_refused():
     for text in (packed[:-8], "not base64!", bomb, pack(correct[:9000])):
         with pytest.raises(ValueError, match="answers"):
             unpack(text, 10_000)
+
+
+def test_a_run_stopped_in_its_final_evaluation_resumes_to_the_uninterrupted_result(finished, tmp_path, mnist):
+    """Every epoch is in the checkpoint; what is left is the evaluation and the weights (before: 'holds 2 epochs of
+    a 2-epoch run', and the whole run lost to --force)."""
+    run = tmp_path / "run"
+
+    def stop_after_the_last_epoch(epoch):
+        if epoch == CONFIG_A.epochs:
+            raise Interrupted(15)
+
+    with pytest.raises(Interrupted):
+        train(CONFIG_A, out=run, data=mnist, progress=False, log=quiet, on_epoch=stop_after_the_last_epoch)
+    assert (run / CHECKPOINT).is_file() and not (run / WEIGHTS).exists()
+    result = train(CONFIG_A, out=run, data=mnist, progress=False, log=quiet, resume=True)
+    assert without_seconds(result.metrics) == without_seconds(read_run(finished, CONFIG_A).metrics)
+    assert (run / WEIGHTS).read_bytes() == (finished / WEIGHTS).read_bytes() and not (run / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("plant, message", [
+    ("fifo", "checkpoint.pt: is a FIFO, not a file"),
+    ("zero", "model.pt: is a symbolic link, which normlab never makes there"),
+    ("folder", "metrics.csv: is a folder, not a file"),
+    ("sparse", "config.json: is 8,589,934,592 bytes, more than such a file can be"),
+    ("missing", "model.pt: is missing from a finished run (finished.json records it)"),
+])
+def test_a_run_file_that_is_no_file_or_no_file_of_its_size_is_one_line_never_read(finished, tmp_path, plant, message):
+    """A FIFO would hang the read, /dev/zero or a sparse 8 GB file would fill the memory, a finished run without its
+    weights would be retrained without a word (each before: a hang, a MemoryError, a silent retraining)."""
+    import os
+
+    run = copy_of(finished, tmp_path, record=True)
+    if plant == "fifo":
+        os.mkfifo(run / CHECKPOINT)
+    elif plant == "zero":
+        (run / WEIGHTS).unlink()
+        (run / WEIGHTS).symlink_to("/dev/zero")
+    elif plant == "folder":
+        (run / METRICS_CSV).unlink()
+        (run / METRICS_CSV).mkdir()
+    elif plant == "sparse":
+        os.truncate(run / CONFIG, 8 * 2**30)
+    else:
+        (run / WEIGHTS).unlink()
+    with pytest.raises(UserError, match="add force to retrain this run") as e:
+        read_run(run, CONFIG_A)
+    assert message in str(e.value)
+
+
+def test_an_evaluation_that_disagrees_with_the_runs_metrics_is_one_line(tmp_path, mnist):
+    run = tmp_path / "bn"
+    config = quick(norm="batch", epochs=1)
+    train(config, out=run, data=mnist, progress=False, log=quiet)
+    (run / RECORD).unlink()  # as a run finished before records: its files are checked each on its own rules
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    for change, message in (({"moving": 99.0}, "under the moving averages, where the last epoch of metrics.json"),
+                            ({"group": 0}, "the test batch group, each at least 1")):
+        (run / "evaluation.json").write_text(json.dumps({**evaluation, **change}))
+        with pytest.raises(UserError, match=r"evaluation\.json") as e:
+            read_run(run, config)
+        assert message in str(e.value)

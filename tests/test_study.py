@@ -1,12 +1,14 @@
 import json
+import os
 import statistics
 
+import numpy as np
 import pytest
 import torch
 from conftest import quiet, without_seconds
 
 from normlab.engine.config import TrainConfig
-from normlab.engine.runfiles import PER_IMAGE, WEIGHTS, unpack
+from normlab.engine.runfiles import PER_IMAGE, WEIGHTS, pack, unpack
 from normlab.engine.train import train
 from normlab.errors import UserError
 from normlab.machine import cpu_cores
@@ -67,9 +69,14 @@ def test_each_run_carries_its_per_image_answers_which_agree_with_its_accuracies(
     shutil.copy(tmp_path / "s" / "ln" / "b64" / "seed0" / PER_IMAGE, runs["gn0"] / PER_IMAGE)  # another run's
     (runs["ln1"] / PER_IMAGE).write_text((runs["ln1"] / PER_IMAGE).read_text()[:-40])  # cut
     (runs["gn1"] / PER_IMAGE).unlink()
+    doctored = json.loads((runs["ln0"] / PER_IMAGE).read_text())  # its own header, every image right
+    (runs["ln0"] / PER_IMAGE).write_text(json.dumps({**doctored, "moving": pack(np.ones(500, bool))}))
+    bn = next(runs["ln0"].parent.parent.parent.glob(f"bn+l1/b64/seed0/{PER_IMAGE}"))
+    bn.unlink()
+    os.mkfifo(bn)  # a FIFO, which a read would wait on for ever
     again = run_study(tmp_path / "s", ["bn+l1", "gn", "ln"], [0, 1], BASE, progress=False, log=quiet)
     assert [r["per_image"] for r in again["runs"]] == [r["per_image"] for r in results["runs"]]
-    assert (runs["gn0"] / PER_IMAGE).read_text() == saved
+    assert (runs["gn0"] / PER_IMAGE).read_text() == saved and bn.is_file()
 
 
 def test_graphs_hold_one_line_per_variant(study, tmp_path):
@@ -372,14 +379,15 @@ def test_a_study_holds_the_runs_it_reports_until_its_report_is_written(study, tm
     import shutil
 
     from normlab.files import lock_is_held
+    from normlab.study import collect as collect_module
     from normlab.study import study as study_module
 
     out = tmp_path / "copy"
     shutil.copytree(study[0], out)
     runs = sorted(p.parent for p in out.glob(f"*/*/seed*/{WEIGHTS}"))
-    held, write_report = [], study_module.write_report
-    monkeypatch.setattr(study_module, "write_report", lambda *a: held.append([lock_is_held(r / ".lock") for r in runs])
-                        or write_report(*a))
+    held, write_report = [], collect_module.write_report
+    monkeypatch.setattr(collect_module, "write_report",
+                        lambda *a: held.append([lock_is_held(r / ".lock") for r in runs]) or write_report(*a))
     run_study(out, ["bn+l1", "gn", "ln"], [0, 1], BASE, progress=False, log=quiet)
     assert len(runs) == 6 and held == [[True] * 6]
     assert not list(out.rglob(".lock"))  # released with the report written
@@ -397,3 +405,22 @@ def test_a_study_holds_the_runs_it_reports_until_its_report_is_written(study, tm
     with pytest.raises(UserError, match=r"metrics\.json"):
         run_study(out, ["bn+l1", "gn", "ln"], [0, 1], BASE, progress=False, log=quiet)
     assert not list(out.rglob(".lock"))
+
+
+@pytest.mark.parametrize("plant, message", [
+    ("study.json", "study.json: is a FIFO, not a file; remove it (the study writes it again)"),
+    ("report.md", "report.md is a folder, where normlab writes a file; remove it"),
+])
+def test_a_fifo_or_folder_where_a_study_file_belongs_is_one_line_naming_it(study, tmp_path, plant, message):
+    import shutil
+
+    out = tmp_path / "s"
+    shutil.copytree(study[0], out)
+    (out / plant).unlink()
+    if plant == "study.json":
+        os.mkfifo(out / plant)
+    else:
+        (out / plant).mkdir()
+    with pytest.raises(UserError) as e:
+        run_study(out, ["bn+l1", "gn", "ln"], [0, 1], BASE, progress=False, log=quiet)
+    assert message in str(e.value) and not list(out.glob(".report.md.*"))

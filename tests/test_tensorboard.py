@@ -51,3 +51,20 @@ def test_without_the_package_it_is_one_line(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(UserError, match=r'needs the tensorboard package: pip install "normlab\[tensorboard\]"'):
         quick(tensorboard=True)
+
+
+@pytest.mark.parametrize("plant", ["link", "file"])
+def test_a_link_or_a_file_where_the_curves_go_is_one_line_before_anything_trains(tmp_path, mnist, plant):
+    """SummaryWriter would write through a planted link (outside the run folder); a file would fail after an epoch."""
+    out, outside = tmp_path / "run", tmp_path / "outside"
+    train(quick(), out, data=mnist, progress=False, log=lambda _: None)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    outside.mkdir()
+    if plant == "link":
+        (out / FOLDER).symlink_to(outside)
+    else:
+        (out / FOLDER).write_text("x")
+    with pytest.raises(UserError, match=r"tensorboard:? is (a symbolic link|not a folder)"):
+        train(quick(tensorboard=True), out, data=mnist, progress=False, log=lambda _: None, force=True)
+    assert not list(outside.iterdir())
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != FOLDER} == before  # the finished run kept

@@ -53,6 +53,11 @@ MODELS = textwrap.dedent('''
     def exits():
         raise SystemExit(3)
 
+    def frozen(norm="none"):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+        model.requires_grad_(False)
+        return model
+
     def with_helper():
         from helper import WIDTH
         return nn.Sequential(nn.Conv2d(1, WIDTH, 3), nn.BatchNorm2d(WIDTH), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -106,17 +111,23 @@ def test_the_identity_is_the_factory_and_its_source_not_the_path(models, tmp_pat
 
 @pytest.mark.parametrize("factory, settings, words", [
     ("missing", {}, "has no function or class 'missing'"),
-    ("no_norms", {"norm": "gn"}, "found no normalization layer"),
+    ("no_norms", {"norm": "gn"}, r"no_norms\(\): found no normalization layer .*; give the factory a norm= or "
+                                 "norm_layer= argument, or train it as it is with norm none"),
     ("wrong_classes", {}, r"gives \(2, 7\) for a batch of 2 images; it must give \(2, 10\)"),
     ("wrong_input", {}, r"fails on a batch of the data's images \(2, 1, 28, 28\)"),
     ("not_a_model", {}, "returned str, not a torch.nn.Module"),
     ("crashes", {}, r"crashes\(\) failed: RuntimeError: out of coffee"),
     ("exits", {}, r"exits\(\) failed: SystemExit: 3"),
+    ("frozen", {"norm": "none"}, "has no trainable parameters: SGD would have nothing to train"),
     ("exercise", {"norm": "bn", "bn_batch": 4}, "takes a norm's name only, so it cannot take bn_batch"),
 ])
 def test_a_model_that_does_not_fit_is_one_line(models, factory, settings, words):
     with pytest.raises(UserError, match=words):
         TrainConfig(**{"model": f"{models}:{factory}", **settings})
+
+
+def test_a_model_without_norms_trains_as_it_is_as_the_none_variant(models):
+    assert TrainConfig(model=f"{models}:no_norms", norm="none").build_model()[1].__class__ is nn.Identity
 
 
 def test_files_that_are_missing_or_broken_are_one_line(tmp_path):
@@ -159,6 +170,18 @@ def test_a_helper_beside_the_file_is_imported_and_part_of_the_identity(models):
     before = config_hash(config)  # as the run's folder records it
     (models.parent / "helper.py").write_text("WIDTH = 16\n")
     assert config_hash(TrainConfig(model=f"{models}:with_helper", norm="gn")) != before
+
+
+def test_a_neighbour_that_is_no_python_file_is_left_out_of_the_identity_never_read(models):
+    """A folder named x.py, a FIFO (a read would wait for ever) or a link to /dev/zero (a read would fill the
+    memory) beside the model's file is no source: the identity is the same as without them."""
+    import os
+
+    before = config_hash(TrainConfig(model=f"{models}:plain", norm="gn"))
+    (models.parent / "folder.py").mkdir()
+    os.mkfifo(models.parent / "fifo.py")
+    (models.parent / "zero.py").symlink_to("/dev/zero")
+    assert config_hash(TrainConfig(model=f"{models}:plain", norm="gn")) == before
 
 
 def test_an_edited_module_is_built_from_its_new_source(tmp_path, monkeypatch):

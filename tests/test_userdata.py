@@ -69,6 +69,11 @@ def test_npz_color_either_channel_axis_reads_the_same(tmp_path: Path, mnist: Dat
     ({"y_train": "short"}, "must be 300 integer labels"),
     ({"classes": ["a", "b"]}, "holds label [2-9]; labels must be below 2"),
     ({"x_train": "5d"}, r"has shape \(300, 1, 1, 28, 28\)"),
+    ({"y_train": "huge"}, "holds label 1000000000000; labels must be from 0 to 99,999"),
+    ({"y_train": "uint64"}, "holds label 18446744073709551615"),  # never wrapped to -1 by the cast to int64
+    ({"classes": "a"}, r"classes has shape \(\); give a 1-D array"),
+    ({"classes": ["a", "b", "a", "c", "d", "e", "f", "g", "h", "i"]}, "classes names 'a' more than once"),
+    ({"x_train": "1x1", "x_test": "1x1"}, "the images are 1×1 pixels; give images of at least 4×4"),
 ])
 def test_npz_that_does_not_fit_is_one_line(tmp_path: Path, mnist: Dataset, change: dict, message: str) -> None:
     a: dict = arrays(mnist)
@@ -86,6 +91,11 @@ def test_npz_that_does_not_fit_is_one_line(tmp_path: Path, mnist: Dataset, chang
             a[key] = a[key][:-1]
         elif how == "5d":
             a[key] = a[key][:, None, None]
+        elif how in ("huge", "uint64"):
+            a[key] = a[key].astype(np.uint64 if how == "uint64" else np.int64)
+            a[key][0] = 2**64 - 1 if how == "uint64" else 10**12
+        elif how == "1x1":
+            a[key] = a[key][:, :1, :1]
         else:
             a[key] = np.array(how)
     np.savez(tmp_path / "bad.npz", **a)
@@ -102,6 +112,25 @@ def test_npz_not_an_npz_or_missing_or_pickled(tmp_path: Path) -> None:
     np.savez(tmp_path / "obj.npz", x_train=np.array([{"a": 1}], dtype=object), y_train=[0], x_test=[0], y_test=[0])
     with pytest.raises(UserError, match=r"not a readable \.npz"):
         load_npz(tmp_path / "obj.npz")
+
+
+def test_an_npz_whose_header_promises_more_than_it_holds_is_refused_never_allocated(tmp_path: Path) -> None:
+    """A (10**12,) header over 4 bytes would have numpy allocate 931 GiB; a FIFO would hang the read."""
+    import os
+    import zipfile
+
+    header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (1000000000000,), }"
+    header += b" " * (118 - len(header)) + b"\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(4)
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w") as z:
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            z.writestr(f"{key}.npy", npy)
+    with pytest.raises(UserError, match=r"x_train\.npy's header declares \(1000000000000,\) of uint8, more than the 4 "
+                                        "bytes it holds"):
+        load_npz(tmp_path / "bomb.npz")
+    os.mkfifo(tmp_path / "fifo.npz")
+    with pytest.raises(UserError, match=r"is a FIFO, not a file; give npz:PATH of an \.npz file"):
+        load_npz(tmp_path / "fifo.npz")
 
 
 def test_folder_with_train_and_test_reads_classes_sorted_and_caches(tmp_path: Path, mnist: Dataset) -> None:
@@ -136,15 +165,15 @@ def test_folder_without_split_mixed_sizes_and_modes_is_converted_and_said(tmp_pa
     assert sized.train_x.shape[1:] == (3, 16, 16) and sized.digest != data.digest
 
 
-@pytest.mark.parametrize("problem", ["empty", "not-image", "loose", "classes-differ", "missing"])
-def test_folder_that_does_not_fit_is_one_line(tmp_path: Path, mnist: Dataset, problem: str) -> None:
+@pytest.mark.parametrize("problem", ["empty", "not-image", "loose", "classes-differ", "missing", "bomb"])
+def test_folder_that_does_not_fit_is_one_line(tmp_path: Path, mnist: Dataset, problem: str, monkeypatch) -> None:
     a = arrays(mnist, 20, 10)
     root = tmp_path / "d"
     write_folder(root / "train", a["x_train"], a["y_train"], tuple(str(c) for c in range(10)))
     write_folder(root / "test", a["x_test"], a["y_test"], tuple(str(c) for c in range(10)))
     expected = {"empty": "no image files", "not-image": "notes.txt: not an image Pillow can read",
                 "loose": "an image outside a class folder", "classes-differ": r"\[.extra.\] are not in train/",
-                "missing": "no such folder"}[problem]
+                "missing": "no such folder", "bomb": "could be decompression bomb DOS attack"}[problem]
     if problem == "empty":
         for f in (root / "test").rglob("*.png"):
             f.unlink()
@@ -154,6 +183,8 @@ def test_folder_that_does_not_fit_is_one_line(tmp_path: Path, mnist: Dataset, pr
         (root / "train" / "stray.png").write_bytes(next((root / "train").rglob("*.png")).read_bytes())
     elif problem == "classes-differ":
         (root / "test" / "extra").mkdir()
+    elif problem == "bomb":  # as Pillow sees a few kB that decode to gigabytes, here with its limit lowered
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     else:
         root = tmp_path / "nowhere"
     with pytest.raises(UserError, match=expected):

@@ -29,6 +29,7 @@ from normlab.errors import (
     UserError,
     exit_on_signal,
     guard_output,
+    print_result,
     say,
     shown,
     signals_raise_interrupted,
@@ -101,7 +102,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 def cmd_explain(args: argparse.Namespace) -> None:
     from normlab.report.explain import explain
 
-    print(explain(args.format))
+    print_result(explain(args.format))
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -110,7 +111,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
     config = TrainConfig(model=args.model, norm=args.norm, groups=args.groups, weight_std=args.weight_std,
                          norm_first=args.norm_first)
-    print(format_summary(config.build_model()))
+    print_result(format_summary(config.build_model()))
 
 
 def cmd_exercise(args: argparse.Namespace) -> None:

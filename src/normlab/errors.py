@@ -9,6 +9,7 @@ line, ``batch_size`` from Python.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -81,8 +82,10 @@ class GuardedStream:
     rest of the output goes nowhere, so the work is not lost for want of a place to print. A closed pipe also
     sends SIGPIPE, which stops the work (STOP_SIGNALS); other faults are said once on stderr, if it still writes."""
 
-    def __init__(self, stream: Any, name: str) -> None:
-        self.stream, self.name, self.failed = stream, name, False
+    def __init__(self, stream: Any, name: str, closed: bool = False) -> None:
+        self.stream, self.name, self.failed = stream, name, closed
+        self.error: Exception | None = OSError(errno.EBADF, "it is closed") if closed else None
+        self.result = False  # the output is the command's result (summary, explain): its loss is said by the command
 
     def write(self, text: str) -> int:
         if not self.failed:
@@ -104,8 +107,8 @@ class GuardedStream:
                 self._fail(e)
 
     def _fail(self, error: Exception) -> None:
-        self.failed = True
-        if self.name == "stdout" and not isinstance(error, BrokenPipeError):
+        self.failed, self.error = True, error
+        if self.name == "stdout" and not isinstance(error, BrokenPipeError) and not self.result:
             print(f"normlab: cannot write to stdout ({getattr(error, 'strerror', None) or error}); the work goes on "
                   "without printing, its results are in its folder", file=sys.stderr, flush=True)
 
@@ -117,11 +120,24 @@ def guard_output() -> None:
     """Put GuardedStreams in place of sys.stdout and sys.stderr (a closed one, None, becomes a stream to nowhere),
     writing a path's bytes as they are."""
     for name in ("stdout", "stderr"):
+        closed = getattr(sys, name) is None
         stream = getattr(sys, name) or open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
         if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")  # a path's bytes that are not UTF-8 print as they are
         if not isinstance(stream, GuardedStream):
-            setattr(sys, name, GuardedStream(stream, name))
+            setattr(sys, name, GuardedStream(stream, name, closed))
+
+
+def print_result(text: str) -> None:
+    """Print what a command exists to print (summary, explain): a stdout that cannot take it (full, closed) is
+    RunFailed, exit 1, where a training command would go on; a reader that stopped reading (| head) is not."""
+    if isinstance(sys.stdout, GuardedStream):
+        sys.stdout.result = True
+    print(text)
+    sys.stdout.flush()
+    error = getattr(sys.stdout, "error", None)
+    if error is not None and not isinstance(error, BrokenPipeError):
+        raise RunFailed(f"cannot write to stdout ({getattr(error, 'strerror', None) or error}); nothing was printed")
 
 
 @contextmanager

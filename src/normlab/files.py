@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -15,6 +17,69 @@ from typing import IO
 from normlab.errors import UserError, shown
 
 LOCK = ".lock"
+TEXT_LIMIT = 64 * 2**20  # normlab's JSON and CSV files: far above any (a 1,000-epoch metrics.json is about 0.3 MB)
+
+
+class NotAFile(ValueError):
+    """A path that normlab reads is not a regular file of a size it could be; the message says which."""
+
+
+def open_regular(path: Path, limit: int | None = None, follow: bool = False) -> IO[bytes]:
+    """``path`` opened for reading if it is a regular file of at most ``limit`` bytes (None: any size). A FIFO, a
+    device (/dev/zero), a folder, or a file larger than ``limit`` (a sparse 8 GB one) is NotAFile before a byte is
+    read; a symbolic link too unless ``follow`` (normlab never makes one in its folders)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)  # NONBLOCK: a FIFO's open never waits
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow:
+            raise NotAFile(not_a_file(stat.S_IFLNK)) from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise NotAFile(not_a_file(info.st_mode))
+    if limit is not None and info.st_size > limit:
+        os.close(fd)
+        raise NotAFile(f"is {info.st_size:,} bytes, more than such a file can be ({limit:,})")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def not_a_file(mode: int) -> str:
+    """What a path of ``mode`` (lstat's) is, in the words of an error, where normlab wants a regular file."""
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link, which normlab never makes there"
+    kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+    return f"is {kind}, not a file"
+
+
+def check_regular(path: Path) -> None:
+    """NotAFile unless ``path`` is missing or a regular file (lstat: a link is not one)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise NotAFile(not_a_file(mode))
+
+
+def read_regular(path: Path, limit: int = TEXT_LIMIT, follow: bool = False) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (open_regular), read no further than that."""
+    with open_regular(path, limit, follow) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew as it was read
+        raise NotAFile(f"is more than {limit:,} bytes, more than such a file can be")
+    return data
+
+
+def file_sha256(path: Path, follow: bool = False) -> str:
+    """The sha256 of a regular file of any size, read in pieces (open_regular)."""
+    digest = hashlib.sha256()
+    with open_regular(path, follow=follow) as f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def replace_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -32,6 +97,9 @@ def replace_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # replaces a link at ``path`` itself, never what it points to
+    except IsADirectoryError:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path} is a folder, where normlab writes a file; remove it") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from normlab.errors import UserError
-from normlab.files import replace_atomic
+from normlab.files import NotAFile, open_regular, replace_atomic
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 SPLIT_SEED, TEST_SHARE = 0, 5   # a folder without train/ and test/: every 5th image (seeded order) tests
 KINDS = ("npz", "folder")
+MAX_CLASSES = 100_000  # a label of 10**12 would ask for a head of 10**12 outputs
+MIN_SIDE = 4           # pixels: the smallest images a folder is decoded to, and an npz may hold
 
 
 @dataclass(frozen=True)
@@ -69,24 +73,46 @@ def _channels_first(x: np.ndarray, name: str, origin: str) -> np.ndarray:
 def _check_labels(y: np.ndarray, name: str, n: int, origin: str, classes: int | None) -> np.ndarray:
     if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
         raise UserError(f"{origin}: {name} must be {n} integer labels, one per image (it is {y.dtype} {y.shape})")
-    if len(y) and (y.min() < 0 or (classes is not None and y.max() >= classes)):
-        bound = f"below {classes} (the number of classes)" if classes is not None else "0 or more"
-        raise UserError(f"{origin}: {name} holds label {y.min() if y.min() < 0 else y.max()}; labels must be "
-                        f"{bound}")
+    bound = classes if classes is not None else MAX_CLASSES
+    if len(y) and (y.min() < 0 or y.max() >= bound):  # before the cast: a uint64 label of 2**64 - 1 would wrap to -1
+        words = f"below {classes} (the number of classes)" if classes is not None else \
+            f"from 0 to {MAX_CLASSES - 1:,} (more classes than that: give a classes array naming them)"
+        raise UserError(f"{origin}: {name} holds label {y.min() if y.min() < 0 else y.max()}; labels must be {words}")
     return y.astype(np.int64)
+
+
+def _check_headers(raw: bytes, origin: str) -> None:
+    """Each array's header says its shape and type before numpy allocates it: one that promises more than its stored
+    bytes (a (10**12,) header over a few bytes) is refused, never allocated."""
+    formats = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        for info in z.infolist():
+            with z.open(info) as f:
+                read = formats.get(np.lib.format.read_magic(f))
+                if read is None:
+                    raise ValueError(f"{info.filename} is in an .npy format version numpy.savez does not write")
+                shape, _, dtype = read(f)
+                held = info.file_size - f.tell()
+                if not dtype.hasobject and math.prod(shape) * dtype.itemsize > held:
+                    raise ValueError(f"{info.filename}'s header declares {shape} of {dtype}, more than the "
+                                     f"{held:,} bytes it holds")
 
 
 def load_npz(path: Path) -> UserData:
     """x_train, y_train, x_test, y_test (and optionally classes) from an .npz, checked."""
     origin = str(path)
     try:
-        raw = path.read_bytes()
+        with open_regular(path, follow=True) as f:
+            raw = f.read()
+        _check_headers(raw, origin)
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise UserError("no such file; give npz:PATH of an .npz with x_train, y_train, x_test, y_test",
                         "dataset", f"npz:{path}") from None
-    except (OSError, ValueError, EOFError) as e:
+    except NotAFile as e:
+        raise UserError(f"{e}; give npz:PATH of an .npz file", "dataset", f"npz:{path}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{origin}: not a readable .npz of plain arrays ({e}); save it with numpy.savez") from None
     missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
@@ -100,7 +126,10 @@ def load_npz(path: Path) -> UserData:
     if train_x.shape[1:] != test_x.shape[1:]:
         raise UserError(f"{origin}: x_train's images are {train_x.shape[1:]} but x_test's {test_x.shape[1:]}; "
                         "give both one shape")
-    classes = tuple(str(c) for c in arrays["classes"]) if "classes" in arrays else None
+    if min(train_x.shape[-2:]) < MIN_SIDE:
+        raise UserError(f"{origin}: the images are {'×'.join(map(str, train_x.shape[-2:]))} pixels; give images of "
+                        f"at least {MIN_SIDE}×{MIN_SIDE}")
+    classes = _class_names(arrays["classes"], origin) if "classes" in arrays else None
     count = len(classes) if classes is not None else None
     train_y = _check_labels(arrays["y_train"], "y_train", len(train_x), origin, count)
     test_y = _check_labels(arrays["y_test"], "y_test", len(test_x), origin, count)
@@ -109,6 +138,18 @@ def load_npz(path: Path) -> UserData:
     _check_sizes(train_x, test_x, classes, origin)
     return UserData(train_x, train_y, test_x, test_y, classes, path.name,
                     hashlib.sha256(raw).hexdigest(), ())
+
+
+def _class_names(names: np.ndarray, origin: str) -> tuple[str, ...]:
+    """An npz's ``classes``: one name per class, each once, at most MAX_CLASSES of them."""
+    if names.ndim != 1 or not 2 <= len(names) <= MAX_CLASSES:
+        raise UserError(f"{origin}: classes has shape {names.shape}; give a 1-D array of 2 to {MAX_CLASSES:,} names, "
+                        "one per class in label order")
+    classes = tuple(str(c) for c in names)
+    if len(set(classes)) != len(classes):
+        twice = next(c for c, k in Counter(classes).items() if k > 1)
+        raise UserError(f"{origin}: classes names {twice!r} more than once; give each class its own name")
+    return classes
 
 
 def _check_sizes(train_x: np.ndarray, test_x: np.ndarray, classes: tuple[str, ...], origin: str) -> None:
@@ -135,6 +176,8 @@ def _decode(path: Path, root: Path) -> object:
         with Image.open(path) as image:
             image.load()
             return image.copy()
+    except Image.DecompressionBombError as e:  # a few kB that would decode to gigabytes
+        raise UserError(f"{path}: {e}; remove it from {root} or scale it down") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"{path}: not an image Pillow can read ({e}); remove it from {root} or convert it") from None
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from normlab.engine.sgd import SGD, OneCycle
 from normlab.errors import UserError
-from normlab.files import replace_atomic
+from normlab.files import NotAFile, open_regular, replace_atomic
 
 
 def training_state(model: nn.Module, optimizer: SGD, schedule: OneCycle, generator: torch.Generator,
@@ -49,9 +49,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint at ``path``, checked to be one; a broken file is a one-line error naming it."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or not {"config_hash", "metrics", "model", "rng"} <= state.keys():
             raise ValueError("not a normlab checkpoint")
+    except NotAFile as e:
+        raise UserError(f"{path}: {e}; add {{force}} to start the run over") from None
     except Exception as e:  # whatever torch raises for a file that is not a checkpoint
         raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}); "
                         "add {force} to start the run over") from None

@@ -32,7 +32,7 @@ from torch import nn
 from normlab.engine.config import TrainConfig
 from normlab.engine.evalstats import WAYS
 from normlab.errors import UserError
-from normlab.files import write_atomic
+from normlab.files import NotAFile, check_regular, file_sha256, open_regular, read_regular, write_atomic
 
 CONFIG, METRICS_CSV, METRICS_JSON = "config.json", "metrics.csv", "metrics.json"
 CHECKPOINT, WEIGHTS, FAILED, EVALUATION = "checkpoint.pt", "model.pt", "failed.json", "evaluation.json"
@@ -52,9 +52,19 @@ def broken(path: Path, problem: str) -> UserError:
     return UserError(f"{path}: {problem}; add {{force}} to retrain this run (or delete {path.parent})")
 
 
+def check_run_file(path: Path) -> None:
+    """A run's file, where there is one, is a regular file: a link, FIFO, device or folder in its place is one line."""
+    try:
+        check_regular(path)
+    except NotAFile as e:
+        raise broken(path, str(e)) from None
+
+
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_regular(path).decode())
+    except NotAFile as e:
+        raise broken(path, str(e)) from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise broken(path, f"cannot be read ({type(e).__name__})") from None
 
@@ -87,7 +97,9 @@ def check_metrics_csv(folder: Path, metrics: list[dict[str, float]], config: Tra
     """metrics.csv must say what metrics.json says: the same rows, to the last digit."""
     path = folder / METRICS_CSV
     try:
-        same = path.read_text() == metrics_csv(metrics, config)
+        same = read_regular(path).decode() == metrics_csv(metrics, config)
+    except NotAFile as e:
+        raise broken(path, str(e)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise broken(path, f"cannot be read ({type(e).__name__})") from None
     if not same:
@@ -99,7 +111,10 @@ def load_weights(folder: Path, config: TrainConfig, device: torch.device | str =
     path = folder / WEIGHTS
     model = config.build_model().to(device)
     try:
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        with open_regular(path) as f:
+            model.load_state_dict(torch.load(f, map_location=device, weights_only=True))
+    except NotAFile as e:
+        raise broken(path, str(e)) from None
     except Exception as e:  # whatever torch raises for a file that is not these weights
         raise broken(path, f"not readable weights of this model ({type(e).__name__})") from None
     return model
@@ -119,7 +134,11 @@ def check_record(folder: Path) -> None:
     for name, digest in hashes.items():
         path = folder / name
         try:
-            same = path.is_file() and sha256(path.read_bytes()) == digest
+            same = file_sha256(path) == digest
+        except FileNotFoundError:
+            raise broken(path, f"is missing from a finished run ({RECORD} records it)") from None
+        except NotAFile as e:
+            raise broken(path, str(e)) from None
         except OSError as e:
             raise broken(path, f"cannot be read ({type(e).__name__})") from None
         if not same:
@@ -147,7 +166,7 @@ def check_resume_state(state: dict[str, Any], path: Path, config: TrainConfig) -
     except UserError:
         raise broken("holds per-epoch metrics that are not a run's") from None
     schedule, steps = state["schedule"], len(rows) * config.steps_per_epoch
-    if not 1 <= len(rows) < config.epochs:
+    if not 1 <= len(rows) <= config.epochs:  # every epoch: stopped in its final evaluation, which resumes
         raise broken(f"holds {len(rows)} epochs of a {config.epochs}-epoch run")
     if not isinstance(schedule, dict) or schedule.get("last_epoch") != steps \
             or schedule.get("total_steps") != config.steps:
@@ -158,8 +177,10 @@ def check_resume_state(state: dict[str, Any], path: Path, config: TrainConfig) -
         raise broken("its optimizer state is not SGD's")
 
 
-def read_evaluation(folder: Path) -> dict[str, float] | None:
-    """evaluation.json, when the run has one: finite accuracies from 0 to 100 under each evaluation statistics."""
+def read_evaluation(folder: Path, final_test_acc: float) -> dict[str, float] | None:
+    """evaluation.json, when the run has one: finite accuracies from 0 to 100 under each evaluation statistics, the
+    moving averages' the last epoch's ``final_test_acc`` (both count the same answers), and the PreciseBN images
+    and test batch group it was made with."""
     path = folder / EVALUATION
     if not path.is_file():
         return None
@@ -167,6 +188,12 @@ def read_evaluation(folder: Path) -> dict[str, float] | None:
     if not isinstance(values, dict) or not all(isinstance(values.get(k), int | float) and math.isfinite(values[k])
                                                and 0 <= values[k] <= 100 for k in WAYS):
         raise broken(path, f"does not hold the test accuracies {', '.join(WAYS)} from 0 to 100")
+    if values["moving"] != final_test_acc:
+        raise broken(path, f"gives {values['moving']:g}% under the moving averages, where the last epoch of "
+                           f"{METRICS_JSON} gives {final_test_acc:g}%")
+    if not all(isinstance(values.get(k), int) and not isinstance(values[k], bool) and values[k] >= 1
+               for k in ("precise_images", "group")):
+        raise broken(path, "does not give the PreciseBN images and the test batch group, each at least 1")
     return values
 
 
@@ -205,7 +232,7 @@ def read_per_image(folder: Path, images: int, weights: str) -> dict[str, np.ndar
     ``images`` answers under the moving averages (and, at most, the other evaluation statistics); None otherwise:
     it is derived, so it is computed again."""
     try:
-        saved = json.loads((folder / PER_IMAGE).read_text())
+        saved = json.loads(read_regular(folder / PER_IMAGE).decode())
         if not isinstance(saved, dict) or saved.get("images") != images or saved.get("weights_sha256") != weights \
                 or "moving" not in saved or not set(saved) <= {"images", "weights_sha256", *WAYS}:
             return None

@@ -30,6 +30,7 @@ from normlab.engine.runfiles import (
     FAILED,
     METRICS_CSV,
     METRICS_JSON,
+    PER_IMAGE,
     RECORD,
     RUN_FILES,
     WEIGHTS,
@@ -37,6 +38,7 @@ from normlab.engine.runfiles import (
     check_metrics_csv,
     check_record,
     check_resume_state,
+    check_run_file,
     load_weights,
     metrics_csv,
     read_evaluation,
@@ -47,7 +49,7 @@ from normlab.engine.runfiles import (
     sha256,
 )
 from normlab.engine.sgd import SGD, OneCycle
-from normlab.engine.tensorboard import EventLog, remove_events
+from normlab.engine.tensorboard import EventLog, check_events_folder, remove_events
 from normlab.errors import UserError
 from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atomic
 from normlab.nn.models import MODELS, model_entry
@@ -131,6 +133,9 @@ def _differences(saved: dict[str, Any], config: TrainConfig) -> str:
 
 def read_run(folder: Path, config: TrainConfig) -> SavedRun:
     """What ``folder`` holds for ``config``; raises a one-line UserError for a file that cannot be read."""
+    for name in RUN_FILES:  # a link, FIFO or folder where a run's file belongs is read by nothing (per_image.json
+        if name != PER_IMAGE:  # is derived: one that is not a file is computed again in its place)
+            check_run_file(folder / name)
     if not (folder / CONFIG).is_file():
         return SavedRun(Status.NEW)
     saved = read_json(folder / CONFIG)
@@ -147,9 +152,10 @@ def read_run(folder: Path, config: TrainConfig) -> SavedRun:
     parameters = saved.get("parameters")
     if not isinstance(parameters, int):
         raise broken(folder / CONFIG, "does not give the model's parameter count")
-    recorded = (folder / WEIGHTS).is_file() and (folder / RECORD).is_file()
-    if recorded:  # a finished run's files must be the ones it finished with
-        check_record(folder)
+    recorded = (folder / RECORD).is_file()
+    if recorded and ((folder / WEIGHTS).is_file() or not (folder / CHECKPOINT).is_file()):
+        check_record(folder)  # a finished run's files must be the ones it finished with; a run stopped between
+    recorded = recorded and (folder / WEIGHTS).is_file()  # its record and its weights resumes from its checkpoint
     if (folder / FAILED).is_file() and not recorded:
         failure = read_json(folder / FAILED)
         if not isinstance(failure, dict) or not {"epoch", "step", "reason"} <= failure.keys():
@@ -164,7 +170,8 @@ def read_run(folder: Path, config: TrainConfig) -> SavedRun:
             raise broken(folder / METRICS_JSON, f"holds {len(metrics)} of the finished run's {config.epochs} epochs")
         check_metrics_csv(folder, metrics, config)
         return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(folder, config),
-                        evaluation=read_evaluation(folder), environment=saved.get("environment") or {})
+                        evaluation=read_evaluation(folder, metrics[-1]["test_acc"]),
+                        environment=saved.get("environment") or {})
     if (folder / CHECKPOINT).is_file():
         return SavedRun(Status.PARTIAL, parameters=parameters, hash=saved["config_hash"])
     return SavedRun(Status.NEW)
@@ -276,6 +283,8 @@ def open_run(out: Path | None, config: TrainConfig, force: bool = False, resume:
         return
     prepare_folder(out, CONFIG, "run")
     with FolderLock(out):
+        if config.tensorboard:
+            check_events_folder(out)
         saved = SavedRun(Status.NEW) if force else read_run(out, config)
         if saved.status is Status.OTHER:
             raise UserError(f"holds a run made with a different config ({saved.differences}); add {{force}} to "

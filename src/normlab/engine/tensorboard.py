@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.errors import UserError
+from normlab.files import refuse_links
 
 FOLDER = "tensorboard"
 
@@ -28,6 +29,15 @@ def tag(name: str) -> str:
     """metrics.csv's column -> TensorBoard's tag, the splits of a metric in one chart: train_loss -> loss/train."""
     split, _, metric = name.partition("_")
     return f"{metric}/{split}" if metric in ("loss", "acc") else name
+
+
+def check_events_folder(run_folder: Path) -> None:
+    """Where the curves go must be a folder normlab made: a link there (which SummaryWriter would write through) or a
+    file is one line, before anything trains."""
+    folder = run_folder / FOLDER
+    refuse_links(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: is not a folder, where normlab writes the run's TensorBoard curves; remove it")
 
 
 def remove_events(run_folder: Path) -> None:

@@ -93,14 +93,3 @@ def check_model(spec: str, layout: str, norm: str, groups: int | None, bn_batch:
     data's shape: one line for anything that does not fit, before anything is written."""
     model = build_user_model(spec, norm, groups, bn_batch, weight_std, settings, image_shape, classes)
     check_output(model, spec, image_shape, classes)
-
-
-def check_groups(groups: int, channels: tuple[int, ...] = MODELS["normlab"].channels) -> None:
-    """GroupNorm needs ``groups`` to divide the channels of every layer; say which counts would (a user's model,
-    whose channels are not known up front: each layer when its norm is made)."""
-    if not channels:
-        return
-    valid = [g for g in range(1, min(channels) + 1) if all(c % g == 0 for c in channels)]
-    if groups not in valid:
-        raise UserError(f"does not divide the channel counts {list(channels)} of every layer; "
-                        f"use one of {', '.join(map(str, valid))}", "groups", groups)

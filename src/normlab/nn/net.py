@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from normlab.nn.norm_layer import check_groups
 from normlab.nn.norms import NORMS, NormSettings, StdConv2d, canonical_norm
 
 # (name, in_channels, out_channels, kernel): the conv blocks in order; "pool" marks the 2×2 max-pool.
@@ -85,6 +86,8 @@ class Net(nn.Module):
                  num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.norm, self.copies = canonical_norm(norm), copies
+        if groups is not None and NORMS[self.norm].grouped:
+            check_groups(groups, tuple(sorted(set(BLOCK_CHANNELS))))
         settings = settings or NormSettings()
         settings = replace(settings, groups=groups or settings.groups, bn_batch=bn_batch or settings.bn_batch,
                            copies=copies)

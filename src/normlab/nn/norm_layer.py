@@ -107,3 +107,15 @@ def norm_layer(spec: str, **settings: object) -> NormLayer:
         raise UserError(f"norm spec {spec!r}: Weight Standardization changes the convs, not the norm: use "
                         "swap_norms(model, spec) or normlab.nn.norms.StdConv2d")
     return layer
+
+
+
+def check_groups(groups: int, channels: tuple[int, ...]) -> None:
+    """GroupNorm needs ``groups`` to divide the channels of every layer; say which counts would (a user's model,
+    whose channels are not known up front: each layer when its norm is made)."""
+    if not channels:
+        return
+    valid = [g for g in range(1, min(channels) + 1) if all(c % g == 0 for c in channels)]
+    if groups not in valid:
+        raise UserError(f"does not divide the channel counts {list(channels)} of every layer; "
+                        f"use one of {', '.join(map(str, valid))}", "groups", groups)

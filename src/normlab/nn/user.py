@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from normlab.errors import UserError
+from normlab.files import NotAFile, read_regular
 from normlab.nn.norm_layer import NormLayer
 from normlab.nn.norms import NORMS, NormSettings
 from normlab.nn.swap import standardize_convs, swap_norms
@@ -116,11 +117,16 @@ def load_factory(model: UserModel, digest: str) -> Callable[..., Any]:
 
 
 def source_digest(model: UserModel) -> str:
-    """A hash of the factory's source (UserModel.files), each file by its name and content."""
+    """A hash of the factory's source (UserModel.files), each file by its name and content. A neighbour that is no
+    Python file (a folder named x.py, a FIFO, a device) is not source: left out, never waited on or read."""
     digest = hashlib.sha256()
     for path in model.files():
         try:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+            digest.update(path.name.encode() + b"\0" + read_regular(path, follow=True))
+        except NotAFile as e:
+            if path.resolve() == Path(model.source).resolve():
+                raise UserError(f"{path} {e}; give the Python file that holds {model.name}", "model",
+                                model.spec) from None
         except OSError as e:
             raise UserError(f"cannot read {path}: {e.strerror}", "model", model.spec) from None
     return digest.hexdigest()
@@ -170,9 +176,17 @@ def build_user_model(spec: str, norm: str, groups: int | None, bn_batch: int | N
         raise UserError(f"{model.name}(...) returned {type(built).__name__}, not a torch.nn.Module", "model", spec)
     if "norm" not in kwargs and "norm_layer" not in kwargs:
         grouped = f":{settings.groups}" if NORMS[norm].grouped else ""
-        built = swap_norms(built, f"{norm}{grouped}{'+ws' if weight_std else ''}", bn_batch=bn_batch, eps=settings.eps,
-                   momentum=settings.momentum, r_max=settings.r_max, d_max=settings.d_max,
-                   relax_from=settings.relax_from, relax_to=settings.relax_to)
+        try:
+            built = swap_norms(built, f"{norm}{grouped}{'+ws' if weight_std else ''}", bn_batch=bn_batch,
+                               eps=settings.eps, momentum=settings.momentum, r_max=settings.r_max,
+                               d_max=settings.d_max, relax_from=settings.relax_from, relax_to=settings.relax_to)
+        except UserError as e:  # said of the user's model, with what to do about it
+            nothing = "found no normalization layer" in e.message
+            if nothing and norm == "none" and not weight_std:  # a model without norms is its own "none" variant
+                return built
+            hint = "; give the factory a norm= or norm_layer= argument, or train it as it is with {norm} none" \
+                if nothing else ""
+            raise UserError(f"{model.name}(): {e.message}{hint}", "model", spec) from None
     elif weight_std:
         built = standardize_convs(built)
     return built
@@ -189,6 +203,9 @@ def check_output(model: nn.Module, spec: str, image_shape: tuple[int, int, int],
                         f"{type(e).__name__}: {e}", "model", spec) from None
     finally:
         model.train(was)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("has no trainable parameters: SGD would have nothing to train; give it some (or unfreeze "
+                        "them)", "model", spec)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"gives {shape} for a batch of 2 images; it must give (2, {classes}), a score per class",
