@@ -68,33 +68,6 @@ def test_a_non_finite_loss_names_its_step(mnist):
     assert bad is not None and 1 < bad <= config.steps_per_epoch
 
 
-@pytest.mark.parametrize("values", [{}, {"momentum": 0.0}, {"weight_decay": 0.01}, {"momentum": 0.5}])
-def test_each_update_is_sgds_at_that_steps_lr_and_momentum(values):
-    """Given the same gradients, step by step through one-cycle's warm-up: equal to float rounding."""
-    config = quick(epochs=2, **values)
-    torch.manual_seed(0)
-    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
-    ours = [p.detach().clone().requires_grad_() for p in params]
-    optimizer, schedule = sgd_one_cycle(params, config)
-    graphed = GraphedEpochs.__new__(GraphedEpochs)  # the update alone, without a model
-    graphed.params, graphed.nesterov, graphed.weight_decay = ours, config.momentum > 0, config.weight_decay
-    graphed.buffers = [torch.zeros_like(p) for p in ours]
-    lrs, momentums = zip(*(schedule.at(step) for step in range(config.steps)), strict=True)
-    graphed.lrs, graphed.momentums = torch.tensor(lrs), torch.tensor(momentums)
-    graphed.step = torch.zeros((), dtype=torch.int64)
-    for _ in range(12):
-        grads = [torch.randn_like(p) for p in params]
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.clone()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            graphed._update([g.clone() for g in grads])
-        graphed.step += 1
-        for a, b in zip(params, ours, strict=True):
-            assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
-
-
 def test_dropout_masks_are_drawn_for_the_epoch_from_the_runs_generator(mnist):
     """Each epoch's masks come from the run's own generator with its data order: the same seed, the same weights;
     about 1 − p of the channels kept."""

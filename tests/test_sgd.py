@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from normlab.engine.config import TrainConfig
+from normlab.engine.sgd import sgd_update
 from normlab.engine.train import sgd_one_cycle
 
 
@@ -111,3 +112,33 @@ def test_building_the_optimizer_does_not_import_torch_dynamo():
             "import torch; setup(TrainConfig(), torch.device('cpu')); print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("values", [{}, {"momentum": 0.0}, {"weight_decay": 0.01}, {"momentum": 0.5}])
+@pytest.mark.parametrize("rates", ["one", "per copy"])
+def test_the_update_with_rates_on_the_device_is_sgds_to_float_rounding(values, rates):
+    """sgd_update (what a CUDA graph replays, and what moves a fused model's copies) against SGD.step, given the same
+    gradients, step by step through one-cycle's warm-up: rates as one tensor, or per parameter shaped per copy."""
+    config = TrainConfig(epochs=2, train_limit=1000, batch_size=64, **values)
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    ours = [p.detach().clone() for p in params]
+    optimizer, schedule = sgd_one_cycle(params, config)
+    buffers = [torch.zeros_like(p) for p in ours]
+    for step in range(12):
+        grads = [torch.randn_like(p) for p in params]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+        schedule.step()
+        lr, momentum = (torch.tensor(v) for v in schedule.at(step))
+        if rates == "per copy":  # one copy: each tensor seen as (1, ...), each rate as (1, 1, ...)
+            views = [p.unsqueeze(0) for p in ours]
+            sgd_update(views, [g.unsqueeze(0) for g in grads], [b.unsqueeze(0) for b in buffers],
+                       [lr.view(1, *[1] * p.dim()) for p in ours], [momentum.view(1, *[1] * p.dim()) for p in ours],
+                       config.momentum > 0, [torch.tensor([config.weight_decay]).view(1, *[1] * p.dim()) for p in ours]
+                       if config.weight_decay else None)
+        else:
+            sgd_update(ours, grads, buffers, lr, momentum, config.momentum > 0, config.weight_decay)
+        for a, b in zip(params, ours, strict=True):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)

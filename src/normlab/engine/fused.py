@@ -39,7 +39,7 @@ from normlab.engine.graphed import Epoch
 from normlab.engine.predict import normalize, pixels
 from normlab.engine.runfiles import metric_columns
 from normlab.engine.runs import Job, RunFolder, open_run
-from normlab.engine.sgd import SGD, OneCycle
+from normlab.engine.sgd import SGD, OneCycle, sgd_update
 from normlab.engine.train import NON_FINITE, RunResult, epoch_row, read_back, set_training_mode, setup, start_log
 from normlab.errors import StopFlag
 from normlab.machine import cpu_cores
@@ -180,28 +180,26 @@ class FusedModel:
 
     @torch.no_grad()
     def update(self, lr: Tensor, momentum: Tensor) -> None:
-        """The SGD update of every copy at its rates (``lr``, ``momentum``: one value a copy, on the device)."""
-        for k, p in enumerate(self.params):
-            self._update(k, p, lr, momentum)
+        """normlab.engine.sgd.sgd_update on every copy at its rates (``lr``, ``momentum``: one value a copy, on the
+        device): each fused tensor seen as (copies, ...), each rate as (copies, 1, ...)."""
+        if self.nesterov:  # zero-started, as sgd_update takes them
+            self.buffers = [torch.zeros_like(p) if b is None else b for p, b in zip(self.params, self.buffers,
+                                                                                     strict=True)]
 
-    def _update(self, k: int, p: Tensor, lr: Tensor, momentum: Tensor) -> None:
-        """normlab.engine.sgd.SGD's arithmetic (weight decay, momentum, Nesterov), each copy at its own rates."""
-        a, b = self.spans[k]
+        def by_copy(t: Tensor, k: int) -> Tensor:
+            a, b = self.spans[k]
+            return t.unflatten(0, (b - a, -1))
 
-        def per_copy(v: Tensor) -> Tensor:
-            return v[a:b].view(b - a, *[1] * p.dim())
+        def per_copy(v: Tensor, k: int) -> Tensor:
+            a, b = self.spans[k]
+            return v[a:b].view(b - a, *[1] * self.params[k].dim())
 
-        weights, grad = p.unflatten(0, (b - a, -1)), p.grad.unflatten(0, (b - a, -1))  # type: ignore[union-attr]
-        grad = grad + per_copy(self.decay) * weights if self.any_decay else grad
-        if self.nesterov:
-            if self.buffers[k] is None:
-                self.buffers[k] = grad.clone().flatten(0, 1)
-            else:
-                buf = self.buffers[k].unflatten(0, (b - a, -1))  # type: ignore[union-attr]
-                buf.mul_(per_copy(momentum)).add_(grad)
-            buf = self.buffers[k].unflatten(0, (b - a, -1))  # type: ignore[union-attr]
-            grad = grad + per_copy(momentum) * buf
-        weights.sub_(per_copy(lr) * grad)
+        ks = range(len(self.params))
+        sgd_update([by_copy(p, k) for k, p in enumerate(self.params)],
+                   [by_copy(p.grad, k) for k, p in enumerate(self.params)],  # type: ignore[arg-type]
+                   [by_copy(b, k) for k, b in enumerate(self.buffers)] if self.nesterov else [],  # type: ignore[arg-type]
+                   [per_copy(lr, k) for k in ks], [per_copy(momentum, k) for k in ks], self.nesterov,
+                   [per_copy(self.decay, k) for k in ks] if self.any_decay else None)
 
 
 def fused_epoch(fused: FusedModel, info: DatasetInfo, batch_size: int, steps: int,

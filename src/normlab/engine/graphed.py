@@ -4,9 +4,10 @@ A 7.6k-parameter model keeps each GPU kernel busy for microseconds, so eager PyT
 launching kernels, not running them. Here the whole step (batch gather, augmentation, forward, backward,
 L1, the Nesterov update at the one-cycle schedule's LR and momentum, the epoch's metric sums) is captured
 once and replayed from device tensors alone; the host sets each epoch's data order, augmentation noise and
-dropout masks and reads the sums when the epoch ends. The update is normlab.engine.sgd.SGD's arithmetic with the LR
-and momentum read from device tensors (SGD takes them as Python numbers, which a graph would freeze), on SGD's
-own momentum buffers, so checkpoints and resume are those of the eager loop.
+dropout masks and reads the sums when the epoch ends. The step is the eager loop's, normlab.engine.sgd's
+loss_and_gradients, and its update sgd_update: SGD's arithmetic with the LR and momentum read from device tensors
+(SGD.step takes them as Python numbers, which a graph would freeze), on SGD's own momentum buffers, so checkpoints
+and resume are those of the eager loop.
 
 With ``capture=False`` the same step runs eagerly on any device: how the tests check it on a CPU.
 """
@@ -18,15 +19,14 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.data.augment import Augment
 from normlab.data.datasets import DatasetInfo
 from normlab.engine.config import TrainConfig
 from normlab.engine.predict import normalize, pixels
-from normlab.engine.sgd import SGD, OneCycle
-from normlab.nn.net import BLOCK_CHANNELS, batch_plan, dropout_keep, l1_parameters, logits
+from normlab.engine.sgd import SGD, OneCycle, loss_and_gradients, sgd_update
+from normlab.nn.net import BLOCK_CHANNELS, batch_plan, dropout_keep, l1_parameters
 
 CAPTURE_LOCK = threading.Lock()  # one capture at a time in a process
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graphs need (cuDNN, allocator)
@@ -50,8 +50,9 @@ class GraphedEpochs:
         self.penalized = l1_parameters(model, config.l1_norm_params) if config.l1 > 0 else []
         self.images, self.labels, self.batch = images, labels, config.batch_size
         self.nesterov, self.weight_decay, self.params = optimizer.nesterov, optimizer.weight_decay, optimizer.params
-        optimizer.buffers = [torch.zeros_like(p) if b is None else b for p, b in zip(self.params, optimizer.buffers,
-                                                                                      strict=True)]
+        if self.nesterov:  # the buffers a graph updates in place: made now, at zero (normlab.engine.sgd.sgd_update)
+            optimizer.buffers = [torch.zeros_like(p) if b is None else b
+                                 for p, b in zip(self.params, optimizer.buffers, strict=True)]
         self.buffers = optimizer.buffers
         lrs, momentums = zip(*(schedule.at(step) for step in range(config.steps)), strict=True)
         self.lrs = torch.tensor(lrs, dtype=torch.float32, device=device)
@@ -99,15 +100,13 @@ class GraphedEpochs:
         if self.augment is not None and self.noise is not None:
             x = self.augment.warp(x, self.noise.index_select(0, positions))
         y = self.labels.index_select(0, index)
-        for p in self.params:
-            p.grad = None
         keep = self.keep.index_select(0, positions) if self.keep is not None else None
-        output = logits(self.model, normalize(x, self.info), keep)
-        loss = F.cross_entropy(output, y)
-        objective = loss + self.l1 * sum(p.abs().sum() for p in self.penalized) if self.penalized else loss
-        objective.backward()
+        output, loss = loss_and_gradients(self.model, normalize(x, self.info), y, keep, self.l1, self.penalized)
         with torch.no_grad():
-            self._update([p.grad for p in self.params])  # type: ignore[misc]
+            step = self.step.view(1)  # the schedule's rates at this step, read on the device
+            sgd_update(self.params, [p.grad for p in self.params], self.buffers,  # type: ignore[misc]
+                       self.lrs.index_select(0, step).squeeze(0), self.momentums.index_select(0, step).squeeze(0),
+                       self.nesterov, self.weight_decay)
             self.bad_step.copy_(torch.where((self.bad_step < 0) & ~torch.isfinite(loss), self.step_in_epoch,
                                             self.bad_step))
             self.loss_sum.add_(loss * size)
@@ -115,21 +114,9 @@ class GraphedEpochs:
             self.step_in_epoch.add_(1)
             self.step.add_(1)
 
-    def _update(self, grads: list[Tensor]) -> None:
-        """SGD's step (weight decay, momentum, Nesterov) at this step's LR and momentum."""
-        lr = self.lrs.index_select(0, self.step.view(1)).squeeze(0)
-        momentum = self.momentums.index_select(0, self.step.view(1)).squeeze(0)
-        if self.weight_decay:
-            grads = torch._foreach_add(grads, self.params, alpha=self.weight_decay)
-        torch._foreach_mul_(self.buffers, momentum)
-        torch._foreach_add_(self.buffers, grads)
-        direction = torch._foreach_add(grads, torch._foreach_mul(self.buffers, momentum)) if self.nesterov \
-            else self.buffers
-        torch._foreach_sub_(self.params, torch._foreach_mul(direction, lr))
-
     def _capture(self, sizes: list[int]) -> list[Callable[[], None]]:
-        return capture(self._step, sizes, [*self.model.state_dict().values(), *self.buffers],
-                       [self.step_in_epoch, self.step])
+        kept = [*self.model.state_dict().values(), *(b for b in self.buffers if b is not None)]
+        return capture(self._step, sizes, kept, [self.step_in_epoch, self.step])
 
 
 def capture(step: Callable[[int], None], sizes: list[int], state: list[Tensor], counters: list[Tensor]

@@ -1,9 +1,12 @@
-"""SGD with Nesterov momentum and its one-cycle schedule: torch.optim.SGD's and OneCycleLR's arithmetic, in their
-state-dict formats, without torch.optim (whose optimizers import torch._dynamo when built: seconds of every
-run's start-up).
+"""The SGD step, written once: a batch's loss and gradients (``loss_and_gradients``), then SGD with Nesterov momentum
+at its one-cycle schedule's rates: torch.optim.SGD's and OneCycleLR's arithmetic, in their state-dict formats,
+without torch.optim (whose optimizers import torch._dynamo when built: seconds of every run's start-up).
 
-The step makes the calls torch.optim.SGD's single-tensor step makes, so weights are bit-identical to it; a
-checkpoint written with torch's optimizer and schedule resumes here (tests/test_sgd.py holds both).
+The eager update (``SGD.step``) makes the calls torch.optim.SGD's single-tensor step makes, so weights are
+bit-identical to it; a checkpoint written with torch's optimizer and schedule resumes here (tests/test_sgd.py holds
+both). The same update with its rates held in device tensors (``sgd_update``) is what a CUDA graph replays
+(normlab.engine.graphed) and what moves a fused model's copies each at its own rates (normlab.engine.fused): equal to
+the eager update to float rounding (torch's fuses ``p - lr·d`` into one rounding; tensors as rates cannot).
 """
 
 from __future__ import annotations
@@ -13,7 +16,37 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def loss_and_gradients(model: nn.Module, x: Tensor, y: Tensor, keep: Tensor | None, l1: float,
+                       penalized: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """A batch's logits and cross-entropy, the gradients of the loss plus ``l1``·Σ|w| over ``penalized`` left in each
+    parameter's .grad (earlier ones dropped). ``keep``: dropout's masks as normlab's Net takes them (None: none)."""
+    for p in model.parameters():
+        p.grad = None
+    output = model(x) if keep is None else model(x, keep)
+    loss = F.cross_entropy(output, y)
+    objective = loss + l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
+    objective.backward()
+    return output, loss
+
+
+def sgd_update(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], lr: Tensor | list[Tensor],
+               momentum: Tensor | list[Tensor], nesterov: bool,
+               decay: float | list[Tensor] | None = None) -> None:
+    """SGD.step's arithmetic (weight decay, Nesterov momentum) with the rates as tensors, so that a CUDA graph can
+    replay it: ``lr``, ``momentum``, ``decay`` one tensor for all, or one per parameter shaped to broadcast against
+    it (a fused model's: one value a copy). ``buffers`` start at zero (0·m + g is the first step's g); without
+    ``nesterov`` the momentum is 0 and they are not used."""
+    if decay:
+        grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))
+    if nesterov:
+        torch._foreach_mul_(buffers, momentum)
+        torch._foreach_add_(buffers, grads)
+        grads = torch._foreach_add(grads, torch._foreach_mul(buffers, momentum))
+    torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
 
 
 class SGD:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.data.augment import Affine, Augment, CropFlip
@@ -32,11 +31,11 @@ from normlab.engine.graphed import Epoch, GraphedRun
 from normlab.engine.predict import evaluate, normalize, pixels
 from normlab.engine.runfiles import metric_columns
 from normlab.engine.runs import RunFolder, SavedRun, open_run
-from normlab.engine.sgd import SGD, OneCycle
+from normlab.engine.sgd import SGD, OneCycle, loss_and_gradients
 from normlab.errors import StopFlag, say
 from normlab.machine import check_compiler, check_threads, cpu_cores, environment, resolve_device
 from normlab.nn.models import model_entry
-from normlab.nn.net import count_parameters, dropout_keep, l1_parameters, logits
+from normlab.nn.net import count_parameters, dropout_keep, l1_parameters
 from normlab.nn.norms import batch_stat_layers
 
 NON_FINITE = "the training loss became NaN or infinite"
@@ -171,11 +170,8 @@ def train_epoch(model: nn.Module, optimizer: SGD, schedule: OneCycle, config: Tr
         x, y = pixels(images[idx]), labels[idx]
         if augment is not None:
             x = augment(x, generator)
-        output = logits(model, normalize(x, info), dropout_keep(config.dropout, len(x), generator))
-        loss = F.cross_entropy(output, y)
-        objective = loss + config.l1 * sum(p.abs().sum() for p in penalized) if penalized else loss
-        optimizer.zero_grad()
-        objective.backward()
+        output, loss = loss_and_gradients(model, normalize(x, info), y, dropout_keep(config.dropout, len(x), generator),
+                                          config.l1, penalized)
         optimizer.step()
         schedule.step()
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), i, bad_step)
