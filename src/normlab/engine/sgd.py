@@ -40,7 +40,9 @@ def sgd_update(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor],
     replay it: ``lr``, ``momentum``, ``decay`` one tensor for all, or one per parameter shaped to broadcast against
     it (a fused model's: one value a copy). ``buffers`` start at zero (0·m + g is the first step's g); without
     ``nesterov`` the momentum is 0 and they are not used."""
-    if decay:
+    if isinstance(decay, float):  # a number, as SGD.step adds it (its rounding: a step is sensitive to it)
+        grads = torch._foreach_add(grads, params, alpha=decay) if decay else grads
+    elif decay is not None:
         grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))
     if nesterov:
         torch._foreach_mul_(buffers, momentum)
