@@ -15,9 +15,10 @@ import pytest
 from conftest import ROOT, quiet, without_seconds
 
 from normlab.engine.config import TrainConfig
+from normlab.engine.runs import Job, Status, read_run
 from normlab.errors import UserError
 from normlab.machine import command_line, cpu_cores
-from normlab.study.cluster import check_reachable
+from normlab.study.cluster import HeldRuns, check_reachable, write_run
 from normlab.study.study import run_study
 
 ray = pytest.importorskip("ray")
@@ -294,3 +295,53 @@ def test_a_users_model_file_and_data_reach_the_ray_workers_and_train_as_locally(
     assert on_ray["runs"][0]["parameters"] == local["runs"][0]["parameters"] == 186
     assert without_seconds(metrics(tmp_path / "ray", "gn-g2")) == without_seconds(metrics(tmp_path / "local", "gn-g2"))
     assert list((tmp_path / "ray" / "gn-g2" / "b128" / "seed0" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_the_drivers_final_write_leaves_the_old_state_or_the_new_never_a_lost_run(tmp_path, mnist, monkeypatch):
+    """The run's record, then its weights, and only then its checkpoint removed: a stop or a full disk as the weights
+    are written leaves a run that resumes from its checkpoint (before: the checkpoint went first, and the run was
+    lost or retrained)."""
+    from normlab import files
+    from normlab.engine.train import train
+    from normlab.study import cluster
+
+    config = BASE
+    done, out = tmp_path / "done", tmp_path / "run"
+    train(config, out=done, data=mnist, progress=False, log=quiet)
+    final = {p.name: p.read_bytes() for p in done.iterdir() if p.is_file() and not p.name.startswith(".")}
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"the epoch-1 checkpoint")
+    real = files.replace_atomic
+
+    def full_at_the_weights(path, write):
+        if path.name == "model.pt":
+            raise OSError(28, "No space left on device")
+        real(path, write)
+
+    monkeypatch.setattr(cluster, "replace_atomic", full_at_the_weights)
+    with pytest.raises(OSError):
+        write_run(out, final)
+    assert (out / "checkpoint.pt").read_bytes() == b"the epoch-1 checkpoint" and (out / "finished.json").is_file()
+    assert not (out / "model.pt").exists()
+    monkeypatch.setattr(cluster, "replace_atomic", real)
+    write_run(out, final)
+    assert read_run(out, config).status is Status.FINISHED and not (out / "checkpoint.pt").exists()
+
+
+def test_runs_in_flight_are_told_apart_by_folder_and_a_bad_tensorboard_place_fails_one_run(tmp_path):
+    """Two rates that print alike (0.1, 0.1000001) share a label, never a folder; a file where a run's curves go is
+    that run's one line, its folder released."""
+    a = Job("gn, lr 0.1", TrainConfig(), tmp_path / "a")
+    b = Job("gn, lr 0.1", TrainConfig(), tmp_path / "b")
+    held = HeldRuns()
+    held.take(a)
+    held.take(b)
+    held.release(a)
+    held.release(b)
+    assert not list(tmp_path.rglob(".lock"))
+    c = Job("ln", TrainConfig(tensorboard=True), tmp_path / "c")
+    c.out.mkdir()
+    (c.out / "tensorboard").write_text("x")
+    with pytest.raises(UserError, match="tensorboard: is not a folder"):
+        held.take(c)
+    assert not (c.out / ".lock").exists() and not held.locks

@@ -2,7 +2,7 @@ import signal
 
 import pytest
 
-from normlab.errors import Interrupted, UserError, signals_raise_interrupted
+from normlab.errors import Interrupted, UserError, shown, signals_raise_interrupted
 
 
 def test_a_user_error_names_its_setting_as_the_caller_calls_it():
@@ -25,3 +25,9 @@ def test_control_characters_in_a_value_or_path_are_shown_escaped_never_a_second_
     error = UserError("is a file, not a folder; choose another {out}", "out", "/tmp/a\nnormlab: error: forged\x1b[2J")
     assert error.render(lambda s: "--" + s) == \
         "--out /tmp/a\\x0anormlab: error: forged\\x1b[2J: is a file, not a folder; choose another --out"
+
+
+def test_a_c1_code_or_a_paths_c1_byte_is_escaped_a_paths_other_bytes_are_kept():
+    """U+009B (CSI on 8-bit terminals), and the byte 0x9b of a path that is not UTF-8 (decoded as U+DC9B), would
+    start a terminal sequence; a path's byte 0xff (U+DCFF) prints as itself."""
+    assert shown("a\x9bb\udc9bc\udcffd\x1b") == "a\\x9bb\\x9bc\udcffd\\x1b"

@@ -354,7 +354,7 @@ def test_an_evaluation_that_disagrees_with_the_runs_metrics_is_one_line(tmp_path
     (run / RECORD).unlink()  # as a run finished before records: its files are checked each on its own rules
     evaluation = json.loads((run / "evaluation.json").read_text())
     for change, message in (({"moving": 99.0}, "under the moving averages, where the last epoch of metrics.json"),
-                            ({"group": 0}, "the test batch group, each at least 1")):
+                            ({"group": 0}, "the test batch group (at least 1)")):
         (run / "evaluation.json").write_text(json.dumps({**evaluation, **change}))
         with pytest.raises(UserError, match=r"evaluation\.json") as e:
             read_run(run, config)

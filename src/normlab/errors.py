@@ -25,8 +25,9 @@ def python_name(setting: str) -> str:
 
 
 def shown(text: str) -> str:
-    """``text`` with its control characters escaped (``\\x0a``): a newline in a folder's name must not forge a line."""
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+    """``text`` with its control characters escaped (``\\x0a``): a newline in a folder's name must not forge a line,
+    nor a C1 code (U+009B, or the byte 0x9b of a path that is not UTF-8) start a terminal sequence."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\udc80-\udc9f]", lambda m: f"\\x{ord(m.group()) & 0xff:02x}", text)
 
 
 def say(line: str) -> None:

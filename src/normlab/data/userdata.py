@@ -92,7 +92,9 @@ def _check_headers(raw: bytes, origin: str) -> None:
                 if read is None:
                     raise ValueError(f"{info.filename} is in an .npy format version numpy.savez does not write")
                 shape, _, dtype = read(f)
-                held = info.file_size - f.tell()
+                size = min(info.file_size, info.compress_size) if info.compress_type == zipfile.ZIP_STORED \
+                    else info.file_size  # a stored member's bytes are there to count; a deflated one stops at its size
+                held = size - f.tell()
                 if not dtype.hasobject and math.prod(shape) * dtype.itemsize > held:
                     raise ValueError(f"{info.filename}'s header declares {shape} of {dtype}, more than the "
                                      f"{held:,} bytes it holds")
@@ -112,6 +114,8 @@ def load_npz(path: Path) -> UserData:
                         "dataset", f"npz:{path}") from None
     except NotAFile as e:
         raise UserError(f"{e}; give npz:PATH of an .npz file", "dataset", f"npz:{path}") from None
+    except MemoryError:
+        raise UserError(f"{origin}: its arrays do not fit in this machine's memory; give a smaller dataset") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{origin}: not a readable .npz of plain arrays ({e}); save it with numpy.savez") from None
     missing = [k for k in NPZ_KEYS if k not in arrays]

@@ -148,9 +148,9 @@ def check_record(folder: Path) -> None:
 
 
 def check_resume_state(state: dict[str, Any], path: Path, config: TrainConfig) -> None:
-    """A checkpoint holds what resuming needs, and its parts agree: k finished epochs' rows (k below the run's
-    epochs), a schedule k epochs of steps in, and the optimizer's and RNGs' states. Anything else is one line, and
-    the checkpoint is kept (a false "done" would delete it)."""
+    """A checkpoint holds what resuming needs, and its parts agree: k finished epochs' rows (k up to the run's
+    epochs: at k, only the final evaluation is left), a schedule k epochs of steps in, and the optimizer's and RNGs'
+    states. Anything else is one line, and the checkpoint is kept (a false "done" would delete it)."""
     def broken(problem: str) -> UserError:
         return UserError(f"{path}: {problem}; add {{force}} to start the run over (the checkpoint is left as it is)")
 
@@ -191,9 +191,9 @@ def read_evaluation(folder: Path, final_test_acc: float) -> dict[str, float] | N
     if values["moving"] != final_test_acc:
         raise broken(path, f"gives {values['moving']:g}% under the moving averages, where the last epoch of "
                            f"{METRICS_JSON} gives {final_test_acc:g}%")
-    if not all(isinstance(values.get(k), int) and not isinstance(values[k], bool) and values[k] >= 1
-               for k in ("precise_images", "group")):
-        raise broken(path, "does not give the PreciseBN images and the test batch group, each at least 1")
+    if not all(isinstance(values.get(k), int) and not isinstance(values[k], bool) and values[k] >= least
+               for k, least in (("precise_images", 0), ("group", 1))):
+        raise broken(path, "does not give the PreciseBN images (a count) and the test batch group (at least 1)")
     return values
 
 

@@ -134,7 +134,7 @@ def _differences(saved: dict[str, Any], config: TrainConfig) -> str:
 def read_run(folder: Path, config: TrainConfig) -> SavedRun:
     """What ``folder`` holds for ``config``; raises a one-line UserError for a file that cannot be read."""
     for name in RUN_FILES:  # a link, FIFO or folder where a run's file belongs is read by nothing (per_image.json
-        if name != PER_IMAGE:  # is derived: one that is not a file is computed again in its place)
+        if name != PER_IMAGE:  # is derived: a link or FIFO there is replaced by the one computed again)
             check_run_file(folder / name)
     if not (folder / CONFIG).is_file():
         return SavedRun(Status.NEW)

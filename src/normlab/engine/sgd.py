@@ -38,9 +38,10 @@ def sgd_update(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor],
                decay: float | list[Tensor] | None = None) -> None:
     """SGD.step's arithmetic (weight decay, Nesterov momentum) with the rates as tensors, so that a CUDA graph can
     replay it: ``lr``, ``momentum``, ``decay`` one tensor for all, or one per parameter shaped to broadcast against
-    it (a fused model's: one value a copy). ``buffers`` start at zero (0·m + g is the first step's g); without
-    ``nesterov`` the momentum is 0 and they are not used."""
-    if isinstance(decay, float):  # a number, as SGD.step adds it (its rounding: a step is sensitive to it)
+    it (a fused model's: one value a copy). ``buffers`` start at zero (0·m + g is the first step's g). normlab's
+    SGD is Nesterov's or plain (nesterov = momentum > 0, sgd_one_cycle): without ``nesterov`` the momentum is 0
+    and the buffers are not used."""
+    if isinstance(decay, int | float):  # a number, as SGD.step adds it (its rounding: a step is sensitive to it)
         grads = torch._foreach_add(grads, params, alpha=decay) if decay else grads
     elif decay is not None:
         grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))

@@ -133,11 +133,6 @@ def dropout_keep(p: float, images: int, generator: torch.Generator) -> Tensor | 
     return torch.rand(images, sum(BLOCK_CHANNELS), generator=generator, device=generator.device) >= p
 
 
-def logits(model: nn.Module, x: Tensor, keep: Tensor | None) -> Tensor:
-    """The model's output, with dropout's masks where drawn: normlab's Net takes them, any model takes x alone."""
-    return model(x) if keep is None else model(x, keep)
-
-
 def batch_plan(images: int, batch_size: int) -> list[tuple[int, int]]:
     """An epoch's steps as (batch size, how many steps of it): the full batches, then a short last one if any."""
     full, last = divmod(images, batch_size)

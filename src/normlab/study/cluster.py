@@ -29,9 +29,9 @@ from queue import Empty
 from typing import Any
 
 from normlab.data.datasets import Dataset
-from normlab.engine.runfiles import CHECKPOINT, METRICS_JSON, WEIGHTS
+from normlab.engine.runfiles import CHECKPOINT, METRICS_JSON, RECORD, WEIGHTS
 from normlab.engine.runs import Job
-from normlab.engine.tensorboard import remove_events
+from normlab.engine.tensorboard import check_events_folder, remove_events
 from normlab.engine.train import train
 from normlab.errors import Interrupted, RunFailed, UserError, signal_handlers_kept, signals_recorded
 from normlab.files import LOCK, FolderLock, lock_is_held, open_regular, refuse_links, replace_atomic
@@ -127,7 +127,7 @@ def train_task(job: Job, files: dict[str, bytes], data: Dataset, messages: Any, 
         train(job.config, out=folder, data=data, progress=False, resume=True,
               log=lambda line: messages.put((job.label, line.replace(str(folder), str(job.out)))),
               sharing={"backend": "ray", "runs_at_once": None, "command": command},
-              on_epoch=lambda _: messages.put((job.label, run_files(folder))))
+              on_epoch=lambda _: messages.put((str(job.out), run_files(folder))))  # by folder: labels may repeat
         return run_files(folder)
 
 
@@ -165,17 +165,19 @@ def files_to_send(job: Job) -> dict[str, bytes]:
 
 
 def write_run(folder: Path, files: dict[str, bytes]) -> None:
-    """A run's files as the worker left them (its TensorBoard curves too), replacing what the folder held; the
-    weights, which mark a finished run, last. The caller holds the folder's lock."""
-    for old in folder.iterdir():
-        if old.is_file() and not old.name.startswith(".") and old.name not in files:
-            old.unlink()
-    remove_events(folder)
-    for name in sorted(files, key=lambda n: n == WEIGHTS):
+    """A run's files as the worker left them (its TensorBoard curves too), in place of what the folder held, in the
+    order a run writes them: the record, then the weights that mark it finished, last; only then what the run no
+    longer has (its checkpoint) goes, so that a stop at any instant leaves the old state or the new. The caller holds
+    the folder's lock."""
+    remove_events(folder)  # the curves are derived from the metrics: the worker's in place of the earlier ones
+    for name in sorted(files, key=lambda n: (n == WEIGHTS, n == RECORD)):
         path = folder.joinpath(*Path(name).parts[-2:])  # a run's files, or tensorboard/<events>: never outside
         refuse_links(path.parent)
         path.parent.mkdir(exist_ok=True)
         replace_atomic(path, lambda f, content=files[name]: f.write(content))
+    for old in folder.iterdir():
+        if old.is_file() and not old.name.startswith(".") and old.name not in files:
+            old.unlink()
 
 
 def epochs_in(files: dict[str, bytes]) -> int:
@@ -189,24 +191,31 @@ class HeldRuns:
     are written as they arrive, never one older than its folder holds (a retried task trains some again)."""
 
     def __init__(self) -> None:
-        self.locks: dict[str, FolderLock] = {}
-        self.epochs: dict[str, int] = {}
+        self.locks: dict[Path, FolderLock] = {}
+        self.epochs: dict[Path, int] = {}
 
     def take(self, job: Job) -> None:
+        """The run's folder locked (a UserError if another process holds it), and fit for what the run writes."""
         job.out.mkdir(parents=True, exist_ok=True)
         lock = FolderLock(job.out)
-        lock.__enter__()  # a UserError if another process holds it
-        self.locks[job.label] = lock
-        self.epochs[job.label] = 0
+        lock.__enter__()
+        try:
+            if job.config.tensorboard:
+                check_events_folder(job.out)
+        except UserError:
+            lock.__exit__()
+            raise
+        self.locks[job.out] = lock
+        self.epochs[job.out] = 0
 
     def write_epoch(self, job: Job, files: dict[str, bytes]) -> None:
-        if job.label in self.locks and epochs_in(files) > self.epochs[job.label]:
+        if job.out in self.locks and epochs_in(files) > self.epochs[job.out]:
             write_run(job.out, files)
-            self.epochs[job.label] = epochs_in(files)
+            self.epochs[job.out] = epochs_in(files)
 
     def release(self, job: Job) -> None:
-        self.locks.pop(job.label).__exit__()
-        self.epochs.pop(job.label)
+        self.locks.pop(job.out).__exit__()
+        self.epochs.pop(job.out)
 
     def release_all(self) -> None:
         for lock in self.locks.values():
@@ -249,7 +258,7 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
                     continue
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
                 before = len(running)
-                relay(messages, {job.label: job for job in in_flight.values()}, held, running, log)
+                relay(messages, {str(job.out): job for job in in_flight.values()}, held, running, log)
                 for ref in ready:
                     job = in_flight.pop(ref)
                     running.discard(job.label)
@@ -261,7 +270,7 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
                     log(f"ray: {done} done, {len(running)} running, {queued} waiting" +
                         (f", {len(errors)} failed" if errors else ""))
             if stop:  # the epochs that reached the queue before the stop reach their folders
-                relay(messages, {job.label: job for job in in_flight.values()}, held, running, log)
+                relay(messages, {str(job.out): job for job in in_flight.values()}, held, running, log)
         except ray.exceptions.RayError as e:
             raise RunFailed(f"the Ray cluster stopped answering ({type(e).__name__}); the {done} run(s) that "
                             "finished, and the others' finished epochs, are in their folders, and the same command "
@@ -276,18 +285,19 @@ def run_on_ray(ray: Any, jobs: list[Job], data: Dataset, log: Callable[[str], No
 
 def relay(messages: Any, jobs: dict[str, Job], held: HeldRuns, running: set[str], log: Callable[[str], None]) -> None:
     """What the runs sent so far: a log line, logged under its run's label, or a finished epoch's files, written
-    into the run's folder; a run that speaks is running."""
+    into the run's folder (``jobs``: the runs in flight by folder); a run that speaks is running."""
     while True:
         try:
-            label, message = messages.get_nowait()
+            key, message = messages.get_nowait()
         except Empty:
             return
-        running.add(label)
         if isinstance(message, dict):
-            if label in jobs:
-                held.write_epoch(jobs[label], message)
+            if key in jobs:
+                running.add(jobs[key].label)
+                held.write_epoch(jobs[key], message)
         else:
-            log(f"[{label}] {message}")
+            running.add(key)
+            log(f"[{key}] {message}")
 
 
 def receive_run(ray: Any, ref: Any, job: Job) -> str | None:
