@@ -19,7 +19,6 @@ from normlab.errors import UserError
 from normlab.nn.models import MODELS, check_model, model_entry, normalize_model
 from normlab.nn.norm_layer import check_groups
 from normlab.nn.norms import GROUPS, NORMS, NormSettings, canonical_norm, names_where
-from normlab.nn.user import check_output
 
 MIN_STEPS = 10  # fewer SGD steps in a run barely leave one-cycle's warm-up
 MAX_EPOCHS = 1000  # more is a typo far more often than a plan (20 are the study's): --allow-long says it is one
@@ -125,11 +124,9 @@ class TrainConfig:
             check_tensorboard()
         if check_length:
             self._check_length()
-        if self.model not in MODELS:  # a user's model, built once for these settings and tried on the data
-            check_model(self.model, entry.layout, self.norm, self.groups,
+        if self.model not in MODELS or info.image_shape[1:] not in ((28, 28), (32, 32)):  # a user's model, or a
+            check_model(self.model, entry.layout, self.norm, self.groups,  # user's image size: built once, tried
                         self.bn_batch, self.weight_std, self.norm_settings(), info.image_shape, len(info.classes))
-        elif info.image_shape[1:] not in ((28, 28), (32, 32)):  # a built-in model on images of a user's size
-            check_output(self.build_model(), self.model, info.image_shape, len(info.classes))
 
     def _check_schedule(self) -> None:
         """The run's length and one-cycle's rates: each a number one-cycle can use."""

@@ -52,21 +52,24 @@ def broken(path: Path, problem: str) -> UserError:
     return UserError(f"{path}: {problem}; add {{force}} to retrain this run (or delete {path.parent})")
 
 
+def unreadable(path: Path, error: Exception) -> UserError:
+    """broken() for a file that could not be read: what it is, where it is no regular file, else the error's kind."""
+    return broken(path, str(error) if isinstance(error, NotAFile) else f"cannot be read ({type(error).__name__})")
+
+
 def check_run_file(path: Path) -> None:
     """A run's file, where there is one, is a regular file: a link, FIFO, device or folder in its place is one line."""
     try:
         check_regular(path)
     except NotAFile as e:
-        raise broken(path, str(e)) from None
+        raise unreadable(path, e) from None
 
 
 def read_json(path: Path) -> Any:
     try:
         return json.loads(read_regular(path).decode())
-    except NotAFile as e:
-        raise broken(path, str(e)) from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise broken(path, f"cannot be read ({type(e).__name__})") from None
+    except (OSError, ValueError) as e:  # a decoding error and NotAFile are ValueErrors
+        raise unreadable(path, e) from None
 
 
 def read_metrics(folder: Path, config: TrainConfig) -> list[dict[str, float]]:
@@ -98,10 +101,8 @@ def check_metrics_csv(folder: Path, metrics: list[dict[str, float]], config: Tra
     path = folder / METRICS_CSV
     try:
         same = read_regular(path).decode() == metrics_csv(metrics, config)
-    except NotAFile as e:
-        raise broken(path, str(e)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise broken(path, f"cannot be read ({type(e).__name__})") from None
+    except (OSError, ValueError) as e:  # a decoding error and NotAFile are ValueErrors
+        raise unreadable(path, e) from None
     if not same:
         raise broken(path, f"does not hold the rows of {METRICS_JSON}")
 
@@ -114,7 +115,7 @@ def load_weights(folder: Path, config: TrainConfig, device: torch.device | str =
         with open_regular(path) as f:
             model.load_state_dict(torch.load(f, map_location=device, weights_only=True))
     except NotAFile as e:
-        raise broken(path, str(e)) from None
+        raise unreadable(path, e) from None
     except Exception as e:  # whatever torch raises for a file that is not these weights
         raise broken(path, f"not readable weights of this model ({type(e).__name__})") from None
     return model
@@ -124,9 +125,10 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_record(folder: Path) -> None:
+def check_record(folder: Path) -> dict[str, str]:
     """Each file finished.json lists has the hash it had when the run finished, and no failed.json came since: an
-    edited, swapped or planted file is one line naming it (runs finished before normlab wrote records: none)."""
+    edited, swapped or planted file is one line naming it (runs finished before normlab wrote records: none).
+    Returns the hashes it checked, the weights' among them."""
     record = read_json(folder / RECORD)
     hashes = record.get("sha256") if isinstance(record, dict) else None
     if not isinstance(hashes, dict) or WEIGHTS not in hashes or not set(hashes) <= set(RUN_FILES):
@@ -137,14 +139,13 @@ def check_record(folder: Path) -> None:
             same = file_sha256(path) == digest
         except FileNotFoundError:
             raise broken(path, f"is missing from a finished run ({RECORD} records it)") from None
-        except NotAFile as e:
-            raise broken(path, str(e)) from None
-        except OSError as e:
-            raise broken(path, f"cannot be read ({type(e).__name__})") from None
+        except (OSError, NotAFile) as e:
+            raise unreadable(path, e) from None
         if not same:
             raise broken(path, f"is not the file this run finished with ({RECORD} records another)")
     if (folder / FAILED).is_file():
         raise broken(folder / FAILED, f"came after the run finished ({RECORD} records a finished run)")
+    return hashes
 
 
 def check_resume_state(state: dict[str, Any], path: Path, config: TrainConfig) -> None:

@@ -51,7 +51,7 @@ from normlab.engine.runfiles import (
 from normlab.engine.sgd import SGD, OneCycle
 from normlab.engine.tensorboard import EventLog, check_events_folder, remove_events
 from normlab.errors import UserError
-from normlab.files import FolderLock, prepare_folder, replace_atomic, write_atomic
+from normlab.files import FolderLock, file_sha256, prepare_folder, replace_atomic, write_atomic
 from normlab.nn.models import MODELS, model_entry
 
 # Where or how fast a run goes, or what else it writes: not what it computes.
@@ -122,6 +122,7 @@ class SavedRun:
     evaluation: dict[str, float] | None = None  # for FINISHED, with batch statistics: normlab.engine.evalstats
     environment: dict[str, Any] = field(default_factory=dict)  # where and how it trained (config.json)
     hash: str = ""           # for PARTIAL: the run's hash as its config.json (and so its checkpoint) records it
+    weights_sha256: str = ""  # for FINISHED: model.pt's, which its per_image.json is bound to
 
 
 def _differences(saved: dict[str, Any], config: TrainConfig) -> str:
@@ -152,17 +153,18 @@ def read_run(folder: Path, config: TrainConfig) -> SavedRun:
     parameters = saved.get("parameters")
     if not isinstance(parameters, int):
         raise broken(folder / CONFIG, "does not give the model's parameter count")
-    recorded = (folder / RECORD).is_file()
-    if recorded and ((folder / WEIGHTS).is_file() or not (folder / CHECKPOINT).is_file()):
-        check_record(folder)  # a finished run's files must be the ones it finished with; a run stopped between
-    recorded = recorded and (folder / WEIGHTS).is_file()  # its record and its weights resumes from its checkpoint
+    has_record, has_weights = (folder / RECORD).is_file(), (folder / WEIGHTS).is_file()
+    # a finished run's files must be the ones it finished with; one stopped between its record and its weights
+    # resumes from its checkpoint
+    hashes = check_record(folder) if has_record and (has_weights or not (folder / CHECKPOINT).is_file()) else {}
+    recorded = has_record and has_weights
     if (folder / FAILED).is_file() and not recorded:
         failure = read_json(folder / FAILED)
         if not isinstance(failure, dict) or not {"epoch", "step", "reason"} <= failure.keys():
             raise broken(folder / FAILED, "does not say where the run failed")
         metrics = read_metrics(folder, config) if (folder / METRICS_JSON).is_file() else []
         return SavedRun(Status.FAILED, metrics, failure, parameters, environment=saved.get("environment") or {})
-    if (folder / WEIGHTS).is_file():  # the weights are written last: the run finished, its files must agree
+    if has_weights:  # the weights are written last: the run finished, its files must agree
         if not (folder / METRICS_JSON).is_file():
             raise broken(folder / METRICS_JSON, "is missing from a finished run")
         metrics = read_metrics(folder, config)
@@ -171,7 +173,8 @@ def read_run(folder: Path, config: TrainConfig) -> SavedRun:
         check_metrics_csv(folder, metrics, config)
         return SavedRun(Status.FINISHED, metrics, None, parameters, model=load_weights(folder, config),
                         evaluation=read_evaluation(folder, metrics[-1]["test_acc"]),
-                        environment=saved.get("environment") or {})
+                        environment=saved.get("environment") or {},
+                        weights_sha256=hashes.get(WEIGHTS) or file_sha256(folder / WEIGHTS))
     if (folder / CHECKPOINT).is_file():
         return SavedRun(Status.PARTIAL, parameters=parameters, hash=saved["config_hash"])
     return SavedRun(Status.NEW)

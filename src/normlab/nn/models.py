@@ -89,7 +89,8 @@ def normalize_model(spec: str) -> str:
 @functools.lru_cache(maxsize=64)
 def check_model(spec: str, layout: str, norm: str, groups: int | None, bn_batch: int | None, weight_std: bool,
                 settings: NormSettings, image_shape: tuple[int, int, int], classes: int) -> None:
-    """A user's model built once for these settings (``layout``: its name and its source's hash) and tried on the
+    """A model built once for these settings (``layout``: its name, and a user's source's hash) and tried on the
     data's shape: one line for anything that does not fit, before anything is written."""
-    model = build_user_model(spec, norm, groups, bn_batch, weight_std, settings, image_shape, classes)
+    build = MODELS[spec].build if spec in MODELS else partial(user_model, spec)
+    model = build(norm, groups, 0.0, bn_batch, weight_std, settings, image_shape, classes, False)
     check_output(model, spec, image_shape, classes)

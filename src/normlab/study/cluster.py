@@ -34,7 +34,7 @@ from normlab.engine.runs import Job
 from normlab.engine.tensorboard import check_events_folder, remove_events
 from normlab.engine.train import train
 from normlab.errors import Interrupted, RunFailed, UserError, signal_handlers_kept, signals_recorded
-from normlab.files import LOCK, FolderLock, lock_is_held, open_regular, refuse_links, replace_atomic
+from normlab.files import LOCK, FolderLock, lock_is_held, refuse_links, replace_atomic
 from normlab.machine import command_line
 from normlab.study.jobs import GPU_RUNS_AT_ONCE
 
@@ -156,12 +156,8 @@ def files_to_send(job: Job) -> dict[str, bytes]:
     """An unfinished run's folder (its checkpoint), to resume from; nothing when the run starts over."""
     if job.force or not (job.out / CHECKPOINT).is_file():
         return {}
-    files = {}
-    for p in job.out.iterdir():
-        if p.is_file() and not p.is_symlink() and not p.name.startswith("."):
-            with open_regular(p) as f:  # never a FIFO's read that waits for ever
-                files[p.name] = f.read()
-    return files
+    return {p.name: p.read_bytes() for p in job.out.iterdir()  # is_file: never a FIFO, whose read would wait
+            if p.is_file() and not p.is_symlink() and not p.name.startswith(".")}
 
 
 def write_run(folder: Path, files: dict[str, bytes]) -> None:

@@ -20,7 +20,7 @@ import torch
 from normlab.data.datasets import Dataset
 from normlab.engine.evalstats import WAYS, final_evaluation
 from normlab.engine.runfiles import CONFIG, WEIGHTS, pack, read_per_image, save_evaluation, save_per_image
-from normlab.files import FolderLock, file_sha256, write_atomic
+from normlab.files import FolderLock, write_atomic
 from normlab.nn.norms import NORMS
 from normlab.report.findings import TARGET_ACC
 from normlab.report.misclassified import save_misclassified
@@ -57,7 +57,7 @@ def record(point: Point, out: Path, test_images: int, test_stats: str = "moving"
         })
         if saved.evaluation and run["batch_stats"]:
             run["final_test_acc"] = saved.evaluation[test_stats]
-        correct = read_per_image(point.run.folder, test_images, file_sha256(point.run.folder / WEIGHTS)) \
+        correct = read_per_image(point.run.folder, test_images, saved.weights_sha256) \
             if test_images else None  # train_grid's records choose rates only: they need no answers
         if correct is not None:  # per test image, right or not: the paired tests over images (report.stats)
             run["per_image"] = {way: pack(c) for way, c in correct.items()}
@@ -100,7 +100,7 @@ def complete(run: PlannedRun, data: Dataset, device: torch.device, images: int, 
     if saved.failure is not None:
         return
     batch_stats = NORMS[run.config.norm].batch_stats
-    weights = file_sha256(run.folder / WEIGHTS)
+    weights = saved.weights_sha256
     kept = read_per_image(run.folder, images, weights)
     recorded = {"moving": saved.metrics[-1]["test_acc"], **(saved.evaluation or {})}
     if (saved.evaluation or not batch_stats) and kept is not None \
