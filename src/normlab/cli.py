@@ -34,7 +34,15 @@ from normlab.errors import (
     shown,
     signals_raise_interrupted,
 )
-from normlab.flags import Parser, add_model_args, add_out_flags, add_train_args, config_from_args, flag
+from normlab.flags import (
+    Parser,
+    add_data_source_args,
+    add_model_args,
+    add_out_flags,
+    add_train_args,
+    config_from_args,
+    flag,
+)
 
 # importing these imports torch, numpy, matplotlib and all of normlab
 PRELOADED = ("normlab.study.study", "normlab.report.explain", "normlab.report.summary")
@@ -110,8 +118,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from normlab.report.summary import format_summary
 
     config = TrainConfig(model=args.model, norm=args.norm, groups=args.groups, weight_std=args.weight_std,
-                         norm_first=args.norm_first)
-    print_result(format_summary(config.build_model()))
+                         norm_first=args.norm_first, dataset=args.dataset, data_dir=args.data_dir,
+                         image_size=args.image_size, download=args.download)
+    print_result(format_summary(config.build_model(), config.data_info.image_shape))
 
 
 def cmd_exercise(args: argparse.Namespace) -> None:
@@ -207,8 +216,10 @@ def build_parser() -> Parser:
     add_train_args(p)
     add_out_flags(p, "runs/<norm>_seed<seed>")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("summary", help="per-layer table: output shape, receptive field, parameters")
+    p = sub.add_parser("summary", help="per-layer table: output shape, receptive field, parameters, on the data's "
+                       "image shape")
     add_model_args(p)
+    add_data_source_args(p)
     p.set_defaults(func=cmd_summary)
     p = sub.add_parser("explain", help="worked example of each normalization on a small tensor")
     p.add_argument("--format", choices=["text", "markdown"], default="text", help="plain text or markdown tables")

@@ -161,20 +161,26 @@ def add_sgd_args(p: argparse.ArgumentParser, d: Any, study: bool) -> None:
 
 
 def add_data_args(p: argparse.ArgumentParser, d: Any) -> None:
-    from normlab.data.datasets import DATASETS
-
-    p.add_argument("--dataset", default=d.dataset, metavar="DATA",
-                   help=f"the images to train and test on: {', '.join(DATASETS)}; or your own: npz:FILE.npz "
-                        "(x_train, y_train, x_test, y_test uint8 arrays) or folder:DIR (a folder per class, in "
-                        "train/ and test/ or split by a fixed seed)")
-    p.add_argument("--image-size", type=int, default=None, metavar="PX",
-                   help="folder:DIR: decode every image to PX×PX (default: the most common size)")
+    add_data_source_args(p)
     p.add_argument("--val-size", type=int, default=d.val_size, metavar="N",
                    help="hold out N training images for validation, chosen by the seed (0: none)")
     p.add_argument("--train-limit", type=int, default=None, metavar="N",
                    help="train on the first N training images (default: all, less --val-size)")
     p.add_argument("--test-limit", type=int, default=None, metavar="N",
                    help="test on the first N test images (default: all)")
+
+
+def add_data_source_args(p: argparse.ArgumentParser) -> None:
+    """Which images: what a run trains on, and what fixes the shape of a model's input and output."""
+    from normlab.data.datasets import DATASETS
+    from normlab.engine.config import TrainConfig
+
+    p.add_argument("--dataset", default=TrainConfig().dataset, metavar="DATA",
+                   help=f"the images to train and test on: {', '.join(DATASETS)}; or your own: npz:FILE.npz "
+                        "(x_train, y_train, x_test, y_test uint8 arrays) or folder:DIR (a folder per class, in "
+                        "train/ and test/ or split by a fixed seed)")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="folder:DIR: decode every image to PX×PX (default: the most common size)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder with --dataset's files: MNIST's four IDX files, CIFAR-10's tarball or extracted "
                         "batches (default: normlab's cache, else the offline copy)")

@@ -8,8 +8,8 @@ from torch import nn
 from normlab.nn.net import Net, count_parameters
 
 
-def layer_table(model: Net) -> list[dict[str, object]]:
-    """One row per top-level layer, measured on a 1×1×28×28 input with forward hooks."""
+def layer_table(model: Net, shape: tuple[int, int, int] = (1, 28, 28)) -> list[dict[str, object]]:
+    """One row per top-level layer, measured on one image of ``shape`` (C, H, W) with forward hooks."""
     shapes: dict[str, tuple[int, ...]] = {}
     layers = [*model.features.named_children(), ("gap", model.gap), ("head", model.head)]
     hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:])))
@@ -17,12 +17,12 @@ def layer_table(model: Net) -> list[dict[str, object]]:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        model(torch.zeros(1, 1, 28, 28, device=next(model.parameters()).device))
+        model(torch.zeros(1, *shape, device=next(model.parameters()).device))
     model.train(was_training)
     for h in hooks:
         h.remove()
 
-    rows, rf, jump, size = [], 1, 1, 28
+    rows, rf, jump, size = [], 1, 1, shape[-1]
     for name, module in layers:
         conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
         macs = 0
@@ -80,17 +80,18 @@ def module_table(model: nn.Module, shape: tuple[int, int, int] = (1, 28, 28)) ->
              "macs": macs.get(name, 0)} for name, child in children]
 
 
-def format_summary(model: nn.Module) -> str:
-    """normlab's Net with receptive fields; any other model by its top-level layers."""
+def format_summary(model: nn.Module, shape: tuple[int, int, int] = (1, 28, 28)) -> str:
+    """normlab's Net with receptive fields; any other model by its top-level layers; on one image of ``shape``."""
     if not isinstance(model, Net):
-        rows = module_table(model)
+        rows = module_table(model, shape)
         norm = getattr(model, "norm", None)  # normlab's own models say which norm they hold
         lines = [f"{type(model).__name__}(norm={norm!r})" if isinstance(norm, str) else type(model).__name__]
     else:
-        rows = layer_table(model)
+        rows = layer_table(model, shape)
         lines = [f"Net(norm={model.norm!r}{f', groups={model.groups}' if model.groups is not None else ''}"
                  f"{', weight_std=True' if model.weight_std else ''})"]
     lines.append(f"{'layer':<8} {'output (C, H, W)':<17} {'RF':>3} {'params':>7} {'mult-adds':>10}")
+    lines.append(f"{'input':<8} {shape!s}")
     for r in rows:
         lines.append(f"{r['layer']:<8} {r['output']!s:<17} {r['rf']:>3} {r['params']:>7,} {r['macs']:>10,}")
     lines.append(f"{'total':<8} {'':<17} {'':>3} {count_parameters(model):>7,} {sum(r['macs'] for r in rows):>10,}")
