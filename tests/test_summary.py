@@ -31,8 +31,9 @@ def test_the_net_on_color_images_counts_their_channels_and_size():
 
 
 def test_summary_measures_the_model_on_the_datas_image_shape(tmp_path: Path, mnist: Dataset, capsys):
-    """A user's color data: the model is built for and measured on its (3, 32, 32) images and its classes."""
-    x, y = mnist.train_images[:200].numpy(), mnist.train_labels[:200].numpy()
+    """A user's color data: the model is built for and measured on its (3, 32, 32) images and its classes (50 of
+    them: fewer than a batch, which only training needs)."""
+    x, y = mnist.train_images[:50].numpy(), mnist.train_labels[:50].numpy()
     np.savez(tmp_path / "c.npz", x_train=tinted(x, y), y_train=y, x_test=tinted(x[:20], y[:20]), y_test=y[:20])
     assert main(["summary", "--model", "resnet", "--dataset", f"npz:{tmp_path / 'c.npz'}"]) == 0
     lines = capsys.readouterr().out.splitlines()

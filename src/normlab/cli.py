@@ -119,7 +119,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
     config = TrainConfig(model=args.model, norm=args.norm, groups=args.groups, weight_std=args.weight_std,
                          norm_first=args.norm_first, dataset=args.dataset, data_dir=args.data_dir,
-                         image_size=args.image_size, download=args.download)
+                         image_size=args.image_size, download=args.download, check_length=False)
     print_result(format_summary(config.build_model(), config.data_info.image_shape))
 
 

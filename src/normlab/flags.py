@@ -176,7 +176,8 @@ def add_data_source_args(p: argparse.ArgumentParser) -> None:
     from normlab.engine.config import TrainConfig
 
     p.add_argument("--dataset", default=TrainConfig().dataset, metavar="DATA",
-                   help=f"the images to train and test on: {', '.join(DATASETS)}; or your own: npz:FILE.npz "
+                   help=f"the images (a run trains and tests on them; summary takes their shape): "
+                        f"{', '.join(DATASETS)}; or your own: npz:FILE.npz "
                         "(x_train, y_train, x_test, y_test uint8 arrays) or folder:DIR (a folder per class, in "
                         "train/ and test/ or split by a fixed seed)")
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
@@ -185,7 +186,8 @@ def add_data_source_args(p: argparse.ArgumentParser) -> None:
                    help="folder with --dataset's files: MNIST's four IDX files, CIFAR-10's tarball or extracted "
                         "batches (default: normlab's cache, else the offline copy)")
     p.add_argument("--download", action="store_true",
-                   help="cifar10: download the official tarball (170 MB) into normlab's cache if it is not there")
+                   help="cifar10: download the official tarball (170 MB) into normlab's cache if it is not there "
+                        "(default: off)")
 
 
 def add_machine_args(p: argparse.ArgumentParser, d: Any) -> None:
