@@ -120,6 +120,16 @@ def test_one_seed_makes_no_claim():
     assert text[1] == "gn ends 0.10 points lower (99.40%); one seed in common, so no claim either way."
 
 
+def test_one_variant_ends_without_being_best_and_a_cut_interval_says_so():
+    r = results([run("none", 0, 10.0, batch=2), run("none", 1, 91.4, batch=2), run("none", 2, 90.9, batch=2)],
+                batch_sizes=(2,))
+    rows = summarize(r)
+    assert findings(rows, r)[0] == "none ends: 64.10% mean final test accuracy over 3 seeds after 20 epochs."
+    header, table = results_table(rows, r)
+    assert table[0][header.index("95% CI")].endswith(" to 100.00 (cut to 0-100)")
+    assert batch_table(rows, r)[1][0][1].startswith("35.90 (0.00 to ") and table[0][1] == "none"
+
+
 def test_the_target_line_and_the_times():
     r = results([run("gn", 0, TARGET_ACC + 0.1, seconds=80), run("ln", 0, TARGET_ACC - 0.1, seconds=120)])
     text = findings(summarize(r), r)

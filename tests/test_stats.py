@@ -39,6 +39,19 @@ def test_interval_is_mean_plus_minus_t_times_standard_error():
     assert one.n == 1 and one.std == 0 and math.isnan(one.low)
 
 
+def test_an_interval_that_reaches_past_the_possible_range_is_cut_to_it_and_says_so():
+    collapsed = [10.0, 91.4]  # one seed at chance, one that trained: the t-interval spans -466 to 568
+    wide = interval(collapsed)
+    assert wide.low < -400 and wide.high > 500 and not wide.clipped
+    cut = interval(collapsed, (0.0, 100.0))
+    assert (cut.low, cut.high, cut.clipped) == (0.0, 100.0, True) and cut.mean == wide.mean and cut.std == wide.std
+    inside = interval([91.0, 91.4, 91.2], (0.0, 100.0))
+    assert not inside.clipped and inside == interval([91.0, 91.4, 91.2])
+    high_only = interval([99.9, 99.0, 99.95], (0.0, 100.0))
+    assert high_only.clipped and high_only.high == 100.0 and 0 < high_only.low < 99.0
+    assert paired_t([-80.0, 81.0, 5.0]).low == -100.0  # two accuracies are at most 100 points apart
+
+
 def test_pairing_sees_a_difference_that_separate_intervals_hide():
     """Seeds move both variants together; b is 0.05 points below a on every seed."""
     a = {0: 99.40, 1: 99.55, 2: 99.47, 3: 99.60, 4: 99.35}

@@ -121,7 +121,8 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any], evaluations: l
         at = f" {size_text(results, batch)}" if len(results["batch_sizes"]) > 1 else ""
         what = f"mean final test accuracy over {top['seeds']} seeds" if top["seeds"] > 1 else "final test accuracy"
         epochs = f"{top['epochs']} epoch{'s' * (top['epochs'] != 1)}"
-        out.append(f"{top['variant']} ends best{at}: {top['final'].mean:.2f}% {what} after {epochs}.")
+        ends = "ends best" if len(ranked) > 1 else "ends"  # one variant is best of nothing
+        out.append(f"{top['variant']} {ends}{at}: {top['final'].mean:.2f}% {what} after {epochs}.")
         out += comparisons(results, ranked) + order_findings(ranked, results)
     if len(results["batch_sizes"]) > 1:
         out += batch_findings(rows, results) + small_batch_findings(small or small_batch_rows(results), results)

@@ -110,9 +110,8 @@ def batch_size_figure(errors: dict[str, dict[int, Interval]], path: Path, datase
         mean = np.array([100 - by_batch[b].mean for b in sizes])
         ax.plot(sizes, mean, lw=2, label=variant, **style)
         if all(by_batch[b].n > 1 for b in sizes):
-            half = np.array([by_batch[b].half_width for b in sizes])
-            ax.fill_between(sizes, mean - half, mean + half, color=style["color"], alpha=band_alpha(len(errors)),
-                            lw=0)
+            ax.fill_between(sizes, [100 - by_batch[b].high for b in sizes], [100 - by_batch[b].low for b in sizes],
+                            color=style["color"], alpha=band_alpha(len(errors)), lw=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({b for by_batch in errors.values() for b in by_batch}))
     ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -141,9 +140,8 @@ def lr_figure(rows: list[dict[str, Any]], path: Path, dataset: str, sizes: dict[
             lrs, err = np.array([r["lr"] for r in line]), np.array([100 - r["val"].mean for r in line])
             ax.plot(lrs, err, lw=2, label=variant, **style)
             if all(r["val"].n > 1 for r in line):
-                half = np.array([r["val"].half_width for r in line])
-                ax.fill_between(lrs, err - half, err + half, color=style["color"], alpha=band_alpha(len(variants)),
-                                lw=0)
+                ax.fill_between(lrs, [100 - r["val"].high for r in line], [100 - r["val"].low for r in line],
+                                color=style["color"], alpha=band_alpha(len(variants)), lw=0)
             for r in line:
                 if r["chosen"]:
                     ax.scatter([r["lr"]], [100 - r["val"].mean], marker="*", s=220, color=style["color"],

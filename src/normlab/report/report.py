@@ -46,7 +46,8 @@ def how_trained(results: dict[str, Any]) -> str:
 
 
 def ci(i: Interval) -> str:
-    return f"{i.low:.2f} to {i.high:.2f}" if i.n > 1 else "—"
+    """An interval's cell; one cut to 0-100 % says so (its seeds differ too much for the t-interval to inform)."""
+    return f"{i.low:.2f} to {i.high:.2f}{' (cut to 0-100)' * i.clipped}" if i.n > 1 else "—"
 
 
 def results_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -75,7 +76,7 @@ def batch_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[li
         line = [variant]
         for b in sizes:
             i = cells.get((variant, b))
-            line.append("—" if i is None else f"{100 - i.mean:.2f}" + (f" ± {i.half_width:.2f}" if i.n > 1 else ""))
+            line.append("—" if i is None else error_cell(i))
         table.append(line)
     what = "images per BN group" if results.get("ghost") else "batch size"
     return [f"test error (%) at {what}", *map(str, sizes)], table
@@ -90,6 +91,15 @@ def chosen_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tuple[l
               mean_std(r["val"]), mean_std(r["final"]), ci(r["final"]), str(r["seeds"])]
              for r in rows if r["chosen"]]
     return header, table
+
+
+def error_cell(i: Interval, of_accuracy: bool = True) -> str:
+    """Test error as mean ± half its 95% CI; an interval cut to 0-100 is no longer symmetric, so its ends are
+    written. ``of_accuracy``: ``i`` is of the accuracy, the cell of the error, 100 minus it."""
+    mean, low, high = (100 - i.mean, 100 - i.high, 100 - i.low) if of_accuracy else (i.mean, i.low, i.high)
+    if i.n < 2:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ({low:.2f} to {high:.2f}, cut to 0-100)" if i.clipped else f"{mean:.2f} ± {i.half_width:.2f}"
 
 
 def mean_std(i: Interval) -> str:
@@ -151,8 +161,7 @@ def small_batch_table(results: dict[str, Any], small: tuple[dict[str, str], list
     header = ["variant", "test error (%)", f"extra error vs {refs['large']} {size_text(results, large)}",
               *([f"extra error vs {refs['small']} {size_text(results, small)}"] if "small" in refs else []),
               *([f"share of {refs['large']}'s loss recovered"] if shares else [])]
-    table = [[r["variant"] + ROW_SUFFIX[r["way"]], f"{r['error'].mean:.2f}" + (f" ± {r['error'].half_width:.2f}"
-                                                                         if r["error"].n > 1 else ""),
+    table = [[r["variant"] + ROW_SUFFIX[r["way"]], error_cell(r["error"], of_accuracy=False),
               judged_cell(r["vs_large"]),
               *(["reference" if (r["variant"], r["way"]) == (refs["small"], "moving") else judged_cell(r["vs_small"])]
                 if "small" in refs else []),

@@ -12,7 +12,7 @@ import numpy as np
 
 from normlab.engine.evalstats import WAYS
 from normlab.engine.runfiles import unpack
-from normlab.report.stats import MARGIN, choose_on_validation, interval, judge, pair, share_interval
+from normlab.report.stats import MARGIN, PERCENT, choose_on_validation, interval, judge, pair, share_interval
 
 
 def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -89,7 +89,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                 row = summary_row(reporting, name, batch, lr, chosen.get((name, batch)) == lr)
                 tuning = tuning_runs(results, runs_at(results, name, batch, lr))
                 if tuning and "final_val_acc" in tuning[0]:  # the validation accuracy that chose the rate
-                    row["val"] = interval([r["final_val_acc"] for r in tuning])
+                    row["val"] = interval([r["final_val_acc"] for r in tuning], PERCENT)
                 rows.append(row)
     return rows
 
@@ -98,13 +98,13 @@ def summary_row(runs: list[dict[str, Any]], name: str, batch: int, lr: float, ch
     row = {
         "variant": name, "norm": runs[0]["norm"], "regularization": runs[0]["regularization"],
         "parameters": runs[0]["parameters"], "batch_size": batch, "lr": lr, "chosen": chosen, "seeds": len(runs),
-        "epochs": runs[0]["epochs"], "final": interval([r["final_test_acc"] for r in runs]),
+        "epochs": runs[0]["epochs"], "final": interval([r["final_test_acc"] for r in runs], PERCENT),
         "seconds": statistics.fmean(r["seconds"] for r in runs),
         "train_loss": statistics.fmean(r["final_train_loss"] for r in runs),
         "weight_l1": statistics.fmean(r["conv_weight_l1"] for r in runs),
     }
     if "final_val_acc" in runs[0]:
-        row["at_best_val"] = interval([r["test_acc_at_best_val"] for r in runs])
+        row["at_best_val"] = interval([r["test_acc_at_best_val"] for r in runs], PERCENT)
     return row
 
 
@@ -132,7 +132,7 @@ def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             images = {way: {r["seed"]: a for r in runs if (a := answers(results, r, way)) is not None} for way in WAYS}
             rows.append({"variant": name, "batch_size": batch, "group": runs[0]["evaluation"]["group"],
                          "precise_images": runs[0]["evaluation"]["precise_images"],
-                         **{way: interval(list(accs.values())) for way, accs in by_seed.items()},
+                         **{way: interval(list(accs.values()), PERCENT) for way, accs in by_seed.items()},
                          **{f"{way}_pair": pair(by_seed[way], by_seed["moving"], images[way], images["moving"])
                             for way in ("precise", "batch")}})
     judged = iter(judge([row.pop(f"{way}_pair") for row in rows for way in ("precise", "batch")], margin(results)))
@@ -180,7 +180,7 @@ def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict
             accs, images = chosen_accs(results, variant, small, way), chosen_images(results, variant, small, way)
             if not accs:
                 continue
-            rows.append({"variant": variant, "way": way, "error": interval([100 - a for a in accs.values()]),
+            rows.append({"variant": variant, "way": way, "error": interval([100 - a for a in accs.values()], PERCENT),
                          "images": images})
             pairs += [pair(ref[0], accs, ref[1], images) if ref[0] else ([], None) for ref in (ref_large, ref_small)]
     judged = judge([p for p in pairs if p[0]], margin(results))

@@ -20,6 +20,7 @@ import numpy as np
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 Z_975 = 1.959964
+PERCENT = (0.0, 100.0)  # the range of an accuracy or an error rate, in points
 TIE = 1e-5  # accuracy points: two means closer than this are equal (see choose_on_validation)
 
 
@@ -33,27 +34,35 @@ def t_975(df: int) -> float:
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean of n values, their sample std, and the 95 % confidence interval of the mean (nan for n = 1)."""
+    """Mean of n values, their sample std, and the 95 % confidence interval of the mean (nan for n = 1).
+    ``clipped``: the t-interval reached past the quantity's possible range and was cut to it."""
 
     mean: float
     std: float
     low: float
     high: float
     n: int
+    clipped: bool = False
 
     @property
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
 
-def interval(values: list[float]) -> Interval:
+def interval(values: list[float], bounds: tuple[float, float] | None = None) -> Interval:
+    """``bounds``: the range the mean cannot leave (0-100 for an accuracy). Seeds that collapse beside seeds that
+    train spread a t-interval over 2 degrees of freedom far past it (-466 % to 568 %); cut to the range, the
+    interval keeps its coverage, since the mean lies inside the range anyway, and ``clipped`` says it was cut."""
     n = len(values)
     mean = statistics.fmean(values)
     if n < 2:
         return Interval(mean, 0.0, math.nan, math.nan, n)
     std = statistics.stdev(values)
     half = t_975(n - 1) * std / math.sqrt(n)
-    return Interval(mean, std, mean - half, mean + half, n)
+    low, high = mean - half, mean + half
+    if bounds is None or (bounds[0] <= low and high <= bounds[1]):
+        return Interval(mean, std, low, high, n)
+    return Interval(mean, std, max(low, bounds[0]), min(high, bounds[1]), n, clipped=True)
 
 
 def choose_on_validation(candidates: dict[float, list[float | None]]) -> float | None:
@@ -121,7 +130,7 @@ class Comparison:
 
 def paired_t(differences: list[float]) -> Comparison:
     """The paired t-test over seeds: a − b seed by seed."""
-    ci = interval(differences)
+    ci = interval(differences, (-100.0, 100.0))  # two accuracies are at most 100 points apart
     if ci.n < 2 or ci.std == 0:
         return Comparison(ci.mean, ci.low, ci.high, math.nan, ci.n, False)
     t = ci.mean / (ci.std / math.sqrt(ci.n))
