@@ -14,6 +14,7 @@ from normlab.report.stats import (
     paired_bootstrap,
     paired_t,
     resample_means,
+    reverse,
     share_interval,
     t_975,
     t_sf,
@@ -188,3 +189,15 @@ def test_a_large_table_still_resolves_and_a_comparison_without_seeds_claims_noth
     assert judged[1].seeds.n == 0 and judged[1].words == "inconclusive"
     zero = np.zeros((3, 100), np.int8)
     assert all(math.isnan(x) for x in share_interval(zero, zero, rounds=100))
+
+
+def test_a_judged_difference_reversed_keeps_its_tests_and_flips_its_sign():
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 2000)) < 0.95
+    b = a & (rng.random((3, 2000)) < 0.97)  # b misses what a misses and a few more
+    j = judge([([2.9, 3.1, 3.0], (a, b))])[0]
+    r = reverse(j)
+    assert j.words == "higher" and r.words == "lower" and r.family == j.family
+    assert (r.seeds.mean, r.seeds.low, r.seeds.high, r.seeds.p) == (-j.seeds.mean, -j.seeds.high, -j.seeds.low,
+                                                                    j.seeds.p)
+    assert (r.images.low, r.images.high) == (-j.images.high, -j.images.low) and reverse(r) == j

@@ -17,8 +17,10 @@ from normlab.report.results import (
     final_images,
     finished_runs,
     margin,
+    pairwise,
     runs_at,
     seeds_text,
+    size_changes,
     size_text,
     small_batch_rows,
 )
@@ -61,13 +63,8 @@ def words(j: Judged, results: dict[str, Any], higher: str, lower: str) -> str:
 
 
 def comparisons(results: dict[str, Any], ranked: list[dict[str, Any]]) -> list[str]:
-    """The best row against each other one, judged over every pair of the rows: the best is picked by the test
-    accuracy itself, so the correction counts all the pairs it could have been picked from."""
-    pairs = {(a["variant"], b["variant"]): pair(final_accs(results, a), final_accs(results, b),
-                                                final_images(results, a), final_images(results, b))
-             for i, a in enumerate(ranked) for b in ranked[i + 1:]}
-    judged = dict(zip(pairs, judge(list(pairs.values()), margin(results)), strict=True))
-    top, out = ranked[0], []
+    """The best row against each other one, judged over every pair of the rows (normlab.report.results.pairwise)."""
+    judged, top, out = pairwise(results, ranked), ranked[0], []
     for other in ranked[1:]:
         gap = top["final"].mean - other["final"].mean
         sentence = f"{other['variant']} ends {gap:.2f} points lower ({other['final'].mean:.2f}%)"
@@ -158,7 +155,8 @@ def lr_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str
         seeds = sorted(set(results.get("tune_seeds") or results["seeds"]))  # the seeds every rate has
         before = ranked(results, [common[r["variant"]] for r in chosen], seeds)
         after = ranked(results, chosen, seeds)
-        verdict = "the same order" if before == after else f"{', '.join(after)}: the ranking changes"
+        verdict = "the same order" if before == after else \
+            f"{', '.join(after)}: the means change order (an order, not a tested difference: each pair's test follows)"
         over = f" over {seeds_text(seeds)}" if len(seeds) < len(results["seeds"]) else ""
         out.append(f"By mean test accuracy{over}{at}, all at lr {shared:g}: {', '.join(before)}; each at its chosen "
                    f"rate: {verdict}.")
@@ -208,22 +206,13 @@ def name_of(row: dict[str, Any], results: dict[str, Any]) -> str:
 
 
 def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
-    """Per variant: how its test error changes from the largest batch size to the smallest, paired over seeds and
-    test images, judged over the variants together."""
+    """Per variant: how its test error changes from the largest batch size to the smallest (size_changes)."""
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
     chosen = {(r["variant"], r["batch_size"]): r for r in rows}
     batch_stats = {r["variant"]: r["batch_stats"] for r in finished_runs(results)}
-    out, compared = [], {}
-    for variant in results["variants"]:
-        if results.get("ghost") and not batch_stats.get(variant, True):
-            out.append(f"{variant} has no batch statistics: ghost batch norm does not touch it, and its runs stand "
-                       "at every size.")
-            continue
-        if (variant, large) in chosen and (variant, small) in chosen:
-            compared[variant] = pair(*(final_accs(results, chosen[variant, b]) for b in (large, small)),
-                                     *(final_images(results, chosen[variant, b]) for b in (large, small)))
-    judged = dict(zip(compared, judge(list(compared.values()), margin(results)), strict=True))
-    for variant, j in judged.items():
+    out = [f"{variant} has no batch statistics: ghost batch norm does not touch it, and its runs stand at every size."
+           for variant in results["variants"] if results.get("ghost") and not batch_stats.get(variant, True)]
+    for variant, j in size_changes(results).items():
         err = {b: 100 - chosen[variant, b]["final"].mean for b in (large, small)}
         sentence = (f"{variant}: test error {err[large]:.2f}% {size_text(results, large)}, {err[small]:.2f}% "
                     f"{size_text(results, small)}")
@@ -252,7 +241,7 @@ def small_batch_findings(small: tuple[dict[str, str], list[dict[str, Any]]], res
     """At the smallest size: which variants (and evaluation statistics) the tests put above the large-size
     reference's test error, below it, within the margin of it, or cannot tell."""
     refs, rows = small
-    paired = [r for r in rows if r["vs_large"] is not None and r["vs_large"].seeds.n > 1]
+    paired = [r for r in rows if r["vs_large"] is not None and r["vs_large"].seeds.n > 1 and not r["question"]]
     if not paired:
         return []
     names = {"moving": "", "precise": " with PreciseBN", "batch": " with test batch statistics"}

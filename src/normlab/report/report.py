@@ -166,12 +166,20 @@ def small_batch_table(results: dict[str, Any], small: tuple[dict[str, str], list
               *(["reference" if (r["variant"], r["way"]) == (refs["small"], "moving") else judged_cell(r["vs_small"])]
                 if "small" in refs else []),
               *([recovered(r)] if shares else [])] for r in rows]
-    family = next((j.family for r in rows for j in (r["vs_large"], r["vs_small"]) if j is not None), 0)
+    family = next((j.family for r in rows for j in (None if r["question"] else r["vs_large"],
+                                                     None if r["ranked"] else r["vs_small"]) if j is not None), 0)
+    question, ranking = (next((r[k] for r in rows if r[k]), None) for k in ("question", "ranked"))
     text = (f"Test error (%, mean ± half the 95% CI over seeds) {size_text(results, small)}, each variant at its "
             f"chosen rate, and its extra error against {refs['large']} {size_text(results, large)}"
             + (f" and against {refs['small']} {size_text(results, small)}" if "small" in refs else "")
             + ", paired (+ is more error). The norms with batch statistics also appear evaluated with PreciseBN and "
             f"with the test images' own batch statistics. {judged_caption(results, family)} "
+            + (f"{refs['large']}'s own row against itself {size_text(results, large)} is the study's batch-size "
+               f"question, judged once, with every variant's change in error in the findings (Holm over "
+               f"{question.family}), not again among the table's. " if question else "")
+            + (f"Against {refs['small']} {size_text(results, small)}, each row of the moving averages is a pair of "
+               f"the ranking {size_text(results, small)}, judged once with every pair of that ranking (Holm over "
+               f"{ranking.family}). " if ranking else "")
             + (f"The last column is the share of {refs['large']}'s own loss from {large} to {small} that a row wins "
                "back, 1 − its extra error / that loss, with its 95% bootstrap interval over the test images and "
                "seeds: an estimate, not a verdict." if shares else

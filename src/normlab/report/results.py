@@ -12,7 +12,17 @@ import numpy as np
 
 from normlab.engine.evalstats import WAYS
 from normlab.engine.runfiles import unpack
-from normlab.report.stats import MARGIN, PERCENT, choose_on_validation, interval, judge, pair, share_interval
+from normlab.report.stats import (
+    MARGIN,
+    PERCENT,
+    Judged,
+    choose_on_validation,
+    interval,
+    judge,
+    pair,
+    reverse,
+    share_interval,
+)
 
 
 def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -157,6 +167,42 @@ def chosen_images(results: dict[str, Any], variant: str, batch: int, way: str = 
             and (correct := answers(results, r, way)) is not None}
 
 
+def pairwise(results: dict[str, Any], rows: list[dict[str, Any]]) -> dict[tuple[str, str], Judged]:
+    """Every pair of variants at one batch size, each at its chosen rate: (a, b) -> a − b for a before b in
+    ``rows``, judged over all the pairs. The findings name the best by its test accuracy, so the correction
+    counts every pair it could have been picked from; the table of the smallest size reuses these verdicts."""
+    pairs = {(a["variant"], b["variant"]): pair(final_accs(results, a), final_accs(results, b),
+                                                final_images(results, a), final_images(results, b))
+             for i, a in enumerate(rows) for b in rows[i + 1:]}
+    return dict(zip(pairs, judge(list(pairs.values()), margin(results)), strict=True))
+
+
+def oriented(judged: dict[tuple[str, str], Judged], a: str | None, b: str) -> Judged | None:
+    """a − b from pairwise's verdicts, whichever way round it judged the pair (None where it did not)."""
+    if (a, b) in judged:
+        return judged[a, b]
+    return reverse(judged[b, a]) if (b, a) in judged else None
+
+
+def size_changes(results: dict[str, Any]) -> dict[str, Judged]:
+    """The study's batch-size question: per variant (under ghost BN, those with batch statistics), the change of
+    its test error from the largest batch size to the smallest, each at its chosen rate, paired over seeds and test
+    images and judged over the variants together. One pair gets one verdict in a report: the table of the smallest
+    size shows its reference's own row with this one (``small_batch_rows``) rather than judge it again."""
+    large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
+    chosen, batch_stats = chosen_lrs(results), {r["variant"]: r["batch_stats"] for r in finished_runs(results)}
+    compared = {}
+    for variant in results["variants"]:
+        if (results.get("ghost") and not batch_stats.get(variant, True)) or large == small \
+                or (variant, large) not in chosen or (variant, small) not in chosen:
+            continue
+        points = [{"variant": variant, "batch_size": b, "lr": chosen[variant, b]} for b in (large, small)]
+        if all(final_accs(results, p) for p in points):
+            compared[variant] = pair(*(final_accs(results, p) for p in points),
+                                     *(final_images(results, p) for p in points))
+    return dict(zip(compared, judge(list(compared.values()), margin(results)), strict=True))
+
+
 def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """At the smallest batch size: each variant's test error (and, for the norms with batch statistics, under
     PreciseBN and test batch statistics too), paired over seeds against two references: the first variant with
@@ -174,20 +220,32 @@ def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict
     ref_large = chosen_accs(results, refs["large"], large), chosen_images(results, refs["large"], large)
     ref_small = (chosen_accs(results, refs["small"], small), chosen_images(results, refs["small"], small)) \
         if without else ({}, {})
+    # one pair, one verdict: the reference's own row against itself at the largest size is the batch-size question
+    # (size_changes), and a row against the other reference at the smallest size a pair of the ranking there
+    # (pairwise); both are judged once, where their answers are the ones this table would pair (the moving
+    # averages are the study's test statistics)
+    asked = results.get("test_stats", "moving") == "moving"
+    question = size_changes(results).get(refs["large"]) if asked or not batch_stats.get(refs["large"]) else None
+    chosen = chosen_lrs(results)
+    ranking = pairwise(results, [{"variant": v, "batch_size": small, "lr": chosen[v, small]} for v in present]) \
+        if asked and without else {}
     rows, pairs = [], []
     for variant in present:
         for way in WAYS if batch_stats.get(variant) else ("moving",):
             accs, images = chosen_accs(results, variant, small, way), chosen_images(results, variant, small, way)
             if not accs:
                 continue
+            own = question is not None and (variant, way) == (refs["large"], "moving")
+            ranked = oriented(ranking, refs.get("small"), variant) if way == "moving" else None
             rows.append({"variant": variant, "way": way, "error": interval([100 - a for a in accs.values()], PERCENT),
-                         "images": images})
-            pairs += [pair(ref[0], accs, ref[1], images) if ref[0] else ([], None) for ref in (ref_large, ref_small)]
-    judged = judge([p for p in pairs if p[0]], margin(results))
-    verdicts = iter(judged)
+                         "images": images, "question": question if own else None, "ranked": ranked})
+            itself = {"large": own, "small": ranked is not None or (variant, way) == (refs.get("small"), "moving")}
+            pairs += [pair(ref[0], accs, ref[1], images) if ref[0] and not itself[side] else ([], None)
+                      for side, ref in (("large", ref_large), ("small", ref_small))]
+    verdicts = iter(judge([p for p in pairs if p[0]], margin(results)))
     for row, (vs_large, vs_small) in zip(rows, zip(pairs[::2], pairs[1::2], strict=True), strict=True):
-        row["vs_large"] = next(verdicts) if vs_large[0] else None
-        row["vs_small"] = next(verdicts) if vs_small[0] else None
+        row["vs_large"] = question if row["question"] else next(verdicts) if vs_large[0] else None
+        row["vs_small"] = row["ranked"] or (next(verdicts) if vs_small[0] else None)
     own = next((r for r in rows if (r["variant"], r["way"]) == (refs["large"], "moving")), None)
     loss = own["vs_large"] if own else None  # the reference's own loss from the largest size to the smallest
     for row in rows:

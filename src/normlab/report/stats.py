@@ -268,3 +268,11 @@ def judge(pairs: list[Pair], margin: float = MARGIN, level: float = 0.05) -> lis
     equivalence_p = holm(equivalence)
     return [Judged(s, i, verdict(s, i or missing, sp, ip, ep, margin, level), len(pairs))
             for s, i, sp, ip, ep in zip(seeds, images, seeds_p, images_p, equivalence_p, strict=True)]
+
+
+def reverse(j: Judged) -> Judged:
+    """b − a of a judged a − b: the same tests and correction, the other sign."""
+    def flip(c: Comparison | None) -> Comparison | None:
+        return None if c is None else Comparison(-c.mean, -c.high, -c.low, c.p, c.n, c.estimable, c.equivalence_p)
+    words = {"higher": "lower", "lower": "higher"}.get(j.words, j.words)
+    return Judged(flip(j.seeds), flip(j.images), words, j.family)  # type: ignore[arg-type]
