@@ -235,16 +235,17 @@ def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict
             accs, images = chosen_accs(results, variant, small, way), chosen_images(results, variant, small, way)
             if not accs:
                 continue
-            own = question is not None and (variant, way) == (refs["large"], "moving")
+            is_question = question is not None and (variant, way) == (refs["large"], "moving")
             ranked = oriented(ranking, refs.get("small"), variant) if way == "moving" else None
             rows.append({"variant": variant, "way": way, "error": interval([100 - a for a in accs.values()], PERCENT),
-                         "images": images, "question": question if own else None, "ranked": ranked})
-            itself = {"large": own, "small": ranked is not None or (variant, way) == (refs.get("small"), "moving")}
+                         "images": images, "question": question if is_question else None, "ranked": ranked})
+            itself = {"large": is_question,
+                      "small": ranked is not None or (variant, way) == (refs.get("small"), "moving")}
             pairs += [pair(ref[0], accs, ref[1], images) if ref[0] and not itself[side] else ([], None)
                       for side, ref in (("large", ref_large), ("small", ref_small))]
     verdicts = iter(judge([p for p in pairs if p[0]], margin(results)))
     for row, (vs_large, vs_small) in zip(rows, zip(pairs[::2], pairs[1::2], strict=True), strict=True):
-        row["vs_large"] = question if row["question"] else next(verdicts) if vs_large[0] else None
+        row["vs_large"] = row["question"] or (next(verdicts) if vs_large[0] else None)
         row["vs_small"] = row["ranked"] or (next(verdicts) if vs_small[0] else None)
     own = next((r for r in rows if (r["variant"], r["way"]) == (refs["large"], "moving")), None)
     loss = own["vs_large"] if own else None  # the reference's own loss from the largest size to the smallest

@@ -21,6 +21,7 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 Z_975 = 1.959964
 PERCENT = (0.0, 100.0)  # the range of an accuracy or an error rate, in points
+APART = (-100.0, 100.0)  # the range of a difference of two accuracies
 TIE = 1e-5  # accuracy points: two means closer than this are equal (see choose_on_validation)
 
 
@@ -51,8 +52,8 @@ class Interval:
 
 def interval(values: list[float], bounds: tuple[float, float] | None = None) -> Interval:
     """``bounds``: the range the mean cannot leave (0-100 for an accuracy). Seeds that collapse beside seeds that
-    train spread a t-interval over 2 degrees of freedom far past it (-466 % to 568 %); cut to the range, the
-    interval keeps its coverage, since the mean lies inside the range anyway, and ``clipped`` says it was cut."""
+    train spread a t-interval over 2 degrees of freedom far past it (-466 % to 568 %); cut to the range, it keeps
+    whatever coverage the t-interval had, since the true mean lies inside the range, and ``clipped`` says so."""
     n = len(values)
     mean = statistics.fmean(values)
     if n < 2:
@@ -130,7 +131,7 @@ class Comparison:
 
 def paired_t(differences: list[float]) -> Comparison:
     """The paired t-test over seeds: a − b seed by seed."""
-    ci = interval(differences, (-100.0, 100.0))  # two accuracies are at most 100 points apart
+    ci = interval(differences, APART)
     if ci.n < 2 or ci.std == 0:
         return Comparison(ci.mean, ci.low, ci.high, math.nan, ci.n, False)
     t = ci.mean / (ci.std / math.sqrt(ci.n))
