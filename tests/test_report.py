@@ -4,9 +4,10 @@ import numpy as np
 
 from normlab.engine.runfiles import pack
 from normlab.report.findings import TARGET_ACC as TARGETS
-from normlab.report.findings import failures, findings
+from normlab.report.findings import ask_first, failures, findings
 from normlab.report.report import batch_table, chosen_table, results_table, small_batch_table, to_markdown, what_was_run
-from normlab.report.results import chosen_lrs, summarize
+from normlab.report.results import chosen_lrs, margin, small_batch_rows, summarize
+from normlab.report.verdicts import Verdicts
 
 IMAGES = 10_000
 
@@ -29,6 +30,13 @@ def run(variant, seed, acc, batch=128, seconds=100.0, **extra):
 
 
 TARGET_ACC = TARGETS["mnist"]
+
+
+def small_table(r):
+    """The table of the smallest size as the report makes it: after the findings' questions."""
+    verdicts = Verdicts(margin(r))
+    ask_first(summarize(r), r, verdicts)
+    return small_batch_table(r, small_batch_rows(r, verdicts))
 
 
 def results(runs, batch_sizes=(128,), dataset="mnist", **extra):
@@ -77,7 +85,7 @@ def test_the_ranking_at_one_shared_rate_is_set_beside_the_ranking_at_the_chosen_
                   ("ln", 0.2): (99.35, 99.4)})
     text = findings(summarize(r), r)
     assert ("By mean test accuracy, all at lr 0.1: ln, gn; each at its chosen rate: gn, ln: the means change order "
-            "(an order, not a tested difference: each pair's test follows).") in text
+            "(an order of means, not a tested difference).") in text
 
 
 def test_a_rate_with_a_failed_run_is_never_chosen_and_later_seeds_do_not_choose():
@@ -190,7 +198,7 @@ def test_the_shared_rate_ranking_compares_the_seeds_that_every_rate_has():
     r.update(seeds=[0, 1, 2], tune_seeds=[0, 1])
     text = findings(summarize(r), r)
     assert ("By mean test accuracy over seeds 0, 1, all at lr 0.1: ln, gn; each at its chosen rate: gn, ln: the "
-            "means change order (an order, not a tested difference: each pair's test follows).") in text
+            "means change order (an order of means, not a tested difference).") in text
     r.update(tune_seeds=[0])
     text = findings(summarize(r), r)
     assert any(line.startswith("By mean test accuracy over seed 0, all at lr 0.1") for line in text)
@@ -220,28 +228,29 @@ def test_every_variant_at_the_smallest_size_is_paired_against_bn_at_the_largest_
     runs = [with_eval("bn", s, a, 128, 0.0) for s, a in enumerate(bn_large)]
     runs += [with_eval("bn", s, a, 2, 0.1) for s, a in enumerate(bn_small)]  # PreciseBN wins back a quarter
     runs += [with_eval("brn", s, a, 2, 0.0) for s, a in enumerate((99.40, 99.30, 99.50))]  # within noise of bn
-    runs += [run("gn", s, a, batch=b) for s, a in enumerate((99.41, 99.45, 99.37)) for b in (2, 128)]
+    runs += [run("gn", s, a, batch=b, folder=f"gn/b128/seed{s}")  # ghost BN: the same runs at every size
+             for s, a in enumerate((99.41, 99.45, 99.37)) for b in (2, 128)]
     r = {**results(runs, batch_sizes=(2, 128), ghost=True), "variants": ["bn", "brn", "gn"]}
-    text, (header, table) = small_batch_table(r)
+    text, (header, table) = small_table(r)
     assert header == ["variant", "test error (%)", "extra error vs bn at 128 images per BN group",
                       "extra error vs gn at 2 images per BN group", "share of bn's loss recovered"]
     rows = {line[0]: line for line in table}
     assert list(rows) == ["bn", "bn, PreciseBN", "bn, test batch statistics", "brn", "brn, PreciseBN",
                           "brn, test batch statistics", "gn"]
     assert rows["bn"][1] == "1.00 ± 0.07" and rows["bn"][2].startswith("+0.40 (+0.38 to +0.42) [+0.3")
-    assert rows["bn"][2].endswith("] more error") and rows["bn"][4] == "0%"
+    assert rows["bn"][2].endswith("] more error †") and rows["bn"][4] == "0%"  # the batch-size question's
     assert rows["bn, PreciseBN"][2].startswith("+0.30") and rows["bn, PreciseBN"][4].startswith("25% (")
     assert rows["brn"][2].endswith(" ?") and rows["brn"][4].startswith("100% (") and rows["gn"][3] == "reference"
-    assert rows["gn"][2].endswith(" ≈") and "Holm's correction over the table's 10 comparisons" in text
+    assert rows["gn"][2].endswith(" ≈ †") and "Holm's correction over the table's 9 comparisons" in text
     sentence = [t for t in findings(summarize(r), r) if t.startswith("At 2 images per BN group, against bn")]
     assert sentence == ["At 2 images per BN group, against bn at 128 images per BN group (extra error, Holm over the "
-                        "table's 10 comparisons): more error (both tests): bn with PreciseBN (+0.30), bn with test "
-                        "batch statistics (+5.40), brn with test batch statistics (+5.00); the same error within ±0.2 "
-                        "points (TOST): gn (-0.01); inconclusive: brn (+0.00), brn with PreciseBN (+0.00)."]
-    assert small_batch_table(results(runs[:3])) is None  # one size: no such table
+                        "table's 9 comparisons): more error (both tests): bn with PreciseBN (+0.30), bn with test "
+                        "batch statistics (+5.40), brn with test batch statistics (+5.00); inconclusive: brn (+0.00), "
+                        "brn with PreciseBN (+0.00)."]  # gn's runs at 2 are its runs at 128: asked in that ranking
+    assert small_table(results(runs[:3])) is None  # one size: no such table
     noisy = [with_eval("bn", s, a, 2, 0.0) for s, a in enumerate((99.40, 99.10, 99.45))]  # a loss within noise
     r = {**results(runs[:3] + noisy + runs[9:], batch_sizes=(2, 128), ghost=True), "variants": ["bn", "gn"]}
-    text, (header, table) = small_batch_table(r)
+    text, (header, table) = small_table(r)
     assert header[-1] == "extra error vs gn at 2 images per BN group" and all(len(row) == 4 for row in table)
     assert "bn's own loss from 128 to 2 is not shown by both tests over these seeds, so no row's share" in text
 
@@ -284,26 +293,28 @@ def test_each_variant_is_paired_with_its_normfirst_twin_judged_over_the_twins():
     assert ln.endswith("inconclusive (neither a difference nor equivalence within ±0.2 points, Holm over 2).")
 
 
-def test_the_batch_size_question_gets_one_verdict_in_the_findings_and_the_table():
+def test_one_pair_gets_one_verdict_in_the_findings_and_the_table():
     """bn's own loss from 128 to 2 is asked once: alone it is supported (one comparison), and the table of the
-    smallest size shows that verdict instead of judging the same pair again among its 9 others, where Holm's
-    correction would call it inconclusive and the report would say both."""
+    smallest size shows that verdict instead of judging the same pair again among its others, where Holm's
+    correction could call it inconclusive and the report would say both. So for every pair the findings ask first:
+    the rankings', and under ghost BN those of gn and ln, whose runs at 2 are their runs at 128."""
     runs = [run("bn", s, a, batch=128) for s, a in enumerate((99.40, 99.42, 99.38))]
     runs += [run("bn", s, a, batch=2) for s, a in enumerate((99.28, 99.26, 99.18))]  # 0.12-0.20 more error
-    runs += [run(v, s, a, batch=b, batch_stats=False) for v in ("gn", "ln")
+    runs += [run(v, s, a, batch=b, batch_stats=False, folder=f"{v}/b128/seed{s}") for v in ("gn", "ln")
              for s, a in enumerate((99.41, 99.45, 99.37)) for b in (2, 128)]
     r = {**results(runs, batch_sizes=(2, 128), ghost=True), "variants": ["bn", "gn", "ln"]}
-    text, (_, table) = small_batch_table(r)
+    text, (_, table) = small_table(r)
     found = findings(summarize(r), r)
     assert any(t.startswith("bn: test error") and t.endswith("the batch size matters: both tests, one comparison.")
                for t in found)
-    assert table[0][0] == "bn" and table[0][2].endswith("] more error")
-    assert "bn's own row against itself at 128 images per BN group is the study's batch-size question, judged " \
-           "once, with every variant's change in error in the findings (Holm over 1)" in text
-    assert "over the table's 2 comparisons" in text  # gn and ln against bn at 128: the rest were asked before
-    assert not any("(extra error, Holm" in t and "bn (+0.16)" in t for t in found)  # not judged a second time
+    assert table[0][0] == "bn" and table[0][2].endswith("] more error †")
+    assert not any("(extra error, Holm" in t for t in found)  # the table judges nothing of its own here
     ranking = [t for t in found if t.startswith("bn ends 0.17 points lower")]  # gn ends best at 2, bn last
     assert ranking and ranking[0].endswith("a difference: both tests, Holm over 3.")
-    assert table[0][3].startswith("+0.17 (") and table[0][3].endswith("] more error")  # the same pair, the same word
-    assert "each row of the moving averages is a pair of the ranking at 2 images per BN group, judged once with " \
-           "every pair of that ranking (Holm over 3)" in text
+    assert table[0][3].startswith("+0.17 (") and table[0][3].endswith("] more error †")  # the same pair, one word
+    at_128 = next(t for t in found if t.startswith("bn ends 0.01 points lower"))  # gn − bn at 128: gn at 2 vs bn
+    assert at_128.endswith("equivalent within ±0.2 points: TOST over seeds and images, Holm over 2.")
+    assert table[1][2].endswith(" ≈ †") and table[2][3].endswith(" ? †")
+    assert "Holm's correction: a difference" in text and "† a pair of the same runs the findings asked first, in " \
+        "the batch-size question (Holm over 1); the ranking at 2 images per BN group (Holm over 3); the ranking at " \
+        "128 images per BN group (Holm over 2)" in text

@@ -18,13 +18,15 @@ from normlab.report.results import (
     finished_runs,
     margin,
     pairwise,
+    point_arm,
     runs_at,
     seeds_text,
     size_changes,
     size_text,
     small_batch_rows,
 )
-from normlab.report.stats import Judged, judge, pair
+from normlab.report.stats import Judged, pair
+from normlab.report.verdicts import Verdicts
 
 NORM_FIRST = "+normfirst"  # the variant suffix of the papers' block order (normlab.study.plan)
 TARGET_ACC = {"mnist": 99.4}  # test accuracy (%) the report and Graph 2 measure against, by dataset
@@ -43,8 +45,10 @@ def points(x: float) -> str:
 def tested(j: Judged, what: str = "points") -> str:
     """A judged difference in numbers: its mean, the seeds' 95 % t-interval and the images' bootstrap interval."""
     seeds, images = j.seeds, j.images
+    cut = ", cut to ±100" * seeds.clipped
     text = f"{points(seeds.mean)} {what} (95% CI over {seeds.n} seeds {points(seeds.low)} to {points(seeds.high)}" \
-        if seeds.estimable else f"{points(seeds.mean)} {what} (the same on all {seeds.n} seeds: no spread to measure"
+        f"{cut}" if seeds.estimable else \
+        f"{points(seeds.mean)} {what} (the same on all {seeds.n} seeds: no spread to measure"
     if images is not None:
         text += f"; over the test images and seeds {points(images.low)} to {points(images.high)}"
     return text + ")"
@@ -62,9 +66,9 @@ def words(j: Judged, results: dict[str, Any], higher: str, lower: str) -> str:
     return f"inconclusive ({why}, {holm})"
 
 
-def comparisons(results: dict[str, Any], ranked: list[dict[str, Any]]) -> list[str]:
+def comparisons(results: dict[str, Any], ranked: list[dict[str, Any]], verdicts: Verdicts) -> list[str]:
     """The best row against each other one, judged over every pair of the rows (normlab.report.results.pairwise)."""
-    judged, top, out = pairwise(results, ranked), ranked[0], []
+    judged, top, out = pairwise(results, ranked, verdicts), ranked[0], []
     for other in ranked[1:]:
         gap = top["final"].mean - other["final"].mean
         sentence = f"{other['variant']} ends {gap:.2f} points lower ({other['final'].mean:.2f}%)"
@@ -74,16 +78,17 @@ def comparisons(results: dict[str, Any], ranked: list[dict[str, Any]]) -> list[s
     return out
 
 
-def order_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+def order_findings(rows: list[dict[str, Any]], results: dict[str, Any], verdicts: Verdicts) -> list[str]:
     """Each variant beside its ``+normfirst`` twin (the papers' conv → norm → ReLU for the exercise's conv → ReLU →
     norm), paired by seed and test image, judged over the study's pairs of twins at one batch size."""
     by_name = {r["variant"]: r for r in rows}
     twins = [(by_name[r["variant"].replace(NORM_FIRST, "")], r) for r in rows
              if NORM_FIRST in r["variant"] and r["variant"].replace(NORM_FIRST, "") in by_name]
-    pairs = [pair(final_accs(results, first), final_accs(results, exercise), final_images(results, first),
-                  final_images(results, exercise)) for exercise, first in twins]
+    pairs = [(*(point_arm(results, r["variant"], r["batch_size"], r["lr"]) for r in (first, exercise)),
+              pair(final_accs(results, first), final_accs(results, exercise), final_images(results, first),
+                   final_images(results, exercise))) for exercise, first in twins]
     out = []
-    for (exercise, first), j in zip(twins, judge(pairs, margin(results)), strict=True):
+    for (exercise, first), j in zip(twins, verdicts.ask("the block order", pairs), strict=True):
         at = f" {size_text(results, first['batch_size'])}" if len(results["batch_sizes"]) > 1 else ""
         sentence = (f"Block order{at}: {first['variant']} (conv → norm → ReLU) {first['final'].mean:.2f}%, "
                     f"{exercise['variant']} (conv → ReLU → norm) {exercise['final'].mean:.2f}%")
@@ -101,17 +106,39 @@ def claim(sentence: str, what: str, j: Judged, results: dict[str, Any], differen
     return f"{sentence}; {what}: {tested(j)}: {words(j, results, difference, other_way or difference)}."
 
 
+def ranked_at(rows: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
+    """The chosen rows at one batch size, best mean test accuracy first."""
+    return sorted((r for r in rows if r["chosen"] and r["batch_size"] == batch), key=lambda r: r["final"].mean,
+                  reverse=True)
+
+
+def ask_first(rows: list[dict[str, Any]], results: dict[str, Any], verdicts: Verdicts) -> None:
+    """The report's questions in their fixed order, before its tables (normlab.report.verdicts): the block order's
+    twins at each size, the batch-size question, then the ranking at each size."""
+    for batch in results["batch_sizes"]:
+        order_findings(ranked_at(rows, batch), results, verdicts)
+    if len(results["batch_sizes"]) > 1:
+        size_changes(results, verdicts)
+    for batch in results["batch_sizes"]:
+        if ranked := ranked_at(rows, batch):
+            pairwise(results, ranked, verdicts)
+
+
 def findings(rows: list[dict[str, Any]], results: dict[str, Any], evaluations: list[dict[str, Any]] | None = None,
-             small: tuple[dict[str, str], list[dict[str, Any]]] | None = None) -> list[str]:
+             small: tuple[dict[str, str], list[dict[str, Any]]] | None = None, verdicts: Verdicts | None = None
+             ) -> list[str]:
     """Sentences derived from the numbers, so they change when the numbers do. Variants are compared each at
-    its chosen learning rate. ``evaluations`` and ``small``: the report's evaluation_rows and small_batch_rows,
-    whose tests are judged once for table and sentences alike (None: judged here)."""
+    its chosen learning rate. ``evaluations``, ``small`` and ``verdicts``: the report's evaluation_rows,
+    small_batch_rows and verdicts, so that table and sentence say one thing (None: judged here)."""
     every_rate, rows = rows, [r for r in rows if r["chosen"]]
     if not rows:
         return ["Every run failed: there is nothing to compare."]
+    if verdicts is None:
+        verdicts = Verdicts(margin(results))
+        ask_first(rows, results, verdicts)
     out = lr_findings(every_rate, results) if len(results.get("lrs", [])) > 1 else []
     for batch in results["batch_sizes"]:
-        ranked = sorted((r for r in rows if r["batch_size"] == batch), key=lambda r: r["final"].mean, reverse=True)
+        ranked = ranked_at(rows, batch)
         if not ranked:
             continue
         top = ranked[0]
@@ -120,10 +147,11 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any], evaluations: l
         epochs = f"{top['epochs']} epoch{'s' * (top['epochs'] != 1)}"
         ends = "ends best" if len(ranked) > 1 else "ends"  # one variant is best of nothing
         out.append(f"{top['variant']} {ends}{at}: {top['final'].mean:.2f}% {what} after {epochs}.")
-        out += comparisons(results, ranked) + order_findings(ranked, results)
+        out += comparisons(results, ranked, verdicts) + order_findings(ranked, results, verdicts)
     if len(results["batch_sizes"]) > 1:
-        out += batch_findings(rows, results) + small_batch_findings(small or small_batch_rows(results), results)
-    out += evaluation_findings(evaluation_rows(results) if evaluations is None else evaluations, results)
+        out += batch_findings(rows, results, verdicts) + small_batch_findings(
+            small or small_batch_rows(results, verdicts), results)
+    out += evaluation_findings(evaluation_rows(results, verdicts) if evaluations is None else evaluations, results)
     target = TARGET_ACC.get(results["base_config"]["dataset"])
     reached = [name_of(r, results) for r in rows if target is not None and r["final"].mean >= target]
     missed = [name_of(r, results) for r in rows if target is not None and r["final"].mean < target]
@@ -156,7 +184,7 @@ def lr_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str
         before = ranked(results, [common[r["variant"]] for r in chosen], seeds)
         after = ranked(results, chosen, seeds)
         verdict = "the same order" if before == after else \
-            f"{', '.join(after)}: the means change order (an order, not a tested difference: each pair's test follows)"
+            f"{', '.join(after)}: the means change order (an order of means, not a tested difference)"
         over = f" over {seeds_text(seeds)}" if len(seeds) < len(results["seeds"]) else ""
         out.append(f"By mean test accuracy{over}{at}, all at lr {shared:g}: {', '.join(before)}; each at its chosen "
                    f"rate: {verdict}.")
@@ -205,14 +233,14 @@ def name_of(row: dict[str, Any], results: dict[str, Any]) -> str:
     return row["variant"] + (f" ({size_text(results, row['batch_size'])})" if len(results["batch_sizes"]) > 1 else "")
 
 
-def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any], verdicts: Verdicts) -> list[str]:
     """Per variant: how its test error changes from the largest batch size to the smallest (size_changes)."""
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
     chosen = {(r["variant"], r["batch_size"]): r for r in rows}
     batch_stats = {r["variant"]: r["batch_stats"] for r in finished_runs(results)}
     out = [f"{variant} has no batch statistics: ghost batch norm does not touch it, and its runs stand at every size."
            for variant in results["variants"] if results.get("ghost") and not batch_stats.get(variant, True)]
-    for variant, j in size_changes(results).items():
+    for variant, j in size_changes(results, verdicts).items():
         err = {b: 100 - chosen[variant, b]["final"].mean for b in (large, small)}
         sentence = (f"{variant}: test error {err[large]:.2f}% {size_text(results, large)}, {err[small]:.2f}% "
                     f"{size_text(results, small)}")
@@ -241,7 +269,9 @@ def small_batch_findings(small: tuple[dict[str, str], list[dict[str, Any]]], res
     """At the smallest size: which variants (and evaluation statistics) the tests put above the large-size
     reference's test error, below it, within the margin of it, or cannot tell."""
     refs, rows = small
-    paired = [r for r in rows if r["vs_large"] is not None and r["vs_large"].seeds.n > 1 and not r["question"]]
+    where = f"the table {size_text(results, min(results['batch_sizes']))}"
+    paired = [r for r in rows if r["vs_large"] is not None and r["vs_large"].seeds.n > 1
+              and r["vs_large"].where == where]  # the table's own: the others are said where they were asked
     if not paired:
         return []
     names = {"moving": "", "precise": " with PreciseBN", "batch": " with test batch statistics"}

@@ -101,6 +101,13 @@ def metric_figure(by_variant: dict[str, list[dict[str, Any]]], key: str, path: P
     return fig
 
 
+def batch_axis(results: dict[str, Any]) -> str:
+    """What the study's batch sizes count: SGD's images per step, or (ghost) batch norm's images per group."""
+    if results.get("ghost"):
+        return f"images per batch-norm group (ghost BN; SGD batch {results['base_config']['batch_size']})"
+    return "batch size (images per SGD step)"
+
+
 def batch_size_figure(errors: dict[str, dict[int, Interval]], path: Path, dataset: str = "MNIST",
                       axis: str = "batch size (images per SGD step)") -> Figure:
     """Graph 3: final test error against batch size (log axis), one line per variant, mean and its 95 % band."""

@@ -13,9 +13,10 @@ from typing import Any
 
 from normlab.files import write_atomic
 from normlab.nn.models import MODELS
-from normlab.report.findings import failures, findings
+from normlab.report.findings import ask_first, failures, findings
 from normlab.report.results import evaluation_rows, margin, seeds_text, size_text, small_batch_rows, summarize
 from normlab.report.stats import Interval, Judged
+from normlab.report.verdicts import Verdicts
 
 LR_GRAPH = "graph4_val_error_vs_lr.png"
 
@@ -127,64 +128,65 @@ TEST_STATS = {  # --test-stats: what the evaluation table's moving column is, an
                           ("batch", "with the test images' own batch statistics"))}}
 
 
-def judged_cell(j: Judged | None, higher: str = "more error", lower: str = "less error") -> str:
+def judged_cell(j: Judged | None, higher: str = "more error", lower: str = "less error", here: str = "") -> str:
     """A judged difference in a table: mean, the seeds' 95 % t-interval in (), the images' bootstrap interval in [],
-    and the word its tests allow (normlab.report.stats.judge)."""
+    and the word its tests allow (normlab.report.stats.judge); † where it was judged in another question than
+    ``here``, the table's (normlab.report.verdicts)."""
     if j is None or j.seeds.n == 0:
         return "—"
     if j.seeds.n == 1:
         return f"{j.seeds.mean:+.2f}"
     images = f" [{j.images.low:+.2f} to {j.images.high:+.2f}]" if j.images is not None else ""
     word = {"higher": higher, "lower": lower}.get(j.words, "≈" if j.words.startswith("equivalent") else "?")
-    seeds = f"({j.seeds.low:+.2f} to {j.seeds.high:+.2f})" if j.seeds.estimable else "(no spread)"
-    return f"{j.seeds.mean:+.2f} {seeds}{images} {word}"
+    cut = ", cut to ±100" * j.seeds.clipped
+    seeds = f"({j.seeds.low:+.2f} to {j.seeds.high:+.2f}{cut})" if j.seeds.estimable else "(no spread)"
+    return f"{j.seeds.mean:+.2f} {seeds}{images} {word}{' †' * (bool(here) and j.where != here)}"
 
 
 def judged_caption(results: dict[str, Any], family: int) -> str:
     """What a table's judged cells mean: its tests, its correction and its equivalence margin."""
+    over = f" over the table's {family} comparisons" if family else ""
     return ("Each difference: mean, 95% t-interval over seeds () (no spread: the same on every seed, which measures "
             "no noise), 95% bootstrap interval over the test images and seeds [], then the word both tests allow "
-            f"after Holm's correction over the table's {family} comparisons: a difference only where both reject, "
+            f"after Holm's correction{over}: a difference only where both reject, "
             f"≈ only where TOST over both puts it within ±{margin(results):g} points, ? where the data cannot tell "
             "(inconclusive).")
 
 
-def small_batch_table(results: dict[str, Any], small: tuple[dict[str, str], list[dict[str, Any]]] | None = None
+def small_batch_table(results: dict[str, Any], small: tuple[dict[str, str], list[dict[str, Any]]]
                       ) -> tuple[str, tuple[list[str], list[list[str]]]] | None:
     """Every variant at the smallest size against the two references of normlab.report.results.small_batch_rows
-    (``small``, where the caller has them): the paragraph that says what the columns are, and the table."""
-    refs, rows = small or small_batch_rows(results)
+    (``small``): the paragraph that says what the columns are, and the table."""
+    refs, rows = small
     if not rows:
         return None
-    large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
+    large, small_size = max(results["batch_sizes"]), min(results["batch_sizes"])
+    here = f"the table {size_text(results, small_size)}"
     shares = any(r["recovered"] is not None for r in rows)  # none where the tests do not support the loss
     header = ["variant", "test error (%)", f"extra error vs {refs['large']} {size_text(results, large)}",
-              *([f"extra error vs {refs['small']} {size_text(results, small)}"] if "small" in refs else []),
+              *([f"extra error vs {refs['small']} {size_text(results, small_size)}"] if "small" in refs else []),
               *([f"share of {refs['large']}'s loss recovered"] if shares else [])]
     table = [[r["variant"] + ROW_SUFFIX[r["way"]], error_cell(r["error"], of_accuracy=False),
-              judged_cell(r["vs_large"]),
-              *(["reference" if (r["variant"], r["way"]) == (refs["small"], "moving") else judged_cell(r["vs_small"])]
-                if "small" in refs else []),
+              judged_cell(r["vs_large"], here=here),
+              *(["reference" if (r["variant"], r["way"]) == (refs["small"], "moving")
+                 else judged_cell(r["vs_small"], here=here)] if "small" in refs else []),
               *([recovered(r)] if shares else [])] for r in rows]
-    family = next((j.family for r in rows for j in (None if r["question"] else r["vs_large"],
-                                                     None if r["ranked"] else r["vs_small"]) if j is not None), 0)
-    question, ranking = (next((r[k] for r in rows if r[k]), None) for k in ("question", "ranked"))
-    text = (f"Test error (%, mean ± half the 95% CI over seeds) {size_text(results, small)}, each variant at its "
+    judged = [j for r in rows for j in (r["vs_large"], r["vs_small"]) if j is not None]
+    before = {j.where: j.family for j in judged if j.where != here}
+    text = (f"Test error (%, mean ± half the 95% CI over seeds) {size_text(results, small_size)}, each variant at its "
             f"chosen rate, and its extra error against {refs['large']} {size_text(results, large)}"
-            + (f" and against {refs['small']} {size_text(results, small)}" if "small" in refs else "")
+            + (f" and against {refs['small']} {size_text(results, small_size)}" if "small" in refs else "")
             + ", paired (+ is more error). The norms with batch statistics also appear evaluated with PreciseBN and "
-            f"with the test images' own batch statistics. {judged_caption(results, family)} "
-            + (f"{refs['large']}'s own row against itself {size_text(results, large)} is the study's batch-size "
-               f"question, judged once, with every variant's change in error in the findings (Holm over "
-               f"{question.family}), not again among the table's. " if question else "")
-            + (f"Against {refs['small']} {size_text(results, small)}, each row of the moving averages is a pair of "
-               f"the ranking {size_text(results, small)}, judged once with every pair of that ranking (Holm over "
-               f"{ranking.family}). " if ranking else "")
-            + (f"The last column is the share of {refs['large']}'s own loss from {large} to {small} that a row wins "
-               "back, 1 − its extra error / that loss, with its 95% bootstrap interval over the test images and "
-               "seeds: an estimate, not a verdict." if shares else
-               f"{refs['large']}'s own loss from {large} to {small} is not shown by both tests over these seeds, so "
-               "no row's share of it is given."))
+            "with the test images' own batch statistics. "
+            + judged_caption(results, next((j.family for j in judged if j.where == here), 0)) + " "
+            + ("† a pair of the same runs the findings asked first, in " + "; ".join(
+                f"{where} (Holm over {family})" for where, family in before.items())
+               + ": it keeps the verdict it got there, and is not judged again here. " if before else "")
+            + (f"The last column is the share of {refs['large']}'s own loss from {large} to {small_size} that a row "
+               "wins back, 1 − its extra error / that loss, with its 95% bootstrap interval over the test images "
+               "and seeds: an estimate, not a verdict." if shares else
+               f"{refs['large']}'s own loss from {large} to {small_size} is not shown by both tests over these seeds, "
+               "so no row's share of it is given."))
     return text, (header, table)
 
 
@@ -200,13 +202,6 @@ def recovered(row: dict[str, Any]) -> str:
 def paper_table() -> tuple[list[str], list[list[str]]]:
     sizes, *rows = GN_PAPER.items()
     return [sizes[0], *map(str, sizes[1])], [[name, *map(str, values)] for name, values in rows]
-
-
-def batch_axis(results: dict[str, Any]) -> str:
-    """What the study's batch sizes count: SGD's images per step, or (ghost) batch norm's images per group."""
-    if results.get("ghost"):
-        return f"images per batch-norm group (ghost BN; SGD batch {results['base_config']['batch_size']})"
-    return "batch size (images per SGD step)"
 
 
 def what_was_run(results: dict[str, Any]) -> str:
@@ -257,8 +252,10 @@ def data_words(dataset: str, title: str) -> str:
 
 
 def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, Any]]:
-    rows, evaluations = summarize(results), evaluation_rows(results)
-    small_rows = small_batch_rows(results) if len(results["batch_sizes"]) > 1 else None  # judged once, used twice
+    rows, verdicts = summarize(results), Verdicts(margin(results))
+    ask_first(rows, results, verdicts)  # the questions first, then the tables: one pair, one verdict
+    evaluations = evaluation_rows(results, verdicts)
+    small_rows = small_batch_rows(results, verdicts) if len(results["batch_sizes"]) > 1 else None
     blocks: list[tuple[str, Any]] = [
         ("h1", "normlab study report"), ("p", what_was_run(results)),
         ("h2", "Results"), ("table", results_table(rows, results)),
@@ -268,7 +265,7 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
                    ("p", "For comparison, the GroupNorm paper (Wu & He 2018, Table 2): ResNet-50 on ImageNet, "
                          "top-1 error (%) by images per GPU:"), ("table", paper_table()),
                    ("img", "graph3_error_vs_batch_size.png")]
-        small = small_batch_table(results, small_rows)
+        small = small_batch_table(results, small_rows) if small_rows else None
         if small is not None:
             text, table = small
             blocks += [("h2", f"Every variant {size_text(results, min(results['batch_sizes']))}"), ("p", text),
@@ -287,7 +284,8 @@ def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, A
                          "the run's training group size. "
                          + judged_caption(results, 2 * len(evaluations))),
                    ("table", evaluation_table(evaluations, results))]
-    blocks += [("h2", "Findings"), ("list", failures(results) + findings(rows, results, evaluations, small_rows))]
+    found = findings(rows, results, evaluations, small_rows, verdicts)
+    blocks += [("h2", "Findings"), ("list", failures(results) + found)]
     if rows:
         blocks += [("h2", "Graph 1: test loss"), ("img", "graph1_test_loss.png"),
                    ("h2", "Graph 2: test accuracy"), ("img", "graph2_test_accuracy.png")]

@@ -12,17 +12,8 @@ import numpy as np
 
 from normlab.engine.evalstats import WAYS
 from normlab.engine.runfiles import unpack
-from normlab.report.stats import (
-    MARGIN,
-    PERCENT,
-    Judged,
-    choose_on_validation,
-    interval,
-    judge,
-    pair,
-    reverse,
-    share_interval,
-)
+from normlab.report.stats import MARGIN, PERCENT, Judged, choose_on_validation, interval, pair, share_interval
+from normlab.report.verdicts import Arm, Verdicts, arm
 
 
 def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -128,7 +119,7 @@ def seeds_text(seeds: list[int] | list[str]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
 
 
-def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+def evaluation_rows(results: dict[str, Any], verdicts: Verdicts) -> list[dict[str, Any]]:
     """Per variant with batch statistics and batch size, at its chosen rate: the test accuracy under each
     evaluation statistics (normlab.engine.evalstats) and each one's paired difference from the moving averages,
     judged over the table (normlab.report.stats.judge)."""
@@ -143,9 +134,11 @@ def evaluation_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"variant": name, "batch_size": batch, "group": runs[0]["evaluation"]["group"],
                          "precise_images": runs[0]["evaluation"]["precise_images"],
                          **{way: interval(list(accs.values()), PERCENT) for way, accs in by_seed.items()},
-                         **{f"{way}_pair": pair(by_seed[way], by_seed["moving"], images[way], images["moving"])
+                         **{f"{way}_pair": (arm(runs, way), arm(runs, "moving"),
+                                            pair(by_seed[way], by_seed["moving"], images[way], images["moving"]))
                             for way in ("precise", "batch")}})
-    judged = iter(judge([row.pop(f"{way}_pair") for row in rows for way in ("precise", "batch")], margin(results)))
+    judged = iter(verdicts.ask("the evaluation table",
+                               [row.pop(f"{way}_pair") for row in rows for way in ("precise", "batch")]))
     for row in rows:  # in the order they were judged
         row["precise_gain"], row["batch_gain"] = next(judged), next(judged)
     return rows
@@ -167,86 +160,86 @@ def chosen_images(results: dict[str, Any], variant: str, batch: int, way: str = 
             and (correct := answers(results, r, way)) is not None}
 
 
-def pairwise(results: dict[str, Any], rows: list[dict[str, Any]]) -> dict[tuple[str, str], Judged]:
+def point_arm(results: dict[str, Any], variant: str, batch: int, lr: float | None, way: str | None = None) -> Arm:
+    """The runs that report one point and the statistics its answers are under (None: the study's test statistics,
+    as final_accs reads them)."""
+    return arm(point_runs(results, variant, batch, lr), way or results.get("test_stats", "moving"))
+
+
+def pairwise(results: dict[str, Any], rows: list[dict[str, Any]], verdicts: Verdicts
+             ) -> dict[tuple[str, str], Judged]:
     """Every pair of variants at one batch size, each at its chosen rate: (a, b) -> a − b for a before b in
-    ``rows``, judged over all the pairs. The findings name the best by its test accuracy, so the correction
-    counts every pair it could have been picked from; the table of the smallest size reuses these verdicts."""
-    pairs = {(a["variant"], b["variant"]): pair(final_accs(results, a), final_accs(results, b),
-                                                final_images(results, a), final_images(results, b))
+    ``rows``, judged over all the pairs not asked before. The findings name the best by its test accuracy, so the
+    correction counts every pair it could have been picked from."""
+    keyed = {(a["variant"], b["variant"]): (point_arm(results, a["variant"], a["batch_size"], a["lr"]),
+                                            point_arm(results, b["variant"], b["batch_size"], b["lr"]),
+                                            pair(final_accs(results, a), final_accs(results, b),
+                                                 final_images(results, a), final_images(results, b)))
              for i, a in enumerate(rows) for b in rows[i + 1:]}
-    return dict(zip(pairs, judge(list(pairs.values()), margin(results)), strict=True))
+    where = "the ranking" + (f" {size_text(results, rows[0]['batch_size'])}" if len(results["batch_sizes"]) > 1
+                             else "")
+    return dict(zip(keyed, verdicts.ask(where, list(keyed.values())), strict=True))
 
 
-def oriented(judged: dict[tuple[str, str], Judged], a: str | None, b: str) -> Judged | None:
-    """a − b from pairwise's verdicts, whichever way round it judged the pair (None where it did not)."""
-    if (a, b) in judged:
-        return judged[a, b]
-    return reverse(judged[b, a]) if (b, a) in judged else None
-
-
-def size_changes(results: dict[str, Any]) -> dict[str, Judged]:
+def size_changes(results: dict[str, Any], verdicts: Verdicts) -> dict[str, Judged]:
     """The study's batch-size question: per variant (under ghost BN, those with batch statistics), the change of
     its test error from the largest batch size to the smallest, each at its chosen rate, paired over seeds and test
-    images and judged over the variants together. One pair gets one verdict in a report: the table of the smallest
-    size shows its reference's own row with this one (``small_batch_rows``) rather than judge it again."""
+    images and judged over the variants together."""
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
     chosen, batch_stats = chosen_lrs(results), {r["variant"]: r["batch_stats"] for r in finished_runs(results)}
-    compared = {}
-    for variant in results["variants"]:
-        if (results.get("ghost") and not batch_stats.get(variant, True)) or large == small \
+    keyed = {}
+    for variant in results["variants"] if large != small else []:
+        if (results.get("ghost") and not batch_stats.get(variant, True)) \
                 or (variant, large) not in chosen or (variant, small) not in chosen:
             continue
         points = [{"variant": variant, "batch_size": b, "lr": chosen[variant, b]} for b in (large, small)]
-        if all(final_accs(results, p) for p in points):
-            compared[variant] = pair(*(final_accs(results, p) for p in points),
-                                     *(final_images(results, p) for p in points))
-    return dict(zip(compared, judge(list(compared.values()), margin(results)), strict=True))
+        accs = [final_accs(results, p) for p in points]
+        if all(accs):
+            keyed[variant] = (*(point_arm(results, variant, p["batch_size"], p["lr"]) for p in points),
+                              pair(*accs, *(final_images(results, p) for p in points)))
+    return dict(zip(keyed, verdicts.ask("the batch-size question", list(keyed.values())), strict=True))
 
 
-def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+def small_batch_rows(results: dict[str, Any], verdicts: Verdicts) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """At the smallest batch size: each variant's test error (and, for the norms with batch statistics, under
     PreciseBN and test batch statistics too), paired over seeds against two references: the first variant with
     batch statistics at the largest size (the figure small-batch remedies try to keep) and the first without them
-    at the smallest (the batch-independent answer). ``recovered``: the share of the first reference's own loss
-    between the two sizes that the row wins back, where that loss is one the seeds support."""
+    at the smallest (the batch-independent answer); a pair the report asked before keeps that verdict
+    (normlab.report.verdicts). ``recovered``: the share of the first reference's own loss between the two sizes
+    that the row wins back, where that loss is one the seeds support."""
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
-    batch_stats = {r["variant"]: r["batch_stats"] for r in finished_runs(results)}
+    batch_stats, chosen = {r["variant"]: r["batch_stats"] for r in finished_runs(results)}, chosen_lrs(results)
     present = [v for v in results["variants"] if chosen_accs(results, v, small)]
     with_stats = [v for v in present if batch_stats.get(v)]
     without = [v for v in present if not batch_stats.get(v)]
     if large == small or not present:
         return {}, []
     refs = {"large": with_stats[0] if with_stats else present[0], **({"small": without[0]} if without else {})}
-    ref_large = chosen_accs(results, refs["large"], large), chosen_images(results, refs["large"], large)
-    ref_small = (chosen_accs(results, refs["small"], small), chosen_images(results, refs["small"], small)) \
-        if without else ({}, {})
-    # one pair, one verdict: the reference's own row against itself at the largest size is the batch-size question
-    # (size_changes), and a row against the other reference at the smallest size a pair of the ranking there
-    # (pairwise); both are judged once, where their answers are the ones this table would pair (the moving
-    # averages are the study's test statistics)
-    asked = results.get("test_stats", "moving") == "moving"
-    question = size_changes(results).get(refs["large"]) if asked or not batch_stats.get(refs["large"]) else None
-    chosen = chosen_lrs(results)
-    ranking = pairwise(results, [{"variant": v, "batch_size": small, "lr": chosen[v, small]} for v in present]) \
-        if asked and without else {}
-    rows, pairs = [], []
+    references = {side: (chosen_accs(results, refs[side], b), chosen_images(results, refs[side], b),
+                         point_arm(results, refs[side], b, chosen[refs[side], b], "moving"))
+                  for side, b in (("large", large), ("small", small)) if side in refs}
+    rows, asked = [], []
     for variant in present:
         for way in WAYS if batch_stats.get(variant) else ("moving",):
             accs, images = chosen_accs(results, variant, small, way), chosen_images(results, variant, small, way)
             if not accs:
                 continue
-            is_question = question is not None and (variant, way) == (refs["large"], "moving")
-            ranked = oriented(ranking, refs.get("small"), variant) if way == "moving" else None
+            here = point_arm(results, variant, small, chosen[variant, small], way)
             rows.append({"variant": variant, "way": way, "error": interval([100 - a for a in accs.values()], PERCENT),
-                         "images": images, "question": question if is_question else None, "ranked": ranked})
-            itself = {"large": is_question,
-                      "small": ranked is not None or (variant, way) == (refs.get("small"), "moving")}
-            pairs += [pair(ref[0], accs, ref[1], images) if ref[0] and not itself[side] else ([], None)
-                      for side, ref in (("large", ref_large), ("small", ref_small))]
-    verdicts = iter(judge([p for p in pairs if p[0]], margin(results)))
-    for row, (vs_large, vs_small) in zip(rows, zip(pairs[::2], pairs[1::2], strict=True), strict=True):
-        row["vs_large"] = row["question"] or (next(verdicts) if vs_large[0] else None)
-        row["vs_small"] = row["ranked"] or (next(verdicts) if vs_small[0] else None)
+                         "images": images, "vs_large": None, "vs_small": None})
+            for side, (ref_accs, ref_images, there) in references.items():
+                if there != here and (p := pair(ref_accs, accs, ref_images, images))[0]:  # not itself, seeds shared
+                    asked.append((rows[-1], f"vs_{side}", (there, here, p)))
+    judged = verdicts.ask(f"the table {size_text(results, small)}", [p for *_, p in asked])
+    for (row, side, _), j in zip(asked, judged, strict=True):
+        row[side] = j
+    recover(rows, refs, references["large"][1])
+    return refs, rows
+
+
+def recover(rows: list[dict[str, Any]], refs: dict[str, str], large_answers: dict[int, np.ndarray]) -> None:
+    """Each row's ``recovered``: the share of the large reference's own loss (its row's extra error, where both
+    tests support it) that the row wins back, with its bootstrap interval over the test images and seeds."""
     own = next((r for r in rows if (r["variant"], r["way"]) == (refs["large"], "moving")), None)
     loss = own["vs_large"] if own else None  # the reference's own loss from the largest size to the smallest
     for row in rows:
@@ -254,14 +247,13 @@ def small_batch_rows(results: dict[str, Any]) -> tuple[dict[str, str], list[dict
         if loss is None or loss.words != "higher" or row["vs_large"] is None:
             continue
         row["recovered"] = 1 - row["vs_large"].seeds.mean / loss.seeds.mean
-        seeds = sorted(ref_large[1].keys() & own["images"].keys() & row["images"].keys())  # type: ignore[index]
+        seeds = sorted(large_answers.keys() & own["images"].keys() & row["images"].keys())  # type: ignore[index]
         if seeds and row is not own:  # the estimate and its interval from the same answers
-            large_images = np.stack([ref_large[1][s] for s in seeds]).astype(np.int8)
+            large_images = np.stack([large_answers[s] for s in seeds]).astype(np.int8)
             part = large_images - np.stack([row["images"][s] for s in seeds])
             whole = large_images - np.stack([own["images"][s] for s in seeds])  # type: ignore[index]
             row["recovered"] = 1 - part.mean() / whole.mean() if whole.mean() else None
             row["recovered_interval"] = share_interval(part, whole)
-    return refs, rows
 
 
 def margin(results: dict[str, Any]) -> float:

@@ -127,15 +127,16 @@ class Comparison:
     n: int
     estimable: bool
     equivalence_p: float = math.nan  # TOST at the comparison's margin, where computed
+    clipped: bool = False  # the interval was cut to ±100 points (``interval``)
 
 
 def paired_t(differences: list[float]) -> Comparison:
     """The paired t-test over seeds: a − b seed by seed."""
     ci = interval(differences, APART)
     if ci.n < 2 or ci.std == 0:
-        return Comparison(ci.mean, ci.low, ci.high, math.nan, ci.n, False)
+        return Comparison(ci.mean, ci.low, ci.high, math.nan, ci.n, False, clipped=ci.clipped)
     t = ci.mean / (ci.std / math.sqrt(ci.n))
-    return Comparison(ci.mean, ci.low, ci.high, min(1.0, 2 * t_sf(abs(t), ci.n - 1)), ci.n, True)
+    return Comparison(ci.mean, ci.low, ci.high, min(1.0, 2 * t_sf(abs(t), ci.n - 1)), ci.n, True, clipped=ci.clipped)
 
 
 ROUNDS = 4000  # bootstrap resamples at least, and 50 per comparison of a table: the smallest p-value, 2/(rounds + 1),
@@ -247,16 +248,17 @@ def pair(a: dict[int, float], b: dict[int, float], a_images: dict[int, np.ndarra
 @dataclass(frozen=True)
 class Judged:
     """One comparison a − b of a table, judged: the seeds' paired t-test, the images' paired bootstrap (None without
-    per-image answers), the words both allow after Holm's correction over the table (``verdict``), and how many
-    comparisons that correction counted."""
+    per-image answers), the words both allow after Holm's correction over the table (``verdict``), how many
+    comparisons that correction counted, and the question it was judged in (normlab.report.verdicts)."""
 
     seeds: Comparison
     images: Comparison | None
     words: str
     family: int
+    where: str = ""
 
 
-def judge(pairs: list[Pair], margin: float = MARGIN, level: float = 0.05) -> list[Judged]:
+def judge(pairs: list[Pair], margin: float = MARGIN, level: float = 0.05, where: str = "") -> list[Judged]:
     """Every comparison of one table or finding, judged together: Holm over the table's seed p-values, over its
     image p-values and over its equivalence p-values (each TOST needs both the seeds' and the images' to reject)."""
     missing = Comparison(math.nan, math.nan, math.nan, math.nan, 0, False)
@@ -267,13 +269,13 @@ def judge(pairs: list[Pair], margin: float = MARGIN, level: float = 0.05) -> lis
                    for (d, _), i in zip(pairs, images, strict=True)]
     seeds_p, images_p = holm([s.p for s in seeds]), holm([math.nan if i is None else i.p for i in images])
     equivalence_p = holm(equivalence)
-    return [Judged(s, i, verdict(s, i or missing, sp, ip, ep, margin, level), len(pairs))
+    return [Judged(s, i, verdict(s, i or missing, sp, ip, ep, margin, level), len(pairs), where)
             for s, i, sp, ip, ep in zip(seeds, images, seeds_p, images_p, equivalence_p, strict=True)]
 
 
 def reverse(j: Judged) -> Judged:
     """b − a of a judged a − b: the same tests and correction, the other sign."""
-    def flip(c: Comparison | None) -> Comparison | None:
-        return None if c is None else Comparison(-c.mean, -c.high, -c.low, c.p, c.n, c.estimable, c.equivalence_p)
+    def flip(c: Comparison) -> Comparison:
+        return Comparison(-c.mean, -c.high, -c.low, c.p, c.n, c.estimable, c.equivalence_p, c.clipped)
     words = {"higher": "lower", "lower": "higher"}.get(j.words, j.words)
-    return Judged(flip(j.seeds), flip(j.images), words, j.family)  # type: ignore[arg-type]
+    return Judged(flip(j.seeds), None if j.images is None else flip(j.images), words, j.family, j.where)

@@ -24,8 +24,8 @@ from normlab.files import FolderLock, write_atomic
 from normlab.nn.norms import NORMS
 from normlab.report.findings import TARGET_ACC
 from normlab.report.misclassified import save_misclassified
-from normlab.report.plots import batch_size_figure, lr_figure, metric_figure
-from normlab.report.report import LR_GRAPH, batch_axis, write_report
+from normlab.report.plots import batch_axis, batch_size_figure, lr_figure, metric_figure
+from normlab.report.report import LR_GRAPH, write_report
 from normlab.report.results import chosen_lrs, size_text, summarize
 from normlab.study.plan import PlannedRun, Point, Variant, unique
 
