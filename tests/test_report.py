@@ -241,10 +241,10 @@ def test_every_variant_at_the_smallest_size_is_paired_against_bn_at_the_largest_
     assert rows["bn"][2].endswith("] more error †") and rows["bn"][4] == "0%"  # the batch-size question's
     assert rows["bn, PreciseBN"][2].startswith("+0.30") and rows["bn, PreciseBN"][4].startswith("25% (")
     assert rows["brn"][2].endswith(" ?") and rows["brn"][4].startswith("100% (") and rows["gn"][3] == "reference"
-    assert rows["gn"][2].endswith(" ≈ †") and "Holm's correction over the table's 9 comparisons" in text
+    assert rows["gn"][2].endswith(" ≈ †") and "Holm's correction over the table's 13 comparisons" in text
     sentence = [t for t in findings(summarize(r), r) if t.startswith("At 2 images per BN group, against bn")]
     assert sentence == ["At 2 images per BN group, against bn at 128 images per BN group (extra error, Holm over the "
-                        "table's 9 comparisons): more error (both tests): bn with PreciseBN (+0.30), bn with test "
+                        "table's 13 comparisons): more error (both tests): bn with PreciseBN (+0.30), bn with test "
                         "batch statistics (+5.40), brn with test batch statistics (+5.00); inconclusive: brn (+0.00), "
                         "brn with PreciseBN (+0.00)."]  # gn's runs at 2 are its runs at 128: asked in that ranking
     assert small_table(results(runs[:3])) is None  # one size: no such table
@@ -313,8 +313,11 @@ def test_one_pair_gets_one_verdict_in_the_findings_and_the_table():
     assert ranking and ranking[0].endswith("a difference: both tests, Holm over 3.")
     assert table[0][3].startswith("+0.17 (") and table[0][3].endswith("] more error †")  # the same pair, one word
     at_128 = next(t for t in found if t.startswith("bn ends 0.01 points lower"))  # gn − bn at 128: gn at 2 vs bn
-    assert at_128.endswith("equivalent within ±0.2 points: TOST over seeds and images, Holm over 2.")
+    assert at_128.endswith("equivalent within ±0.2 points: TOST over seeds and images, Holm over 3.")
+    again = next(t for t in found if t.startswith("ln ends") and "as asked" in t)  # gn − ln at 128: their runs at 2
+    assert again.endswith("(neither a difference nor equivalence within ±0.2 points, Holm over 3, as asked in the "
+                          "ranking at 2 images per BN group).")
     assert table[1][2].endswith(" ≈ †") and table[2][3].endswith(" ? †")
-    assert "Holm's correction: a difference" in text and "† a pair of the same runs the findings asked first, in " \
-        "the batch-size question (Holm over 1); the ranking at 2 images per BN group (Holm over 3); the ranking at " \
-        "128 images per BN group (Holm over 2)" in text
+    assert "Holm's correction over the table's 5 comparisons" in text and "† a pair of the same runs asked first, " \
+        "in the batch-size question (Holm over 1); the ranking at 2 images per BN group (Holm over 3); the ranking " \
+        "at 128 images per BN group (Holm over 3)" in text

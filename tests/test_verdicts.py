@@ -28,8 +28,10 @@ def test_a_pair_asked_again_keeps_the_verdict_and_family_of_the_question_that_as
     again = verdicts.ask("the table", [between(bad, good), between(good, other), between(bad, other)])
     assert again[0].where == "the batch-size question" and again[0].family == 1  # not judged again
     assert again[0].words == "lower" and again[0].seeds.mean == -first[0].seeds.mean  # b − a of a − b
-    assert [j.where for j in again[1:]] == ["the table", "the table"] and again[1].family == 2  # Holm over the new
-    assert verdicts.ask("later", [between(other, good)])[0].family == 2
+    assert [j.where for j in again[1:]] == ["the table", "the table"] and again[1].family == 3  # Holm over all 3
+    assert verdicts.ask("later", [between(other, good)])[0].family == 3  # asked before: kept
+    twice = Verdicts(margin=0.2).ask("one question", [between(good, bad), between(bad, good)])
+    assert twice[0].family == 1 and twice[1].words == "lower"  # one pair, both ways round: one comparison
 
 
 def test_a_point_is_its_runs_under_its_statistics():

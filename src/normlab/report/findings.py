@@ -19,6 +19,7 @@ from normlab.report.results import (
     margin,
     pairwise,
     point_arm,
+    question,
     runs_at,
     seeds_text,
     size_changes,
@@ -54,9 +55,11 @@ def tested(j: Judged, what: str = "points") -> str:
     return text + ")"
 
 
-def words(j: Judged, results: dict[str, Any], higher: str, lower: str) -> str:
-    """The judgement in a finding's words, naming the correction it was made under."""
-    holm = f"Holm over {j.family}" if j.family > 1 else "one comparison"
+def words(j: Judged, results: dict[str, Any], higher: str, lower: str, here: str = "") -> str:
+    """The judgement in a finding's words, naming the correction it was made under, and the question that asked it
+    first where that is not ``here`` (normlab.report.verdicts)."""
+    holm = (f"Holm over {j.family}" if j.family > 1 else "one comparison") \
+        + (f", as asked in {j.where}" if here and j.where != here else "")
     if j.words in ("higher", "lower"):
         return f"{higher if j.words == 'higher' else lower}: both tests, {holm}"
     if j.words.startswith("equivalent"):
@@ -72,38 +75,47 @@ def comparisons(results: dict[str, Any], ranked: list[dict[str, Any]], verdicts:
     for other in ranked[1:]:
         gap = top["final"].mean - other["final"].mean
         sentence = f"{other['variant']} ends {gap:.2f} points lower ({other['final'].mean:.2f}%)"
-        out.append(claim(sentence, f"{top['variant']} − {other['variant']}", judged[top["variant"], other["variant"]],
-                         results, "a difference", "; one seed in common, so no claim either way.",
-                         "a difference the other way"))
+        j = judged[top["variant"], other["variant"]]
+        out.append(claim(sentence, f"{top['variant']} − {other['variant']}", j, results, "a difference",
+                         "; one seed in common, so no claim either way.", "a difference the other way",
+                         question(results, "the ranking", top["batch_size"])))
     return out
 
 
-def order_findings(rows: list[dict[str, Any]], results: dict[str, Any], verdicts: Verdicts) -> list[str]:
+def twin_verdicts(rows: list[dict[str, Any]], results: dict[str, Any], verdicts: Verdicts
+                  ) -> list[tuple[dict[str, Any], dict[str, Any], Judged]]:
     """Each variant beside its ``+normfirst`` twin (the papers' conv → norm → ReLU for the exercise's conv → ReLU →
-    norm), paired by seed and test image, judged over the study's pairs of twins at one batch size."""
+    norm) at one batch size: (exercise, papers' order, papers' − exercise's), judged over the study's twins."""
     by_name = {r["variant"]: r for r in rows}
     twins = [(by_name[r["variant"].replace(NORM_FIRST, "")], r) for r in rows
              if NORM_FIRST in r["variant"] and r["variant"].replace(NORM_FIRST, "") in by_name]
     pairs = [(*(point_arm(results, r["variant"], r["batch_size"], r["lr"]) for r in (first, exercise)),
               pair(final_accs(results, first), final_accs(results, exercise), final_images(results, first),
                    final_images(results, exercise))) for exercise, first in twins]
+    where = question(results, "the block order", rows[0]["batch_size"] if rows else None)
+    return [(e, f, j) for (e, f), j in zip(twins, verdicts.ask(where, pairs), strict=True)]
+
+
+def order_findings(rows: list[dict[str, Any]], results: dict[str, Any], verdicts: Verdicts) -> list[str]:
+    """Each variant beside its ``+normfirst`` twin, as twin_verdicts judges it."""
     out = []
-    for (exercise, first), j in zip(twins, verdicts.ask("the block order", pairs), strict=True):
+    for exercise, first, j in twin_verdicts(rows, results, verdicts):
         at = f" {size_text(results, first['batch_size'])}" if len(results["batch_sizes"]) > 1 else ""
         sentence = (f"Block order{at}: {first['variant']} (conv → norm → ReLU) {first['final'].mean:.2f}%, "
                     f"{exercise['variant']} (conv → ReLU → norm) {exercise['final'].mean:.2f}%")
         out.append(claim(sentence, f"{first['variant']} − {exercise['variant']}", j, results,
-                         "the papers' order is better", " (one seed: no claim).", "the exercise's order is better"))
+                         "the papers' order is better", " (one seed: no claim).", "the exercise's order is better",
+                         question(results, "the block order", first["batch_size"])))
     return out
 
 
 def claim(sentence: str, what: str, j: Judged, results: dict[str, Any], difference: str, one_seed: str,
-          other_way: str | None = None) -> str:
+          other_way: str | None = None, here: str = "") -> str:
     """A sentence and its judged difference (``what``), or no claim where the seeds are one. ``other_way``: the
-    words where the tests put the difference below 0."""
+    words where the tests put the difference below 0; ``here``: the question the sentence answers."""
     if j.seeds.n < 2:
         return sentence + one_seed
-    return f"{sentence}; {what}: {tested(j)}: {words(j, results, difference, other_way or difference)}."
+    return f"{sentence}; {what}: {tested(j)}: {words(j, results, difference, other_way or difference, here)}."
 
 
 def ranked_at(rows: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
@@ -116,7 +128,7 @@ def ask_first(rows: list[dict[str, Any]], results: dict[str, Any], verdicts: Ver
     """The report's questions in their fixed order, before its tables (normlab.report.verdicts): the block order's
     twins at each size, the batch-size question, then the ranking at each size."""
     for batch in results["batch_sizes"]:
-        order_findings(ranked_at(rows, batch), results, verdicts)
+        twin_verdicts(ranked_at(rows, batch), results, verdicts)
     if len(results["batch_sizes"]) > 1:
         size_changes(results, verdicts)
     for batch in results["batch_sizes"]:
@@ -245,7 +257,7 @@ def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any], verdicts
         sentence = (f"{variant}: test error {err[large]:.2f}% {size_text(results, large)}, {err[small]:.2f}% "
                     f"{size_text(results, small)}")
         out.append(claim(sentence, "the change in error", j, results, "the batch size matters",
-                         " (one seed: no claim)."))
+                         " (one seed: no claim).", here="the batch-size question"))
     return out
 
 
@@ -257,7 +269,8 @@ def evaluation_findings(evaluations: list[dict[str, Any]], results: dict[str, An
         if r["batch_size"] != small or r["moving"].n < 2:
             continue
         at = f" {size_text(results, small)}" if len(results["batch_sizes"]) > 1 else ""
-        parts = [f"with {name} {tested(r[f'{way}_gain'])}, {words(r[f'{way}_gain'], results, 'a gain', 'a loss')}"
+        parts = [f"with {name} {tested(r[f'{way}_gain'])}, "
+                 f"{words(r[f'{way}_gain'], results, 'a gain', 'a loss', 'the evaluation table')}"
                  for way, name in (("precise", "PreciseBN's population statistics"),
                                    ("batch", f"the test images' own statistics in groups of {r['group']}"))]
         out.append(f"{r['variant']}{at}, evaluated against its running averages ({r['moving'].mean:.2f}%): "
@@ -269,7 +282,7 @@ def small_batch_findings(small: tuple[dict[str, str], list[dict[str, Any]]], res
     """At the smallest size: which variants (and evaluation statistics) the tests put above the large-size
     reference's test error, below it, within the margin of it, or cannot tell."""
     refs, rows = small
-    where = f"the table {size_text(results, min(results['batch_sizes']))}"
+    where = question(results, "the table", min(results["batch_sizes"]))
     paired = [r for r in rows if r["vs_large"] is not None and r["vs_large"].seeds.n > 1
               and r["vs_large"].where == where]  # the table's own: the others are said where they were asked
     if not paired:

@@ -14,7 +14,7 @@ from typing import Any
 from normlab.files import write_atomic
 from normlab.nn.models import MODELS
 from normlab.report.findings import ask_first, failures, findings
-from normlab.report.results import evaluation_rows, margin, seeds_text, size_text, small_batch_rows, summarize
+from normlab.report.results import evaluation_rows, margin, question, seeds_text, size_text, small_batch_rows, summarize
 from normlab.report.stats import Interval, Judged
 from normlab.report.verdicts import Verdicts
 
@@ -114,8 +114,8 @@ def evaluation_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tup
     header = ["variant", what, "moving averages", "PreciseBN", "test batch statistics", "PreciseBN − moving",
               "batch statistics − moving"]
     return header, [[r["variant"], str(r["batch_size"]), mean_std(r["moving"]), mean_std(r["precise"]),
-                     mean_std(r["batch"]), judged_cell(r["precise_gain"], "gain", "loss"),
-                     judged_cell(r["batch_gain"], "gain", "loss")] for r in rows]
+                     mean_std(r["batch"]), judged_cell(r["precise_gain"], "gain", "loss", "the evaluation table"),
+                     judged_cell(r["batch_gain"], "gain", "loss", "the evaluation table")] for r in rows]
 
 
 ROW_SUFFIX = {"moving": "", "precise": ", PreciseBN", "batch": ", test batch statistics"}  # a row per way
@@ -145,10 +145,9 @@ def judged_cell(j: Judged | None, higher: str = "more error", lower: str = "less
 
 def judged_caption(results: dict[str, Any], family: int) -> str:
     """What a table's judged cells mean: its tests, its correction and its equivalence margin."""
-    over = f" over the table's {family} comparisons" if family else ""
     return ("Each difference: mean, 95% t-interval over seeds () (no spread: the same on every seed, which measures "
             "no noise), 95% bootstrap interval over the test images and seeds [], then the word both tests allow "
-            f"after Holm's correction{over}: a difference only where both reject, "
+            f"after Holm's correction over the table's {family} comparisons: a difference only where both reject, "
             f"≈ only where TOST over both puts it within ±{margin(results):g} points, ? where the data cannot tell "
             "(inconclusive).")
 
@@ -161,7 +160,7 @@ def small_batch_table(results: dict[str, Any], small: tuple[dict[str, str], list
     if not rows:
         return None
     large, small_size = max(results["batch_sizes"]), min(results["batch_sizes"])
-    here = f"the table {size_text(results, small_size)}"
+    here = question(results, "the table", small_size)
     shares = any(r["recovered"] is not None for r in rows)  # none where the tests do not support the loss
     header = ["variant", "test error (%)", f"extra error vs {refs['large']} {size_text(results, large)}",
               *([f"extra error vs {refs['small']} {size_text(results, small_size)}"] if "small" in refs else []),
@@ -178,8 +177,8 @@ def small_batch_table(results: dict[str, Any], small: tuple[dict[str, str], list
             + (f" and against {refs['small']} {size_text(results, small_size)}" if "small" in refs else "")
             + ", paired (+ is more error). The norms with batch statistics also appear evaluated with PreciseBN and "
             "with the test images' own batch statistics. "
-            + judged_caption(results, next((j.family for j in judged if j.where == here), 0)) + " "
-            + ("† a pair of the same runs the findings asked first, in " + "; ".join(
+            + judged_caption(results, len(judged)) + " "
+            + ("† a pair of the same runs asked first, in " + "; ".join(
                 f"{where} (Holm over {family})" for where, family in before.items())
                + ": it keeps the verdict it got there, and is not judged again here. " if before else "")
             + (f"The last column is the share of {refs['large']}'s own loss from {large} to {small_size} that a row "
@@ -253,9 +252,9 @@ def data_words(dataset: str, title: str) -> str:
 
 def _blocks(results: dict[str, Any], grids: dict[str, str]) -> list[tuple[str, Any]]:
     rows, verdicts = summarize(results), Verdicts(margin(results))
-    ask_first(rows, results, verdicts)  # the questions first, then the tables: one pair, one verdict
-    evaluations = evaluation_rows(results, verdicts)
+    ask_first(rows, results, verdicts)  # the questions first, then the tables as findings asks them
     small_rows = small_batch_rows(results, verdicts) if len(results["batch_sizes"]) > 1 else None
+    evaluations = evaluation_rows(results, verdicts)
     blocks: list[tuple[str, Any]] = [
         ("h1", "normlab study report"), ("p", what_was_run(results)),
         ("h2", "Results"), ("table", results_table(rows, results)),

@@ -144,26 +144,29 @@ def evaluation_rows(results: dict[str, Any], verdicts: Verdicts) -> list[dict[st
     return rows
 
 
-def chosen_accs(results: dict[str, Any], variant: str, batch: int, way: str = "moving") -> dict[int, float]:
-    """Seed -> test accuracy of a variant at one batch size and its chosen rate, under one evaluation statistics
-    (a run without batch statistics has one test accuracy, whichever is asked)."""
+def chosen_runs(results: dict[str, Any], variant: str, batch: int, way: str = "moving") -> list[dict[str, Any]]:
+    """The runs of a variant at one batch size and its chosen rate that have answers under ``way`` (every one under
+    the moving averages; those with an evaluation under another)."""
     runs = point_runs(results, variant, batch, chosen_lrs(results).get((variant, batch)))
-    if way == "moving":
-        return {r["seed"]: r["evaluation"]["moving"] if r.get("evaluation") else r["final_test_acc"] for r in runs}
-    return {r["seed"]: r["evaluation"][way] for r in runs if r.get("evaluation")}
+    return [r for r in runs if way == "moving" or r.get("evaluation")]
+
+
+def chosen_accs(results: dict[str, Any], variant: str, batch: int, way: str = "moving") -> dict[int, float]:
+    """Seed -> test accuracy of chosen_runs under one evaluation statistics (a run without batch statistics has one
+    test accuracy, whichever is asked)."""
+    return {r["seed"]: r["evaluation"][way] if r.get("evaluation") else r["final_test_acc"]
+            for r in chosen_runs(results, variant, batch, way)}
 
 
 def chosen_images(results: dict[str, Any], variant: str, batch: int, way: str = "moving") -> dict[int, np.ndarray]:
-    """Seed -> per-image answers of a variant at one batch size and its chosen rate, as chosen_accs."""
-    runs = point_runs(results, variant, batch, chosen_lrs(results).get((variant, batch)))
-    return {r["seed"]: correct for r in runs if (way == "moving" or r.get("evaluation"))
-            and (correct := answers(results, r, way)) is not None}
+    """Seed -> per-image answers of chosen_runs, as chosen_accs."""
+    return {r["seed"]: correct for r in chosen_runs(results, variant, batch, way)
+            if (correct := answers(results, r, way)) is not None}
 
 
-def point_arm(results: dict[str, Any], variant: str, batch: int, lr: float | None, way: str | None = None) -> Arm:
-    """The runs that report one point and the statistics its answers are under (None: the study's test statistics,
-    as final_accs reads them)."""
-    return arm(point_runs(results, variant, batch, lr), way or results.get("test_stats", "moving"))
+def point_arm(results: dict[str, Any], variant: str, batch: int, lr: float | None) -> Arm:
+    """The runs that report one point, under the study's test statistics, as final_accs reads them."""
+    return arm(point_runs(results, variant, batch, lr), results.get("test_stats", "moving"))
 
 
 def pairwise(results: dict[str, Any], rows: list[dict[str, Any]], verdicts: Verdicts
@@ -176,8 +179,7 @@ def pairwise(results: dict[str, Any], rows: list[dict[str, Any]], verdicts: Verd
                                             pair(final_accs(results, a), final_accs(results, b),
                                                  final_images(results, a), final_images(results, b)))
              for i, a in enumerate(rows) for b in rows[i + 1:]}
-    where = "the ranking" + (f" {size_text(results, rows[0]['batch_size'])}" if len(results["batch_sizes"]) > 1
-                             else "")
+    where = question(results, "the ranking", rows[0]["batch_size"])
     return dict(zip(keyed, verdicts.ask(where, list(keyed.values())), strict=True))
 
 
@@ -208,7 +210,7 @@ def small_batch_rows(results: dict[str, Any], verdicts: Verdicts) -> tuple[dict[
     (normlab.report.verdicts). ``recovered``: the share of the first reference's own loss between the two sizes
     that the row wins back, where that loss is one the seeds support."""
     large, small = max(results["batch_sizes"]), min(results["batch_sizes"])
-    batch_stats, chosen = {r["variant"]: r["batch_stats"] for r in finished_runs(results)}, chosen_lrs(results)
+    batch_stats = {r["variant"]: r["batch_stats"] for r in finished_runs(results)}
     present = [v for v in results["variants"] if chosen_accs(results, v, small)]
     with_stats = [v for v in present if batch_stats.get(v)]
     without = [v for v in present if not batch_stats.get(v)]
@@ -216,7 +218,7 @@ def small_batch_rows(results: dict[str, Any], verdicts: Verdicts) -> tuple[dict[
         return {}, []
     refs = {"large": with_stats[0] if with_stats else present[0], **({"small": without[0]} if without else {})}
     references = {side: (chosen_accs(results, refs[side], b), chosen_images(results, refs[side], b),
-                         point_arm(results, refs[side], b, chosen[refs[side], b], "moving"))
+                         arm(chosen_runs(results, refs[side], b), "moving"))
                   for side, b in (("large", large), ("small", small)) if side in refs}
     rows, asked = [], []
     for variant in present:
@@ -224,17 +226,23 @@ def small_batch_rows(results: dict[str, Any], verdicts: Verdicts) -> tuple[dict[
             accs, images = chosen_accs(results, variant, small, way), chosen_images(results, variant, small, way)
             if not accs:
                 continue
-            here = point_arm(results, variant, small, chosen[variant, small], way)
+            here = arm(chosen_runs(results, variant, small, way), way)
             rows.append({"variant": variant, "way": way, "error": interval([100 - a for a in accs.values()], PERCENT),
                          "images": images, "vs_large": None, "vs_small": None})
             for side, (ref_accs, ref_images, there) in references.items():
                 if there != here and (p := pair(ref_accs, accs, ref_images, images))[0]:  # not itself, seeds shared
                     asked.append((rows[-1], f"vs_{side}", (there, here, p)))
-    judged = verdicts.ask(f"the table {size_text(results, small)}", [p for *_, p in asked])
+    judged = verdicts.ask(question(results, "the table", small), [p for *_, p in asked])
     for (row, side, _), j in zip(asked, judged, strict=True):
         row[side] = j
     recover(rows, refs, references["large"][1])
     return refs, rows
+
+
+def question(results: dict[str, Any], what: str, batch: int | None = None) -> str:
+    """A question's name in a report (normlab.report.verdicts): what it asks, and at which size where there are
+    several."""
+    return what + (f" {size_text(results, batch)}" if batch is not None and len(results["batch_sizes"]) > 1 else "")
 
 
 def recover(rows: list[dict[str, Any]], refs: dict[str, str], large_answers: dict[int, np.ndarray]) -> None:
