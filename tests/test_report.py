@@ -139,6 +139,13 @@ def test_one_variant_ends_without_being_best_and_a_cut_interval_says_so():
     assert batch_table(rows, r)[1][0][1].startswith("35.90 (0.00 to ") and table[0][1] == "none"
 
 
+def test_a_mean_level_to_two_decimals_is_not_called_best():
+    r = results([run("ln", s, a) for s, a in enumerate((90.61, 90.70, 90.52))]
+                + [run("bn+l1", s, a) for s, a in enumerate((90.60, 90.71, 90.51))])
+    assert findings(summarize(r), r)[0] == ("ln ends highest, level with bn+l1 to two decimals: 90.61% mean final test "
+                                            "accuracy over 3 seeds after 20 epochs.")
+
+
 def test_the_target_line_and_the_times():
     r = results([run("gn", 0, TARGET_ACC + 0.1, seconds=80), run("ln", 0, TARGET_ACC - 0.1, seconds=120)])
     text = findings(summarize(r), r)

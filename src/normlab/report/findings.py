@@ -157,7 +157,8 @@ def findings(rows: list[dict[str, Any]], results: dict[str, Any], evaluations: l
         at = f" {size_text(results, batch)}" if len(results["batch_sizes"]) > 1 else ""
         what = f"mean final test accuracy over {top['seeds']} seeds" if top["seeds"] > 1 else "final test accuracy"
         epochs = f"{top['epochs']} epoch{'s' * (top['epochs'] != 1)}"
-        ends = "ends best" if len(ranked) > 1 else "ends"  # one variant is best of nothing
+        ends = "ends" if len(ranked) == 1 else "ends best" if f"{ranked[1]['final'].mean:.2f}" != \
+            f"{top['final'].mean:.2f}" else f"ends highest, level with {ranked[1]['variant']} to two decimals"
         out.append(f"{top['variant']} {ends}{at}: {top['final'].mean:.2f}% {what} after {epochs}.")
         out += comparisons(results, ranked, verdicts) + order_findings(ranked, results, verdicts)
     if len(results["batch_sizes"]) > 1:
