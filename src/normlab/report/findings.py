@@ -27,7 +27,7 @@ from normlab.report.results import (
     small_batch_rows,
 )
 from normlab.report.stats import Judged, pair
-from normlab.report.verdicts import Verdicts
+from normlab.report.verdicts import EVALUATION, RANKING, SIZES, SMALL_TABLE, TWINS, Verdicts
 
 NORM_FIRST = "+normfirst"  # the variant suffix of the papers' block order (normlab.study.plan)
 TARGET_ACC = {"mnist": 99.4}  # test accuracy (%) the report and Graph 2 measure against, by dataset
@@ -78,7 +78,7 @@ def comparisons(results: dict[str, Any], ranked: list[dict[str, Any]], verdicts:
         j = judged[top["variant"], other["variant"]]
         out.append(claim(sentence, f"{top['variant']} − {other['variant']}", j, results, "a difference",
                          "; one seed in common, so no claim either way.", "a difference the other way",
-                         question(results, "the ranking", top["batch_size"])))
+                         question(results, RANKING, top["batch_size"])))
     return out
 
 
@@ -92,7 +92,7 @@ def twin_verdicts(rows: list[dict[str, Any]], results: dict[str, Any], verdicts:
     pairs = [(*(point_arm(results, r["variant"], r["batch_size"], r["lr"]) for r in (first, exercise)),
               pair(final_accs(results, first), final_accs(results, exercise), final_images(results, first),
                    final_images(results, exercise))) for exercise, first in twins]
-    where = question(results, "the block order", rows[0]["batch_size"] if rows else None)
+    where = question(results, TWINS, rows[0]["batch_size"] if rows else None)
     return [(e, f, j) for (e, f), j in zip(twins, verdicts.ask(where, pairs), strict=True)]
 
 
@@ -105,7 +105,7 @@ def order_findings(rows: list[dict[str, Any]], results: dict[str, Any], verdicts
                     f"{exercise['variant']} (conv → ReLU → norm) {exercise['final'].mean:.2f}%")
         out.append(claim(sentence, f"{first['variant']} − {exercise['variant']}", j, results,
                          "the papers' order is better", " (one seed: no claim).", "the exercise's order is better",
-                         question(results, "the block order", first["batch_size"])))
+                         question(results, TWINS, first["batch_size"])))
     return out
 
 
@@ -258,7 +258,7 @@ def batch_findings(rows: list[dict[str, Any]], results: dict[str, Any], verdicts
         sentence = (f"{variant}: test error {err[large]:.2f}% {size_text(results, large)}, {err[small]:.2f}% "
                     f"{size_text(results, small)}")
         out.append(claim(sentence, "the change in error", j, results, "the batch size matters",
-                         " (one seed: no claim).", here="the batch-size question"))
+                         " (one seed: no claim).", here=SIZES))
     return out
 
 
@@ -271,7 +271,7 @@ def evaluation_findings(evaluations: list[dict[str, Any]], results: dict[str, An
             continue
         at = f" {size_text(results, small)}" if len(results["batch_sizes"]) > 1 else ""
         parts = [f"with {name} {tested(r[f'{way}_gain'])}, "
-                 f"{words(r[f'{way}_gain'], results, 'a gain', 'a loss', 'the evaluation table')}"
+                 f"{words(r[f'{way}_gain'], results, 'a gain', 'a loss', EVALUATION)}"
                  for way, name in (("precise", "PreciseBN's population statistics"),
                                    ("batch", f"the test images' own statistics in groups of {r['group']}"))]
         out.append(f"{r['variant']}{at}, evaluated against its running averages ({r['moving'].mean:.2f}%): "
@@ -283,7 +283,7 @@ def small_batch_findings(small: tuple[dict[str, str], list[dict[str, Any]]], res
     """At the smallest size: which variants (and evaluation statistics) the tests put above the large-size
     reference's test error, below it, within the margin of it, or cannot tell."""
     refs, rows = small
-    where = question(results, "the table", min(results["batch_sizes"]))
+    where = question(results, SMALL_TABLE, min(results["batch_sizes"]))
     paired = [r for r in rows if r["vs_large"] is not None and r["vs_large"].seeds.n > 1
               and r["vs_large"].where == where]  # the table's own: the others are said where they were asked
     if not paired:

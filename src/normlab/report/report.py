@@ -16,7 +16,7 @@ from normlab.nn.models import MODELS
 from normlab.report.findings import ask_first, failures, findings
 from normlab.report.results import evaluation_rows, margin, question, seeds_text, size_text, small_batch_rows, summarize
 from normlab.report.stats import Interval, Judged
-from normlab.report.verdicts import Verdicts
+from normlab.report.verdicts import EVALUATION, SMALL_TABLE, Verdicts
 
 LR_GRAPH = "graph4_val_error_vs_lr.png"
 
@@ -114,8 +114,8 @@ def evaluation_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> tup
     header = ["variant", what, "moving averages", "PreciseBN", "test batch statistics", "PreciseBN − moving",
               "batch statistics − moving"]
     return header, [[r["variant"], str(r["batch_size"]), mean_std(r["moving"]), mean_std(r["precise"]),
-                     mean_std(r["batch"]), judged_cell(r["precise_gain"], "gain", "loss", "the evaluation table"),
-                     judged_cell(r["batch_gain"], "gain", "loss", "the evaluation table")] for r in rows]
+                     mean_std(r["batch"]), judged_cell(r["precise_gain"], "gain", "loss", EVALUATION),
+                     judged_cell(r["batch_gain"], "gain", "loss", EVALUATION)] for r in rows]
 
 
 ROW_SUFFIX = {"moving": "", "precise": ", PreciseBN", "batch": ", test batch statistics"}  # a row per way
@@ -160,7 +160,7 @@ def small_batch_table(results: dict[str, Any], small: tuple[dict[str, str], list
     if not rows:
         return None
     large, small_size = max(results["batch_sizes"]), min(results["batch_sizes"])
-    here = question(results, "the table", small_size)
+    here = question(results, SMALL_TABLE, small_size)
     shares = any(r["recovered"] is not None for r in rows)  # none where the tests do not support the loss
     header = ["variant", "test error (%)", f"extra error vs {refs['large']} {size_text(results, large)}",
               *([f"extra error vs {refs['small']} {size_text(results, small_size)}"] if "small" in refs else []),

@@ -13,7 +13,7 @@ import numpy as np
 from normlab.engine.evalstats import WAYS
 from normlab.engine.runfiles import unpack
 from normlab.report.stats import MARGIN, PERCENT, Judged, choose_on_validation, interval, pair, share_interval
-from normlab.report.verdicts import Arm, Verdicts, arm
+from normlab.report.verdicts import EVALUATION, RANKING, SIZES, SMALL_TABLE, Arm, Verdicts, arm
 
 
 def finished_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -122,7 +122,7 @@ def seeds_text(seeds: list[int] | list[str]) -> str:
 def evaluation_rows(results: dict[str, Any], verdicts: Verdicts) -> list[dict[str, Any]]:
     """Per variant with batch statistics and batch size, at its chosen rate: the test accuracy under each
     evaluation statistics (normlab.engine.evalstats) and each one's paired difference from the moving averages,
-    judged over the table (normlab.report.stats.judge)."""
+    judged over the table (normlab.report.verdicts)."""
     chosen, rows = chosen_lrs(results), []
     for batch in results["batch_sizes"]:
         for name in results["variants"]:
@@ -137,7 +137,7 @@ def evaluation_rows(results: dict[str, Any], verdicts: Verdicts) -> list[dict[st
                          **{f"{way}_pair": (arm(runs, way), arm(runs, "moving"),
                                             pair(by_seed[way], by_seed["moving"], images[way], images["moving"]))
                             for way in ("precise", "batch")}})
-    judged = iter(verdicts.ask("the evaluation table",
+    judged = iter(verdicts.ask(EVALUATION,
                                [row.pop(f"{way}_pair") for row in rows for way in ("precise", "batch")]))
     for row in rows:  # in the order they were judged
         row["precise_gain"], row["batch_gain"] = next(judged), next(judged)
@@ -172,14 +172,14 @@ def point_arm(results: dict[str, Any], variant: str, batch: int, lr: float | Non
 def pairwise(results: dict[str, Any], rows: list[dict[str, Any]], verdicts: Verdicts
              ) -> dict[tuple[str, str], Judged]:
     """Every pair of variants at one batch size, each at its chosen rate: (a, b) -> a − b for a before b in
-    ``rows``, judged over all the pairs not asked before. The findings name the best by its test accuracy, so the
-    correction counts every pair it could have been picked from."""
+    ``rows``, judged over all the pairs (one asked before keeps its verdict). The findings name the best by its test
+    accuracy, so the correction counts every pair it could have been picked from."""
     keyed = {(a["variant"], b["variant"]): (point_arm(results, a["variant"], a["batch_size"], a["lr"]),
                                             point_arm(results, b["variant"], b["batch_size"], b["lr"]),
                                             pair(final_accs(results, a), final_accs(results, b),
                                                  final_images(results, a), final_images(results, b)))
              for i, a in enumerate(rows) for b in rows[i + 1:]}
-    where = question(results, "the ranking", rows[0]["batch_size"])
+    where = question(results, RANKING, rows[0]["batch_size"])
     return dict(zip(keyed, verdicts.ask(where, list(keyed.values())), strict=True))
 
 
@@ -199,7 +199,7 @@ def size_changes(results: dict[str, Any], verdicts: Verdicts) -> dict[str, Judge
         if all(accs):
             keyed[variant] = (*(point_arm(results, variant, p["batch_size"], p["lr"]) for p in points),
                               pair(*accs, *(final_images(results, p) for p in points)))
-    return dict(zip(keyed, verdicts.ask("the batch-size question", list(keyed.values())), strict=True))
+    return dict(zip(keyed, verdicts.ask(SIZES, list(keyed.values())), strict=True))
 
 
 def small_batch_rows(results: dict[str, Any], verdicts: Verdicts) -> tuple[dict[str, str], list[dict[str, Any]]]:
@@ -232,7 +232,7 @@ def small_batch_rows(results: dict[str, Any], verdicts: Verdicts) -> tuple[dict[
             for side, (ref_accs, ref_images, there) in references.items():
                 if there != here and (p := pair(ref_accs, accs, ref_images, images))[0]:  # not itself, seeds shared
                     asked.append((rows[-1], f"vs_{side}", (there, here, p)))
-    judged = verdicts.ask(question(results, "the table", small), [p for *_, p in asked])
+    judged = verdicts.ask(question(results, SMALL_TABLE, small), [p for *_, p in asked])
     for (row, side, _), j in zip(asked, judged, strict=True):
         row[side] = j
     recover(rows, refs, references["large"][1])

@@ -13,6 +13,10 @@ from typing import Any
 
 from normlab.report.stats import Judged, Pair, judge, reverse
 
+# The report's questions, in the order it asks them (a question at one size adds the size: results.question).
+TWINS, SIZES, RANKING, SMALL_TABLE, EVALUATION = (
+    "the block order", "the batch-size question", "the ranking", "the table", "the evaluation table")
+
 Arm = tuple[str, frozenset[Hashable]]  # the statistics a point is evaluated under, and the runs that report it
 
 
