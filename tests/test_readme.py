@@ -45,7 +45,7 @@ GHOST = "images per BN group"
 
 
 @pytest.mark.parametrize("study, axis", [("batch_mnist", GHOST), ("batch_fashion", GHOST),
-                                         ("small_batch_mnist", "batch size")])
+                                         ("small_batch_mnist", "batch size"), ("small_batch_fashion", "batch size")])
 def test_the_batch_size_tables_are_the_committed_sweeps(study, axis):
     """Ghost BN's sweeps and the real small-batch study: Graph 3's table and the table of every variant at 2."""
     report = (ROOT / "docs" / study / "report.md").read_text()
